@@ -1,0 +1,168 @@
+"""How a chunk reaches durable storage and how a recording's chunks are joined (storage API only)."""
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from django.core.files import File
+from django.core.files.storage import Storage, default_storage
+
+from .errors import RecorderError
+
+BLOCK_BYTES = 1024 * 1024
+SNIFF_BYTES = 64
+
+EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+EBML_DOCTYPE_ID = b"\x42\x82"
+
+
+class StagedChunk(File):
+    """A received chunk in a local temporary file, measured and hashed, not yet acknowledged."""
+
+    def __init__(self, path: str, *, size: int, sha256: str, head: bytes):
+        super().__init__(open(path, "rb"), name=path)
+        self.path = path
+        self.size = size
+        self.sha256 = sha256
+        self.head = head
+
+    def temporary_file_path(self) -> str:
+        """Lets the durable storage rename the staged file into place instead of copying it."""
+        return self.path
+
+    def discard(self) -> None:
+        self.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def chunk_too_large(max_bytes: int) -> RecorderError:
+    return RecorderError(
+        code="chunk_too_large",
+        detail=f"A chunk may hold at most {max_bytes} bytes (RECORDER_MAX_CHUNK_BYTES).",
+        status=413,
+    )
+
+
+def stage_upload(stream: BinaryIO, *, max_bytes: int, staging_dir: Path) -> StagedChunk:
+    """Stream `stream` into a temporary file in blocks, hashing as it goes; never all in memory.
+
+    An upload that Django already spooled to a temporary file is hashed in place and adopted,
+    not copied. Raises `chunk_too_large` as soon as the limit is passed.
+    """
+    staging_dir.mkdir(parents=True, exist_ok=True)
+    spooled_path = getattr(stream, "temporary_file_path", None)
+    if spooled_path is not None and Path(spooled_path()).parent.resolve() == staging_dir.resolve():
+        return _adopt_spooled_file(stream, spooled_path(), max_bytes=max_bytes)
+    digest = hashlib.sha256()
+    size = 0
+    head = b""
+    fd, path = tempfile.mkstemp(dir=staging_dir, prefix="chunk-", suffix=".upload")
+    try:
+        with os.fdopen(fd, "wb") as staged:
+            while block := stream.read(BLOCK_BYTES):
+                size += len(block)
+                if size > max_bytes:
+                    raise chunk_too_large(max_bytes)
+                if len(head) < SNIFF_BYTES:
+                    head += block[: SNIFF_BYTES - len(head)]
+                digest.update(block)
+                staged.write(block)
+    except BaseException:
+        os.unlink(path)
+        raise
+    return StagedChunk(path, size=size, sha256=digest.hexdigest(), head=head)
+
+
+def _adopt_spooled_file(uploaded, path: str, *, max_bytes: int) -> StagedChunk:
+    size = os.path.getsize(path)
+    if size > max_bytes:
+        raise chunk_too_large(max_bytes)
+    digest = hashlib.sha256()
+    head = b""
+    with open(path, "rb") as spooled:
+        while block := spooled.read(BLOCK_BYTES):
+            if len(head) < SNIFF_BYTES:
+                head += block[: SNIFF_BYTES - len(head)]
+            digest.update(block)
+    # Django's temporary upload file deletes itself on close; take it over under a new name.
+    adopted_path = f"{path}.adopted"
+    os.link(path, adopted_path)
+    uploaded.close()
+    return StagedChunk(adopted_path, size=size, sha256=digest.hexdigest(), head=head)
+
+
+def store_chunk(staged: StagedChunk, name: str, *, storage: Storage = default_storage) -> None:
+    """Write the staged chunk to `name` durably (temporary name, fsync, rename) before returning."""
+    stored_name = storage.save(name, staged)
+    if stored_name != name:  # a storage that renames on collision would break the index → name map
+        storage.delete(stored_name)
+        raise RuntimeError(f"storage saved {name!r} as {stored_name!r}; it must allow overwrite")
+
+
+@dataclass(frozen=True)
+class JoinedSource:
+    size: int
+    sha256: str
+    head: bytes
+
+
+def join_chunks(
+    names: Iterable[str], destination: Path, *, storage: Storage = default_storage
+) -> JoinedSource:
+    """Concatenate the stored chunks `names`, in the order given, into `destination`, streaming."""
+    digest = hashlib.sha256()
+    size = 0
+    head = b""
+    with open(destination, "wb") as joined:
+        for name in names:
+            with storage.open(name, "rb") as chunk_file:
+                while block := chunk_file.read(BLOCK_BYTES):
+                    if len(head) < SNIFF_BYTES:
+                        head += block[: SNIFF_BYTES - len(head)]
+                    digest.update(block)
+                    joined.write(block)
+                    size += len(block)
+    return JoinedSource(size=size, sha256=digest.hexdigest(), head=head)
+
+
+def delete_stored_files(names: Iterable[str], *, storage: Storage = default_storage) -> None:
+    for name in names:
+        storage.delete(name)
+
+
+def sniff_container(head: bytes) -> str | None:
+    """The container the first bytes of a recording announce: webm, matroska, mp4, ogg, or None.
+
+    Decided from bytes, never from the client's mime type: Chrome labels H.264 recordings
+    `video/webm;codecs=h264` but writes Matroska.
+    """
+    if head.startswith(EBML_MAGIC):
+        doctype = _ebml_doctype(head)
+        return "webm" if doctype == b"webm" else "matroska"
+    if len(head) >= 8 and head[4:8] == b"ftyp":
+        return "mp4"
+    if head.startswith(b"OggS"):
+        return "ogg"
+    return None
+
+
+def _ebml_doctype(head: bytes) -> bytes | None:
+    position = head.find(EBML_DOCTYPE_ID)
+    if position < 0 or position + 2 >= len(head):
+        return None
+    size_byte = head[position + 2]
+    width = 8 - size_byte.bit_length() + 1  # an EBML variable-size integer: leading zeros + 1
+    if not 1 <= width <= 8:
+        return None
+    size = size_byte & (0xFF >> width)
+    for extra in head[position + 3 : position + 2 + width]:
+        size = (size << 8) | extra
+    start = position + 2 + width
+    return head[start : start + size]

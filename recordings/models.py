@@ -1,0 +1,143 @@
+"""What a recording and a chunk are, and the one function that moves a recording's status."""
+
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+from .errors import RecorderError
+
+
+class RecordingSession(models.Model):
+    """One browser recording: its upload state while it records, its media once processed."""
+
+    class Status(models.TextChoices):
+        RECORDING = "recording"
+        FINALIZING = "finalizing"
+        PROCESSING = "processing"
+        READY = "ready"
+        FAILED = "failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    title = models.CharField(max_length=200, blank=True)
+    mime_type = models.CharField(max_length=255, blank=True, help_text="As the client said.")
+    container = models.CharField(max_length=16, blank=True, help_text="As sniffed from the bytes.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECORDING)
+    upload_token_hash = models.CharField(max_length=64)
+
+    created_at = models.DateTimeField(default=timezone.now)
+    last_chunk_at = models.DateTimeField(null=True, blank=True)
+    finalized_at = models.DateTimeField(null=True, blank=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+
+    expected_chunks = models.PositiveIntegerField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_detail = models.TextField(blank=True)
+
+    duration_seconds = models.FloatField(null=True, blank=True)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    fps = models.FloatField(null=True, blank=True)
+    video_codec = models.CharField(max_length=32, blank=True)
+    audio_codec = models.CharField(max_length=32, blank=True)
+    has_audio = models.BooleanField(null=True, blank=True)
+    has_video = models.BooleanField(null=True, blank=True)
+
+    source_bytes = models.BigIntegerField(null=True, blank=True)
+    source_sha256 = models.CharField(max_length=64, blank=True)
+    video_bytes = models.BigIntegerField(null=True, blank=True)
+    audio_bytes = models.BigIntegerField(null=True, blank=True)
+    thumbnail_bytes = models.BigIntegerField(null=True, blank=True)
+    video_name = models.CharField(max_length=255, blank=True)
+    video_content_type = models.CharField(max_length=64, blank=True)
+    audio_name = models.CharField(max_length=255, blank=True)
+    audio_content_type = models.CharField(max_length=64, blank=True)
+    thumbnail_name = models.CharField(max_length=255, blank=True)
+    processing_seconds = models.FloatField(null=True, blank=True)
+    processing_steps = models.JSONField(default=dict, blank=True, help_text="Seconds per step.")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "last_chunk_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+    @property
+    def is_closed(self) -> bool:
+        """No new chunks once processing has started."""
+        return self.status in CLOSED_STATUSES
+
+
+Status = RecordingSession.Status
+CLOSED_STATUSES = frozenset({Status.PROCESSING, Status.READY, Status.FAILED})
+
+# recording → finalizing → processing → ready | failed. A failed or ready recording may be
+# processed again (by `manage.py process_recording`, or a finalize once its chunks are complete).
+ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
+    Status.RECORDING: frozenset({Status.FINALIZING}),
+    Status.FINALIZING: frozenset({Status.PROCESSING}),
+    Status.PROCESSING: frozenset({Status.READY, Status.FAILED}),
+    Status.FAILED: frozenset({Status.PROCESSING}),
+    Status.READY: frozenset({Status.PROCESSING}),
+}
+
+
+class IllegalTransition(RecorderError):
+    def __init__(self, *, session_id: uuid.UUID, current: str, wanted: str):
+        super().__init__(
+            code="illegal_status_change",
+            detail=f"Recording {session_id} is {current}; it cannot become {wanted}.",
+            status=409,
+        )
+
+
+def transition(session: RecordingSession, to_status: str, **changes) -> None:
+    """Move `session` to `to_status` (with `changes` saved alongside), or raise IllegalTransition.
+
+    The update is conditional on the status the caller saw, so two processes racing to make the
+    same move cannot both succeed, whatever the database's locking.
+    """
+    if to_status not in ALLOWED_TRANSITIONS.get(session.status, frozenset()):
+        raise IllegalTransition(session_id=session.id, current=session.status, wanted=to_status)
+    moved = RecordingSession.objects.filter(pk=session.pk, status=session.status).update(
+        status=to_status, **changes
+    )
+    if moved != 1:
+        current = RecordingSession.objects.filter(pk=session.pk).values_list("status", flat=True).first()
+        raise IllegalTransition(session_id=session.id, current=current or "gone", wanted=to_status)
+    session.status = to_status
+    for field_name, value in changes.items():
+        setattr(session, field_name, value)
+
+
+class Chunk(models.Model):
+    """One MediaRecorder Blob as received; its bytes live in storage under `storage_name`."""
+
+    session = models.ForeignKey(RecordingSession, on_delete=models.CASCADE, related_name="chunks")
+    index = models.PositiveIntegerField()
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["session", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["session", "index"], name="unique_chunk_index_per_session")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.session_id}#{self.index}"
+
+    @property
+    def storage_name(self) -> str:
+        return chunk_storage_name(self.session_id, self.index)
+
+
+def chunk_storage_name(session_id: uuid.UUID, index: int) -> str:
+    """Storage names are built from a UUID and an integer only, so no input can reach a path."""
+    return f"recordings/{uuid.UUID(str(session_id))}/chunks/{int(index)}"
+
+
+def media_storage_name(session_id: uuid.UUID, file_name: str) -> str:
+    return f"recordings/{uuid.UUID(str(session_id))}/{file_name}"

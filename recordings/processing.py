@@ -1,0 +1,165 @@
+"""The pipeline for one recording: join → probe → remux → audio → thumbnail → save, and its status."""
+
+import logging
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import default_storage
+from django.utils import timezone
+
+from . import chunks, utils
+from .models import Chunk, RecordingSession, Status, chunk_storage_name, media_storage_name, transition
+
+logger = logging.getLogger("recordings.processing")
+
+
+@dataclass
+class StepTimer:
+    """Seconds taken by each named step, kept on the recording and logged."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def step(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - started, 3)
+
+    @property
+    def total_seconds(self) -> float:
+        return round(sum(self.seconds.values()), 3)
+
+
+def process_recording(session_id: uuid.UUID | str) -> RecordingSession:
+    """Build the playable video, audio and thumbnail of a recording whose status is `processing`.
+
+    Idempotent: outputs are written under fixed names through an atomic storage, so a second run
+    replaces them whole. A failure leaves the chunks untouched and the status `failed` with a code.
+    """
+    session = RecordingSession.objects.get(pk=session_id)
+    if session.status != Status.PROCESSING:
+        logger.info("recording %s is %s, not processing: nothing to do", session.id, session.status)
+        return session
+    timer = StepTimer()
+    try:
+        results = _build_outputs(session, timer)
+    except utils.MediaError as error:
+        _fail(session, error.code, error.detail, timer)
+    except Exception:
+        logger.exception("processing recording %s failed unexpectedly", session.id)
+        _fail(session, "processing_error", "Processing failed unexpectedly; the error has been logged.", timer)
+    else:
+        transition(
+            session, Status.READY, ready_at=timezone.now(), error_code="", error_detail="",
+            processing_seconds=timer.total_seconds, processing_steps=timer.seconds, **results,
+        )
+        logger.info("recording %s ready in %.2f s: %s", session.id, timer.total_seconds, timer.seconds)
+    return session
+
+
+def _fail(session: RecordingSession, code: str, detail: str, timer: StepTimer) -> None:
+    logger.warning("recording %s failed: %s (%s)", session.id, code, detail)
+    transition(
+        session, Status.FAILED, error_code=code, error_detail=detail,
+        processing_seconds=timer.total_seconds, processing_steps=timer.seconds,
+    )
+
+
+def _build_outputs(session: RecordingSession, timer: StepTimer) -> dict:
+    timeout_seconds = settings.RECORDER_FFMPEG_TIMEOUT_SECONDS
+    settings.RECORDER_TEMP_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.RECORDER_TEMP_DIR, prefix=f"process-{session.id}-") as work:
+        work_dir = Path(work)
+        with timer.step("join"):
+            source_path = work_dir / "source"
+            source = chunks.join_chunks(_chunk_names(session), source_path)
+        container = chunks.sniff_container(source.head)
+        if container is None:
+            raise utils.MediaError(
+                "unsupported_media", "The recording does not start with a WebM, Matroska, MP4 or Ogg header."
+            )
+        with timer.step("probe"):
+            source_info = utils.probe(source_path)
+        plan = utils.plan_remux(container, source_info)
+        video_path = work_dir / f"video.{plan.output.extension}"
+        with timer.step("remux"):
+            utils.remux(source_path, video_path, plan, timeout_seconds=timeout_seconds)
+            info = utils.probe(video_path)
+        if not info.duration_seconds:
+            raise utils.MediaError("media_undecodable", "The recording has no measurable duration.")
+
+        outputs = {"video": (video_path, plan.output.content_type)}
+        if info.has_audio:
+            audio_format = settings.RECORDER_AUDIO_FORMAT
+            audio_path = work_dir / f"audio.{utils.AUDIO_FORMATS[audio_format].extension}"
+            with timer.step("audio"):
+                audio_output = utils.extract_audio(source_path, audio_path, audio_format, timeout_seconds=timeout_seconds)
+            outputs["audio"] = (audio_path, audio_output.content_type)
+        if info.has_video:
+            thumbnail_path = work_dir / "thumbnail.jpg"
+            with timer.step("thumbnail"):
+                utils.make_thumbnail(
+                    video_path, thumbnail_path, at_seconds=utils.thumbnail_time(info.duration_seconds),
+                    timeout_seconds=timeout_seconds,
+                )
+            outputs["thumbnail"] = (thumbnail_path, "image/jpeg")
+
+        with timer.step("store"):
+            stored = _store_outputs(session, outputs)
+
+    return {
+        "container": container,
+        "source_bytes": source.size,
+        "source_sha256": source.sha256,
+        "duration_seconds": info.duration_seconds,
+        "width": info.width,
+        "height": info.height,
+        "fps": info.fps,
+        "video_codec": info.video_codec,
+        "audio_codec": info.audio_codec,
+        "has_video": info.has_video,
+        "has_audio": info.has_audio,
+        **stored,
+    }
+
+
+def _chunk_names(session: RecordingSession) -> list[str]:
+    indices = list(Chunk.objects.filter(session=session).order_by("index").values_list("index", flat=True))
+    if indices != list(range(len(indices))) or (
+        session.expected_chunks is not None and len(indices) != session.expected_chunks
+    ):
+        raise utils.MediaError("chunks_missing", "Some chunks of the recording are missing; it cannot be joined.")
+    return [chunk_storage_name(session.id, index) for index in indices]
+
+
+def _store_outputs(session: RecordingSession, outputs: dict[str, tuple[Path, str]]) -> dict:
+    stored = {
+        "video_name": "", "video_bytes": None, "video_content_type": "",
+        "audio_name": "", "audio_bytes": None, "audio_content_type": "",
+        "thumbnail_name": "", "thumbnail_bytes": None,
+    }
+    for kind, (path, content_type) in outputs.items():
+        name = media_storage_name(session.id, path.name)
+        with open(path, "rb") as output_file:
+            default_storage.save(name, File(output_file))
+        stored[f"{kind}_name"] = name
+        stored[f"{kind}_bytes"] = path.stat().st_size
+        if kind != "thumbnail":
+            stored[f"{kind}_content_type"] = content_type
+    _delete_stale_outputs(session, keep={stored["video_name"], stored["audio_name"], stored["thumbnail_name"]})
+    return stored
+
+
+def _delete_stale_outputs(session: RecordingSession, *, keep: set[str]) -> None:
+    """A rerun with another output format must not leave the previous run's files behind."""
+    for name in (session.video_name, session.audio_name, session.thumbnail_name):
+        if name and name not in keep:
+            default_storage.delete(name)

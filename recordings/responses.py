@@ -1,0 +1,134 @@
+"""Serving stored files over HTTP with single byte ranges (RFC 9110 §14), validators and 304s.
+
+No maintained library fits: django-ranged-response is unmaintained since 2017 and Django's
+FileResponse has no Range support. The response streams from storage in blocks; under gunicorn
+a local file is sent with sendfile, bounded by Content-Length.
+"""
+
+import re
+from typing import Protocol
+
+from django.core.files.storage import Storage, default_storage
+from django.http import FileResponse, HttpRequest, HttpResponse
+from django.utils.cache import get_conditional_response
+from django.utils.http import content_disposition_header, http_date, parse_http_date_safe
+
+_SINGLE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+BLOCK_BYTES = 64 * 1024
+
+
+class StoredFile(Protocol):
+    """What is needed to serve a stored file (services.MediaFile is one)."""
+
+    storage_name: str
+    size: int
+    content_type: str
+    etag: str
+    last_modified: int  # seconds since the epoch
+    download_name: str
+
+
+class ByteRange:
+    """Parse a Range header against a file size: (start, end) inclusive, None to ignore, or unsatisfiable."""
+
+    UNSATISFIABLE = object()
+
+    @staticmethod
+    def parse(header: str, size: int):
+        match = _SINGLE_RANGE.match(header.replace(" ", ""))
+        if match is None:
+            return None  # malformed or several ranges: RFC 9110 lets us ignore Range and send it all
+        first, last = match.groups()
+        if not first and not last:
+            return None
+        if not first:  # suffix: the last N bytes
+            suffix_length = int(last)
+            if suffix_length == 0 or size == 0:
+                return ByteRange.UNSATISFIABLE
+            return max(0, size - suffix_length), size - 1
+        start = int(first)
+        end = int(last) if last else size - 1
+        if end < start:
+            return None
+        if start >= size:
+            return ByteRange.UNSATISFIABLE
+        return start, min(end, size - 1)
+
+
+class _FileSlice:
+    """A read-only view of `length` bytes from `start`; exposes fileno() so sendfile can be used."""
+
+    def __init__(self, file, start: int, length: int):
+        self._file = file
+        self._remaining = length
+        file.seek(start)
+
+    def read(self, size: int = -1) -> bytes:
+        if self._remaining <= 0:
+            return b""
+        if size < 0 or size > self._remaining:
+            size = self._remaining
+        block = self._file.read(size)
+        self._remaining -= len(block)
+        return block
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _if_range_allows(request: HttpRequest, stored: StoredFile) -> bool:
+    if_range = request.headers.get("If-Range")
+    if not if_range:
+        return True
+    if if_range.startswith(('"', 'W/"')):
+        return if_range == stored.etag  # strong comparison: weak tags never match
+    if_range_date = parse_http_date_safe(if_range)
+    return if_range_date is not None and if_range_date == stored.last_modified
+
+
+def serve_stored_file(
+    request: HttpRequest, stored: StoredFile, *, as_attachment: bool, storage: Storage = default_storage
+) -> HttpResponse:
+    """200, 206, 304, 412 or 416 for GET/HEAD of `stored`, streamed from storage, never read whole."""
+    validators = HttpResponse(status=200)
+    validators["ETag"] = stored.etag
+    validators["Last-Modified"] = http_date(stored.last_modified)
+    validators["Accept-Ranges"] = "bytes"
+    validators["Cache-Control"] = "no-cache"
+    conditional = get_conditional_response(
+        request, etag=stored.etag, last_modified=stored.last_modified, response=validators
+    )
+    if conditional is not validators:
+        return conditional
+
+    byte_range = None
+    range_header = request.headers.get("Range")
+    if range_header and _if_range_allows(request, stored):
+        byte_range = ByteRange.parse(range_header, stored.size)
+    if byte_range is ByteRange.UNSATISFIABLE:
+        response = HttpResponse(status=416)
+        response["Content-Range"] = f"bytes */{stored.size}"
+        response["Accept-Ranges"] = "bytes"
+        return response
+
+    start, end = byte_range if byte_range else (0, stored.size - 1)
+    length = end - start + 1 if stored.size else 0
+    if request.method == "HEAD":
+        response = HttpResponse(status=206 if byte_range else 200, content_type=stored.content_type)
+    else:
+        body = _FileSlice(storage.open(stored.storage_name, "rb"), start, length)
+        response = FileResponse(
+            body, status=206 if byte_range else 200, content_type=stored.content_type,
+            as_attachment=as_attachment, filename=stored.download_name,
+        )
+    if byte_range:
+        response["Content-Range"] = f"bytes {start}-{end}/{stored.size}"
+    response["Content-Length"] = str(length)
+    if request.method == "HEAD":
+        response["Content-Disposition"] = content_disposition_header(as_attachment, stored.download_name)
+    for header in ("ETag", "Last-Modified", "Accept-Ranges", "Cache-Control"):
+        response[header] = validators[header]
+    return response

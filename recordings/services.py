@@ -1,0 +1,333 @@
+"""What happens on start / chunk / finalize / read: transactions, row locks, task enqueueing."""
+
+import hashlib
+import hmac
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass
+from functools import partial
+from typing import BinaryIO
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+from django.utils.text import slugify
+
+from . import chunks, processing
+from .errors import RecorderError
+from .models import Chunk, RecordingSession, Status, chunk_storage_name, transition
+from .tasks import process_recording_task
+
+logger = logging.getLogger("recordings.services")
+
+# Failures that another run may not repeat; media errors (undecodable, unsupported) would.
+RETRYABLE_ERROR_CODES = frozenset({"chunks_missing", "processing_error", "processing_timeout"})
+
+
+# --- Tokens and lookup ------------------------------------------------------------------------------
+
+
+def hash_upload_token(upload_token: str) -> str:
+    """Tokens are 256 random bits, so a plain SHA-256 is enough; no slow KDF is needed."""
+    return hashlib.sha256(upload_token.encode("utf-8")).hexdigest()
+
+
+def get_session(*, session_id: str | uuid.UUID) -> RecordingSession:
+    """The recording with this id, or `session_not_found` (also for ids that are not UUIDs)."""
+    try:
+        parsed_id = uuid.UUID(str(session_id))
+    except ValueError:
+        parsed_id = None
+    session = RecordingSession.objects.filter(pk=parsed_id).first() if parsed_id else None
+    if session is None:
+        raise RecorderError(code="session_not_found", detail=f"No recording has the id {session_id!s:.64}.", status=404)
+    return session
+
+
+def authorize_upload(*, session_id: str | uuid.UUID, upload_token: str | None) -> RecordingSession:
+    """The recording, if `upload_token` is its token: 401 without a token, 403 with a wrong one."""
+    if not upload_token:
+        raise RecorderError(
+            code="token_required",
+            detail="Send the upload token from start-recording as `Authorization: Bearer <token>`.",
+            status=401,
+        )
+    session = get_session(session_id=session_id)
+    if not hmac.compare_digest(hash_upload_token(upload_token), session.upload_token_hash):
+        raise RecorderError(code="token_invalid", detail="The upload token does not match this recording.", status=403)
+    return session
+
+
+# --- Start ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartedRecording:
+    session: RecordingSession
+    upload_token: str
+
+
+def start_recording(*, title: str = "", mime_type: str = "") -> StartedRecording:
+    """Create a recording; its upload token is returned here once and only its hash is stored."""
+    upload_token = secrets.token_urlsafe(32)
+    session = RecordingSession.objects.create(
+        title=title, mime_type=mime_type, upload_token_hash=hash_upload_token(upload_token)
+    )
+    return StartedRecording(session=session, upload_token=upload_token)
+
+
+# --- Progress ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChunkProgress:
+    received_chunks: int
+    received_bytes: int
+    received_ranges: list[list[int]]
+    missing_chunks: list[int] | None
+
+
+def chunk_progress(session: RecordingSession) -> ChunkProgress:
+    """Which chunks are stored: the ranges a client resumes from, and the gaps once the end is known."""
+    rows = list(Chunk.objects.filter(session=session).order_by("index").values_list("index", "size"))
+    ranges: list[list[int]] = []
+    for index, _ in rows:
+        if ranges and ranges[-1][1] == index - 1:
+            ranges[-1][1] = index
+        else:
+            ranges.append([index, index])
+    missing = None
+    if session.expected_chunks is not None:
+        present = {index for index, _ in rows}
+        missing = [index for index in range(session.expected_chunks) if index not in present]
+    return ChunkProgress(
+        received_chunks=len(rows),
+        received_bytes=sum(size for _, size in rows),
+        received_ranges=ranges,
+        missing_chunks=missing,
+    )
+
+
+# --- Chunks ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChunkReceipt:
+    chunk: Chunk
+    created: bool
+    session: RecordingSession
+
+
+def receive_chunk(
+    *, session: RecordingSession, chunk_index: int | None, stream: BinaryIO, checksum: str | None = None
+) -> ChunkReceipt:
+    """Store one chunk durably before returning; an identical retry changes nothing.
+
+    The bytes are staged outside any transaction; the decision (conflict, closed, limits, first
+    bytes) and the rename into place happen under the recording's row lock, so two uploads of
+    the same index can never both be written.
+    """
+    staged = chunks.stage_upload(
+        stream, max_bytes=settings.RECORDER_MAX_CHUNK_BYTES, staging_dir=settings.RECORDER_TEMP_DIR
+    )
+    try:
+        if checksum is not None and checksum != staged.sha256:
+            raise RecorderError(
+                code="checksum_mismatch",
+                detail=f"The chunk's SHA-256 is {staged.sha256}, not {checksum}; it was discarded.",
+            )
+        with transaction.atomic():
+            locked = _lock(session)
+            index = chunk_index if chunk_index is not None else _next_index(locked)
+            existing = Chunk.objects.filter(session=locked, index=index).first()
+            if existing is not None:
+                if existing.sha256 != staged.sha256:
+                    raise RecorderError(
+                        code="chunk_conflict",
+                        detail=f"Chunk {index} was already received with different bytes.",
+                        status=409,
+                    )
+                return ChunkReceipt(chunk=existing, created=False, session=locked)
+            _check_chunk_accepted(locked, index, staged)
+            container = _sniff_if_first(locked, index, staged)
+            chunks.store_chunk(staged, chunk_storage_name(locked.id, index))
+            chunk = Chunk.objects.create(session=locked, index=index, size=staged.size, sha256=staged.sha256)
+            locked.last_chunk_at = chunk.received_at
+            locked.container = container or locked.container
+            locked.save(update_fields=["last_chunk_at", "container"])
+            if locked.status == Status.FINALIZING:
+                _start_processing_if_complete(locked)
+        return ChunkReceipt(chunk=chunk, created=True, session=locked)
+    finally:
+        staged.discard()
+
+
+def _lock(session: RecordingSession) -> RecordingSession:
+    return RecordingSession.objects.select_for_update().get(pk=session.pk)
+
+
+def _next_index(session: RecordingSession) -> int:
+    highest = Chunk.objects.filter(session=session).order_by("-index").values_list("index", flat=True).first()
+    return 0 if highest is None else highest + 1
+
+
+def _check_chunk_accepted(session: RecordingSession, index: int, staged: chunks.StagedChunk) -> None:
+    if session.is_closed:
+        raise RecorderError(
+            code="recording_closed",
+            detail=f"Recording {session.id} is {session.status}; it takes no more chunks.",
+            status=409,
+        )
+    if session.expected_chunks is not None and index >= session.expected_chunks:
+        raise RecorderError(
+            code="chunk_index_out_of_range",
+            detail=f"The recording was finalized with {session.expected_chunks} chunks; index {index} is past its end.",
+            status=409,
+        )
+    stored_bytes = Chunk.objects.filter(session=session).aggregate(total=Sum("size"))["total"] or 0
+    if stored_bytes + staged.size > settings.RECORDER_MAX_RECORDING_BYTES:
+        raise RecorderError(
+            code="recording_too_large",
+            detail=f"A recording may hold at most {settings.RECORDER_MAX_RECORDING_BYTES} bytes "
+            "(RECORDER_MAX_RECORDING_BYTES).",
+            status=413,
+        )
+
+
+def _sniff_if_first(session: RecordingSession, index: int, staged: chunks.StagedChunk) -> str | None:
+    """Check the container header when this chunk is, for certain, the first non-empty one.
+
+    Chunks arrive out of order, so a chunk is only judged once every lower index is stored
+    (and empty); otherwise the header check is left to processing.
+    """
+    if staged.size == 0:
+        return None
+    lower = Chunk.objects.filter(session=session, index__lt=index).aggregate(
+        stored=Count("id"), non_empty=Count("id", filter=Q(size__gt=0))
+    )
+    if lower["non_empty"] or lower["stored"] < index:
+        return None
+    container = chunks.sniff_container(staged.head)
+    if container is None:
+        raise RecorderError(
+            code="unsupported_media",
+            detail="The first chunk must start with a WebM/Matroska (EBML) or MP4 (ftyp) header; "
+            f"it starts with {staged.head[:16]!r}.",
+        )
+    return container
+
+
+# --- Finalize -------------------------------------------------------------------------------------------------------
+
+
+def finalize_recording(
+    *, session: RecordingSession, total_chunks: int | None = None, last_chunk_index: int | None = None
+) -> RecordingSession:
+    """Fix the expected chunk count and start processing once all of them are stored.
+
+    Calling it again never starts a second run; it answers the current state.
+    """
+    with transaction.atomic():
+        locked = _lock(session)
+        if locked.expected_chunks is None:
+            expected = _expected_chunk_count(locked, total_chunks, last_chunk_index)
+        elif total_chunks is not None and total_chunks != locked.expected_chunks:
+            raise RecorderError(
+                code="total_chunks_conflict",
+                detail=f"The recording was finalized with {locked.expected_chunks} chunks, not {total_chunks}.",
+                status=409,
+            )
+        else:
+            expected = locked.expected_chunks
+        if locked.status == Status.RECORDING:
+            transition(locked, Status.FINALIZING, expected_chunks=expected, finalized_at=timezone.now())
+        if locked.status == Status.FINALIZING or (
+            locked.status == Status.FAILED and locked.error_code in RETRYABLE_ERROR_CODES
+        ):
+            _start_processing_if_complete(locked)
+    locked.refresh_from_db()
+    return locked
+
+
+def _expected_chunk_count(session: RecordingSession, total_chunks: int | None, last_chunk_index: int | None) -> int:
+    highest = Chunk.objects.filter(session=session).order_by("-index").values_list("index", flat=True).first()
+    if total_chunks is not None:
+        expected = total_chunks
+    elif last_chunk_index is not None:
+        expected = last_chunk_index + 1
+    else:
+        expected = 0 if highest is None else highest + 1
+    if expected == 0:
+        raise RecorderError(code="no_chunks", detail="A recording needs at least one chunk before it is finalized.")
+    if highest is not None and highest >= expected:
+        raise RecorderError(
+            code="total_chunks_too_small",
+            detail=f"total_chunks is {expected}, but chunk {highest} was already received.",
+        )
+    return expected
+
+
+def _start_processing_if_complete(session: RecordingSession) -> None:
+    stored = Chunk.objects.filter(session=session, index__lt=session.expected_chunks).count()
+    if stored != session.expected_chunks:
+        return
+    transition(session, Status.PROCESSING, error_code="", error_detail="")
+    transaction.on_commit(partial(enqueue_processing, session.id), robust=True)
+
+
+def enqueue_processing(session_id: uuid.UUID) -> None:
+    """Hand the recording to the task backend (immediate by default: it runs right here)."""
+    process_recording_task.enqueue(str(session_id))
+
+
+def reprocess_recording(*, session_id: str) -> RecordingSession:
+    """Run processing again (e.g. `manage.py process_recording`): for failed or ready recordings."""
+    with transaction.atomic():
+        locked = _lock(get_session(session_id=session_id))
+        if locked.status != Status.PROCESSING:
+            transition(locked, Status.PROCESSING, error_code="", error_detail="")
+    return processing.process_recording(locked.id)  # a direct, synchronous run, whatever the backend
+
+
+# --- Media ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MediaFile:
+    storage_name: str
+    size: int
+    content_type: str
+    etag: str
+    last_modified: int
+    download_name: str
+
+
+MEDIA_KINDS = ("video", "audio", "thumbnail")
+
+
+def media_file(*, session_id: str, kind: str) -> MediaFile:
+    """Where a ready recording's video, audio or thumbnail is stored, with what to serve it as."""
+    session = get_session(session_id=session_id)
+    if session.status != Status.READY:
+        raise RecorderError(
+            code="media_not_ready",
+            detail=f"Recording {session.id} is {session.status}; its files are served once it is ready.",
+            status=404,
+        )
+    storage_name = getattr(session, f"{kind}_name")
+    if not storage_name:
+        raise RecorderError(code=f"no_{kind}", detail=f"Recording {session.id} has no {kind}.", status=404)
+    size = getattr(session, f"{kind}_bytes")
+    content_type = "image/jpeg" if kind == "thumbnail" else getattr(session, f"{kind}_content_type")
+    extension = storage_name.rsplit(".", 1)[-1]
+    ready_timestamp = session.ready_at.timestamp()
+    return MediaFile(
+        storage_name=storage_name,
+        size=size,
+        content_type=content_type,
+        etag=f'"{session.id.hex[:12]}-{int(ready_timestamp * 1000):x}-{size:x}"',
+        last_modified=int(ready_timestamp),
+        download_name=f"{slugify(session.title) or f'recording-{session.id}'}-{kind}.{extension}",
+    )

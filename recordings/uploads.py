@@ -1,0 +1,103 @@
+"""Reads one chunk upload from any of its three request forms: multipart, JSON + base64, raw body."""
+
+import base64
+import binascii
+import io
+import re
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from rest_framework import serializers
+from rest_framework.request import Request
+
+from .errors import RecorderError
+from .parsers import RawBody, is_raw_media_type
+
+# `video_chunk` is ours; the others are what real recorder clients name the field.
+CHUNK_FIELD_NAMES = ("video_chunk", "chunk", "blob", "file", "videoChunk", "videoDataChunk")
+_DATA_URL_PREFIX = re.compile(r"^data:[^,]*?;base64,", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ChunkUpload:
+    fields: dict  # validated scalars: session_id, chunk_index, checksum (and is_final, total_chunks)
+    upload_token: str | None
+    stream: BinaryIO | None  # None when the request carries no chunk
+
+
+def read_chunk_upload(request: Request, input_serializer: type[serializers.Serializer]) -> ChunkUpload:
+    """Validate the scalars with `input_serializer` and find the chunk, whatever the transport."""
+    data = request.data
+    if isinstance(data, RawBody) or is_raw_media_type(request.content_type or ""):
+        body_fields: dict = {}
+        stream = data.stream if isinstance(data, RawBody) else io.BytesIO(b"")  # empty raw body = empty chunk
+    elif hasattr(data, "getlist"):  # multipart or urlencoded form
+        body_fields = {key: data.get(key) for key in data if key not in CHUNK_FIELD_NAMES}
+        stream = _chunk_from_form(data)
+    elif isinstance(data, dict):  # JSON
+        body_fields = {key: value for key, value in data.items() if key not in CHUNK_FIELD_NAMES}
+        stream = _chunk_from_json(data)
+    else:
+        raise RecorderError(code="malformed_body", detail="A JSON body must be an object.")
+
+    # The token is taken from headers or the body only: query strings end up in access logs.
+    upload_token = _upload_token(request, body_fields.pop("upload_token", None))
+    query_fields = {key: value for key, value in request.query_params.dict().items() if key != "upload_token"}
+    values = {**query_fields, **body_fields}
+    checksum_header = request.headers.get("X-Chunk-SHA256")
+    if checksum_header and not values.get("checksum"):
+        values["checksum"] = checksum_header
+    validated = input_serializer(data=values)
+    validated.is_valid(raise_exception=True)
+    return ChunkUpload(fields=dict(validated.validated_data), upload_token=upload_token, stream=stream)
+
+
+def _upload_token(request: Request, field_value) -> str | None:
+    authorization = request.headers.get("Authorization", "")
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    header_token = request.headers.get("X-Upload-Token", "").strip()
+    if header_token:
+        return header_token
+    return str(field_value).strip() if field_value else None
+
+
+def _chunk_from_form(data) -> BinaryIO | None:
+    for name in CHUNK_FIELD_NAMES:
+        if name in data:
+            value = data.get(name)
+            if hasattr(value, "read"):
+                return value
+            raise RecorderError(
+                code="chunk_not_a_file",
+                detail=f"The form field {name!r} holds text ({str(value)[:32]!r}), not a file: append the "
+                "Blob itself, e.g. formData.append('video_chunk', event.data).",
+            )
+    return None
+
+
+def _chunk_from_json(data: dict) -> BinaryIO | None:
+    for name in CHUNK_FIELD_NAMES:
+        if name in data:
+            encoded = data[name]
+            if not isinstance(encoded, str):
+                raise RecorderError(
+                    code="invalid_base64", detail=f"{name!r} must be a base64 string (optionally a data: URL)."
+                )
+            encoded = _DATA_URL_PREFIX.sub("", encoded.strip(), count=1)
+            try:
+                return io.BytesIO(base64.b64decode(encoded, validate=True))
+            except (binascii.Error, ValueError) as error:
+                raise RecorderError(code="invalid_base64", detail=f"{name!r} is not valid base64: {error}.") from error
+    return None
+
+
+def require_chunk(upload: ChunkUpload) -> BinaryIO:
+    if upload.stream is None:
+        raise RecorderError(
+            code="chunk_missing",
+            detail="No chunk in the request: send the file field `video_chunk` (multipart), "
+            "`video_chunk` as base64 (JSON), or the bytes as a raw body.",
+        )
+    return upload.stream

@@ -1,0 +1,234 @@
+"""Where ffmpeg and moviepy run: probe, remux, audio, thumbnail. Paths in, small dataclasses out.
+
+Everything here drives the ffmpeg that imageio-ffmpeg bundles (as resolved by moviepy), at the
+command level: no frame ever passes through Python, so memory stays flat whatever the length.
+moviepy's own `ffmpeg -i` parser reads the metadata. See docs/processing.md for why moviepy's
+clip classes are not used on the hot path.
+"""
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+# Importing moviepy loads a `.env` file found above its install directory into os.environ, which
+# could silently change this service's settings. Switch that off before the first import.
+os.environ["PYTHON_DOTENV_DISABLED"] = "1"
+
+from moviepy.config import FFMPEG_BINARY  # noqa: E402
+from moviepy.video.io.ffmpeg_reader import FFmpegInfosParser  # noqa: E402
+
+DEFAULT_TIMEOUT_SECONDS = 3600
+_QUIET = ["-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+
+
+class MediaError(Exception):
+    """The media cannot be processed; `code` is stable and `detail` says why in words."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    format_name: str
+    duration_seconds: float | None
+    has_video: bool
+    has_audio: bool
+    video_codec: str
+    audio_codec: str
+    width: int | None
+    height: int | None
+    fps: float | None
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    extension: str
+    muxer: str
+    content_type: str
+    codec_args: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RemuxPlan:
+    output: OutputFormat
+    copies_everything: bool
+
+
+def ffmpeg_executable() -> str:
+    return FFMPEG_BINARY
+
+
+def run_ffmpeg(arguments: list[str], *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+    """Run the bundled ffmpeg with an argument list (never a shell); MediaError when it fails."""
+    command = [FFMPEG_BINARY, *_QUIET, *arguments]
+    try:
+        completed = subprocess.run(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            timeout=timeout_seconds, check=False,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise MediaError("processing_timeout", f"ffmpeg took longer than {timeout_seconds:.0f} s.") from error
+    if completed.returncode != 0:
+        message = completed.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise MediaError("media_undecodable", "ffmpeg failed: " + (message[-1] if message else "no message"))
+
+
+# --- Probe ---------------------------------------------------------------------------------------
+
+_INPUT_FORMAT = re.compile(r"^Input #0, ([^,]+(?:,[^,\s]+)*), from", re.MULTILINE)
+_DURATION = re.compile(r"Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
+_AUDIO_CODEC = re.compile(r"Stream #0:\d+.*?: Audio: ([\w-]+)")
+
+
+def probe(path: Path, *, timeout_seconds: float = 60) -> MediaInfo:
+    """Read container, duration, codecs, size and fps with `ffmpeg -i` and moviepy's parser.
+
+    Works on raw MediaRecorder files too, which have no Duration: `duration_seconds` is then None.
+    """
+    try:
+        completed = subprocess.run(
+            [FFMPEG_BINARY, "-hide_banner", "-nostdin", "-i", str(path)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            timeout=timeout_seconds, check=False,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise MediaError("processing_timeout", "Reading the media's metadata timed out.") from error
+    report = completed.stderr.decode("utf-8", "replace")
+    input_format = _INPUT_FORMAT.search(report)
+    if input_format is None:
+        last_line = report.strip().splitlines()[-1] if report.strip() else "no output"
+        raise MediaError("media_undecodable", f"The recording is not readable media ({last_line}).")
+    infos = FFmpegInfosParser(report, str(path), check_duration=False).parse()
+    if not infos["video_found"] and not infos["audio_found"]:
+        raise MediaError("media_undecodable", "The recording holds no audio or video stream.")
+    duration = _DURATION.search(report)
+    audio_codec = _AUDIO_CODEC.search(report)
+    size = infos.get("video_size") if infos["video_found"] else None
+    return MediaInfo(
+        format_name=input_format.group(1),
+        duration_seconds=(
+            int(duration.group(1)) * 3600 + int(duration.group(2)) * 60 + float(duration.group(3))
+            if duration
+            else None
+        ),
+        has_video=infos["video_found"],
+        has_audio=infos["audio_found"],
+        video_codec=(infos.get("video_codec_name") or "") if infos["video_found"] else "",
+        audio_codec=audio_codec.group(1) if (infos["audio_found"] and audio_codec) else "",
+        width=size[0] if size else None,
+        height=size[1] if size else None,
+        fps=infos.get("video_fps") if infos["video_found"] else None,
+    )
+
+
+# --- Remux -----------------------------------------------------------------------------------------
+
+_WEBM_VIDEO = frozenset({"vp8", "vp9", "av1"})
+_WEBM_AUDIO = frozenset({"opus", "vorbis"})
+_MP4_VIDEO = frozenset({"h264", "hevc", "av1", "vp9"})
+_MP4_AUDIO = frozenset({"aac", "mp3", "opus", "flac", "alac"})
+
+_WEBM = ("webm", "webm", _WEBM_VIDEO, _WEBM_AUDIO, ("-c:a", "libopus", "-b:a", "128k"), ("-cues_to_front", "1"))
+_MP4 = ("mp4", "mp4", _MP4_VIDEO, _MP4_AUDIO, ("-c:a", "aac", "-b:a", "160k"), ("-movflags", "+faststart"))
+
+
+def plan_remux(container: str, info: MediaInfo) -> RemuxPlan:
+    """Pick the output that plays and seeks in browsers with the least work.
+
+    Stream copy into WebM (with Duration and Cues, which raw MediaRecorder WebM lacks) or MP4
+    (`+faststart`), preferring the family the recording came in; H.264 in Matroska becomes MP4.
+    Audio the chosen container cannot hold (e.g. PCM) is re-encoded; video is re-encoded only
+    when neither container can hold it.
+    """
+    families = (_MP4, _WEBM) if container == "mp4" else (_WEBM, _MP4)
+    for family in families:
+        extension, muxer, video_codecs, audio_codecs, _, container_args = family
+        video_fits = not info.has_video or info.video_codec in video_codecs
+        audio_fits = not info.has_audio or info.audio_codec in audio_codecs
+        if video_fits and audio_fits:
+            return RemuxPlan(_output(family, info, copy_audio=True), copies_everything=True)
+    for family in families:
+        if not info.has_video or info.video_codec in family[2]:
+            return RemuxPlan(_output(family, info, copy_audio=False), copies_everything=False)
+    return RemuxPlan(
+        OutputFormat(
+            "mp4", "mp4", "video/mp4",
+            ("-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p",
+             *_MP4[4], "-movflags", "+faststart"),
+        ),
+        copies_everything=False,
+    )
+
+
+def _output(family: tuple, info: MediaInfo, *, copy_audio: bool) -> OutputFormat:
+    extension, muxer, _, _, audio_encode_args, container_args = family
+    audio_args = ("-c:a", "copy") if copy_audio else audio_encode_args
+    kind = "video" if info.has_video else "audio"
+    return OutputFormat(extension, muxer, f"{kind}/{extension}", ("-c:v", "copy", *audio_args, *container_args))
+
+
+def remux(source_path: Path, destination_path: Path, plan: RemuxPlan, *, timeout_seconds: float) -> None:
+    """Write `source_path` into `destination_path` per `plan`: first video and audio stream only."""
+    run_ffmpeg(
+        [
+            "-i", str(source_path),
+            "-map", "0:v:0?", "-map", "0:a:0?", "-dn", "-sn",
+            *plan.output.codec_args,
+            "-f", plan.output.muxer, str(destination_path),
+        ],
+        timeout_seconds=timeout_seconds,
+    )
+
+
+# --- Audio -----------------------------------------------------------------------------------------
+
+AUDIO_FORMATS: dict[str, OutputFormat] = {
+    "mp3": OutputFormat("mp3", "mp3", "audio/mpeg", ("-c:a", "libmp3lame", "-b:a", "128k")),
+    "m4a": OutputFormat("m4a", "ipod", "audio/mp4", ("-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart")),
+    "ogg": OutputFormat("ogg", "ogg", "audio/ogg", ("-c:a", "libopus", "-b:a", "96k")),
+    "wav": OutputFormat("wav", "wav", "audio/wav", ("-c:a", "pcm_s16le")),
+}
+
+
+def extract_audio(
+    source_path: Path, destination_path: Path, audio_format: str, *, timeout_seconds: float
+) -> OutputFormat:
+    """Encode the first audio track of `source_path` alone (`-vn`) into `audio_format`."""
+    output = AUDIO_FORMATS[audio_format]
+    run_ffmpeg(
+        ["-i", str(source_path), "-map", "0:a:0", "-vn", "-sn", "-dn",
+         *output.codec_args, "-f", output.muxer, str(destination_path)],
+        timeout_seconds=timeout_seconds,
+    )
+    return output
+
+
+# --- Thumbnail ---------------------------------------------------------------------------------------
+
+THUMBNAIL_MAX_WIDTH = 1280
+
+
+def thumbnail_time(duration_seconds: float | None) -> float:
+    """One second in, or the middle of clips shorter than two seconds."""
+    if not duration_seconds:
+        return 0.0
+    return min(1.0, duration_seconds / 2)
+
+
+def make_thumbnail(video_path: Path, destination_path: Path, *, at_seconds: float, timeout_seconds: float) -> None:
+    """A JPEG of the frame at `at_seconds` (the first frame if that lands past the end)."""
+    for seek_seconds in (at_seconds, 0.0):
+        run_ffmpeg(
+            ["-ss", f"{seek_seconds:.3f}", "-i", str(video_path), "-map", "0:v:0", "-frames:v", "1",
+             "-vf", f"scale='min({THUMBNAIL_MAX_WIDTH},iw)':-2", "-q:v", "3",
+             "-f", "image2", "-update", "1", str(destination_path)],
+            timeout_seconds=timeout_seconds,
+        )
+        if destination_path.exists() and destination_path.stat().st_size > 0:
+            return
+    raise MediaError("thumbnail_failed", "No video frame could be read for the thumbnail.")

@@ -1,0 +1,175 @@
+"""The HTTP API: parse input, call one service, render output. No ORM, files or ffmpeg here."""
+
+from django.urls import reverse
+from rest_framework import status
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from . import schema, services
+from .errors import RecorderError
+from .models import RecordingSession, Status
+from .parsers import RawChunkParser
+from .responses import serve_stored_file
+from .serializers import (
+    ChunkReceiptOutput,
+    ChunkUploadInput,
+    FinalizeInput,
+    RecordingOutput,
+    StartRecordingInput,
+    StartRecordingOutput,
+)
+from .uploads import read_chunk_upload, require_chunk
+
+UPLOAD_PARSERS = [MultiPartParser, FormParser, JSONParser, RawChunkParser]
+
+
+def _absolute(request: Request, url_name: str, **kwargs) -> str:
+    return request.build_absolute_uri(reverse(url_name, kwargs=kwargs or None))
+
+
+def _recording_payload(request: Request, session: RecordingSession) -> dict:
+    progress = services.chunk_progress(session)
+    is_ready = session.status == Status.READY
+
+    def media_url(kind: str) -> str | None:
+        if not (is_ready and getattr(session, f"{kind}_name")):
+            return None
+        return _absolute(request, "recording-media", session_id=session.id, kind=kind)
+
+    return {
+        "session_id": session.id,
+        "title": session.title,
+        "status": session.status,
+        "created_at": session.created_at,
+        "finalized_at": session.finalized_at,
+        "ready_at": session.ready_at,
+        "mime_type": session.mime_type,
+        "container": session.container,
+        "expected_chunks": session.expected_chunks,
+        "received_chunks": progress.received_chunks,
+        "received_bytes": progress.received_bytes,
+        "received_ranges": progress.received_ranges,
+        "missing_chunks": progress.missing_chunks,
+        "duration": session.duration_seconds,
+        "width": session.width,
+        "height": session.height,
+        "fps": session.fps,
+        "video_codec": session.video_codec or None,
+        "audio_codec": session.audio_codec or None,
+        "has_audio": session.has_audio,
+        "has_video": session.has_video,
+        "size": session.video_bytes,
+        "source_sha256": session.source_sha256 or None,
+        "processing_seconds": session.processing_seconds,
+        "video_url": media_url("video"),
+        "audio_url": media_url("audio"),
+        "thumbnail_url": media_url("thumbnail"),
+        "error": {"code": session.error_code, "detail": session.error_detail} if session.error_code else None,
+    }
+
+
+def _chunk_receipt_response(receipt: services.ChunkReceipt) -> Response:
+    progress = services.chunk_progress(receipt.session)
+    payload = {
+        "session_id": receipt.session.id,
+        "chunk_index": receipt.chunk.index,
+        "size": receipt.chunk.size,
+        "sha256": receipt.chunk.sha256,
+        "received_chunks": progress.received_chunks,
+        "received_bytes": progress.received_bytes,
+        "status": receipt.session.status,
+    }
+    return Response(
+        ChunkReceiptOutput(payload).data, status=status.HTTP_201_CREATED if receipt.created else status.HTTP_200_OK
+    )
+
+
+class StartRecordingView(APIView):
+    parser_classes = [JSONParser, FormParser, MultiPartParser]
+
+    @schema.start_recording
+    def post(self, request: Request) -> Response:
+        body = request.data if hasattr(request.data, "get") else None
+        if body is None:
+            raise RecorderError(code="malformed_body", detail="The body must be a JSON object or a form.")
+        given = StartRecordingInput(data={key: body.get(key) for key in ("title", "mime_type") if key in body})
+        given.is_valid(raise_exception=True)
+        started = services.start_recording(**given.validated_data)
+        session = started.session
+        payload = {
+            "session_id": session.id,
+            "upload_token": started.upload_token,
+            "status": session.status,
+            "created_at": session.created_at,
+            "chunk_url": _absolute(request, "receive-video-chunk"),
+            "finalize_url": _absolute(request, "finalize-recording"),
+            "status_url": _absolute(request, "get-recorded-data", session_id=session.id),
+        }
+        return Response(StartRecordingOutput(payload).data, status=status.HTTP_201_CREATED)
+
+
+class ReceiveChunkView(APIView):
+    parser_classes = UPLOAD_PARSERS
+
+    @schema.receive_chunk
+    def post(self, request: Request) -> Response:
+        upload = read_chunk_upload(request, ChunkUploadInput)
+        session = services.authorize_upload(session_id=upload.fields["session_id"], upload_token=upload.upload_token)
+        receipt = services.receive_chunk(
+            session=session, chunk_index=upload.fields["chunk_index"], stream=require_chunk(upload),
+            checksum=upload.fields["checksum"],
+        )
+        return _chunk_receipt_response(receipt)
+
+
+class FinalizeRecordingView(APIView):
+    parser_classes = UPLOAD_PARSERS
+
+    @schema.finalize_recording
+    def post(self, request: Request) -> Response:
+        upload = read_chunk_upload(request, FinalizeInput)
+        session = services.authorize_upload(session_id=upload.fields["session_id"], upload_token=upload.upload_token)
+        receipt = None
+        if upload.stream is not None or not upload.fields["is_final"]:
+            receipt = services.receive_chunk(
+                session=session, chunk_index=upload.fields["chunk_index"], stream=require_chunk(upload),
+                checksum=upload.fields["checksum"],
+            )
+            if not upload.fields["is_final"]:
+                return _chunk_receipt_response(receipt)
+        session = services.finalize_recording(
+            session=session, total_chunks=upload.fields["total_chunks"],
+            last_chunk_index=receipt.chunk.index if receipt else None,
+        )
+        finished = session.status in (Status.READY, Status.FAILED)
+        return Response(
+            RecordingOutput(_recording_payload(request, session)).data,
+            status=status.HTTP_200_OK if finished else status.HTTP_202_ACCEPTED,
+        )
+
+
+class RecordingView(APIView):
+    @schema.get_recorded_data
+    def get(self, request: Request, session_id: str) -> Response:
+        session = services.get_session(session_id=session_id)
+        return Response(RecordingOutput(_recording_payload(request, session)).data)
+
+
+class AnyAcceptNegotiation(DefaultContentNegotiation):
+    """Media URLs answer whatever a <video> element puts in Accept; errors are still JSON."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+class RecordingMediaView(APIView):
+    content_negotiation_class = AnyAcceptNegotiation
+
+    @schema.get_media
+    def get(self, request: Request, session_id: str, kind: str):
+        media = services.media_file(session_id=session_id, kind=kind)
+        as_attachment = request.query_params.get("download", "").lower() in ("1", "true", "yes")
+        return serve_stored_file(request._request, media, as_attachment=as_attachment)
