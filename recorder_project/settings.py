@@ -209,6 +209,7 @@ SWAGGER_SETTINGS = {
     },
     "USE_SESSION_AUTH": False,
     "DEFAULT_INFO": "recordings.schema.API_INFO",
+    "DEFAULT_GENERATOR_CLASS": "recordings.schema.CanonicalPathsGenerator",
 }
 
 # --- CORS: any origin may call the API, never with cookies ------------------------------------

@@ -1,6 +1,7 @@
 """drf-yasg descriptions of the API: request forms, the bearer token, every response with examples."""
 
 from drf_yasg import openapi
+from drf_yasg.generators import OpenAPISchemaGenerator
 from drf_yasg.inspectors import SwaggerAutoSchema
 from drf_yasg.utils import swagger_auto_schema
 
@@ -42,12 +43,46 @@ _UPLOAD_FORMS = (
 )
 
 
+class CanonicalPathsGenerator(OpenAPISchemaGenerator):
+    """Every route also answers without its trailing slash; the schema lists the slashed one only."""
+
+    def get_endpoints(self, request):
+        endpoints = super().get_endpoints(request)
+        return {path: endpoint for path, endpoint in endpoints.items() if path.endswith("/")}
+
+
 class MultipartUploadSchema(SwaggerAutoSchema):
     """OpenAPI 2 allows one body form per operation: document the multipart one, which lets
     Swagger UI's "Try it out" send a file; the JSON and raw forms are described in words."""
 
     def get_consumes(self):
         return ["multipart/form-data", "application/x-www-form-urlencoded"]
+
+    def get_operation(self, operation_keys=None):
+        operation = super().get_operation(operation_keys)
+        operation["x-codeSamples"] = _upload_code_samples(self.path)  # ReDoc shows these per transport
+        return operation
+
+
+def _upload_code_samples(path: str) -> list[dict]:
+    url = f"http://127.0.0.1:8000{path}"
+    return [
+        {"lang": "Shell", "label": "multipart", "source":
+            f'curl -H "Authorization: Bearer $TOKEN" -F session_id=$SID -F chunk_index=0 '
+            f'-F video_chunk=@chunk_000.webm {url}'},
+        {"lang": "Shell", "label": "JSON + base64", "source":
+            f'curl -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" '
+            f'-d "{{\\"session_id\\": \\"$SID\\", \\"chunk_index\\": 0, '
+            f'\\"video_chunk\\": \\"$(base64 -w0 chunk_000.webm)\\"}}" {url}'},
+        {"lang": "Shell", "label": "raw body", "source":
+            f'curl -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/octet-stream" '
+            f'--data-binary @chunk_000.webm "{url}?session_id=$SID&chunk_index=0"'},
+        {"lang": "JavaScript", "label": "browser", "source":
+            "const form = new FormData();\nform.append('session_id', sessionId);\n"
+            "form.append('chunk_index', String(index));\nform.append('video_chunk', event.data);\n"
+            f"await fetch('{url}', {{method: 'POST', body: form, "
+            "headers: {Authorization: `Bearer ${uploadToken}`}});"},
+    ]
 
 
 def _error(description: str, code: str, detail: str) -> openapi.Response:
@@ -210,8 +245,8 @@ get_media = swagger_auto_schema(
                           description="e.g. `bytes=0-1023`, `bytes=1000-`, `bytes=-500`."),
     ],
     responses={
-        "200": openapi.Response("The whole file.", schema=openapi.Schema(type=openapi.TYPE_FILE)),
-        "206": openapi.Response("The requested byte range.", schema=openapi.Schema(type=openapi.TYPE_FILE)),
+        "200": openapi.Response("The whole file.", schema=openapi.Schema(type=openapi.TYPE_STRING, format=openapi.FORMAT_BINARY)),
+        "206": openapi.Response("The requested byte range.", schema=openapi.Schema(type=openapi.TYPE_STRING, format=openapi.FORMAT_BINARY)),
         "304": openapi.Response("Not modified."),
         "404": _error("`session_not_found`, `media_not_ready`, `no_audio`, `no_video`, `no_thumbnail`.",
                       "media_not_ready", "Recording 8d7f... is processing; its files are served once it is ready."),
