@@ -198,6 +198,7 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "recordings.errors.handle_api_exception",
 }
 
+SWAGGER_USE_COMPAT_RENDERERS = False
 SWAGGER_SETTINGS = {
     "SECURITY_DEFINITIONS": {
         "UploadToken": {

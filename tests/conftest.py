@@ -1,0 +1,135 @@
+"""Shared fixtures: a private media root per test, the real Chrome fixture sets, generated media."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from rest_framework.test import APIClient
+
+from recordings import utils
+
+FIXTURES_DIR = Path(__file__).parent / "fixtures"
+CHROME_SETS = ("vp8_opus", "vp9_opus", "video_only_vp8", "mp4_avc1_opus")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip on a laptop that lacks a service; under CI=true a missing service is a failure."""
+    if IN_CI:
+        pytest.fail(f"CI must run this test: {reason}")
+    pytest.skip(reason)
+
+
+@dataclass
+class Recording:
+    """A recording as a client holds it: the chunk bytes in order, and what it should become."""
+
+    name: str
+    chunks: list[bytes]
+    mime_type: str
+    duration_seconds: float
+    has_audio: bool
+    has_video: bool
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def joined_sha256(self) -> str:
+        return hashlib.sha256(b"".join(self.chunks)).hexdigest()
+
+
+def load_chrome_set(name: str) -> Recording:
+    folder = FIXTURES_DIR / name
+    manifest = json.loads((folder / "manifest.json").read_text())
+    chunks = []
+    for entry in manifest["chunks"]:
+        data = (folder / entry["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], f"{name}/{entry['file']} is corrupt"
+        chunks.append(data)
+    return Recording(
+        name=name, chunks=chunks, mime_type=manifest["mimeType_actual"],
+        duration_seconds=manifest["duration_recorded_s"],
+        has_audio=manifest["has_audio"], has_video=manifest["has_video"],
+    )
+
+
+def split_bytes(data: bytes, parts: int) -> list[bytes]:
+    """Cut a file at arbitrary byte offsets, as MediaRecorder's timeslice does."""
+    step = -(-len(data) // parts)
+    return [data[offset : offset + step] for offset in range(0, len(data), step)]
+
+
+# name: (ffmpeg output arguments, mime type a browser would report, has_audio, has_video)
+GENERATED_KINDS = {
+    "h264_opus_matroska": (
+        ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "libopus", "-f", "matroska",
+         "-live", "1"], "video/x-matroska;codecs=avc1,opus", True, True),
+    "vp8_pcm_webm": (
+        ["-c:v", "libvpx", "-deadline", "realtime", "-c:a", "pcm_f32le", "-f", "matroska", "-live", "1"],
+        "video/webm;codecs=vp8,pcm", True, True),
+    "audio_only_opus_webm": (
+        ["-vn", "-c:a", "libopus", "-f", "webm", "-live", "1"], "audio/webm;codecs=opus", True, False),
+    "vp9_opus_fmp4": (
+        ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-row-mt", "1", "-c:a", "libopus",
+         "-movflags", "frag_keyframe+empty_moov+default_base_moof", "-f", "mp4"], "video/mp4", True, True),
+    "audio_only_opus_fmp4": (
+        ["-vn", "-c:a", "libopus", "-movflags", "frag_keyframe+empty_moov+default_base_moof", "-f", "mp4"],
+        "audio/mp4;codecs=opus", True, False),
+}
+
+
+def generate_media(destination: Path, *, seconds: float, output_args: list[str], size: str = "320x240",
+                   fps: int = 15) -> None:
+    utils.run_ffmpeg(
+        ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}",
+         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+         "-t", f"{seconds}", "-map", "0:v", "-map", "1:a", *output_args, str(destination)],
+        timeout_seconds=600,
+    )
+
+
+def generate_recording(kind: str, directory: Path, *, seconds: float = 4.0, parts: int = 5) -> Recording:
+    output_args, mime_type, has_audio, has_video = GENERATED_KINDS[kind]
+    path = directory / f"{kind}.bin"
+    if not path.exists():
+        generate_media(path, seconds=seconds, output_args=output_args)
+    return Recording(
+        name=kind, chunks=split_bytes(path.read_bytes(), parts), mime_type=mime_type,
+        duration_seconds=seconds, has_audio=has_audio, has_video=has_video,
+    )
+
+
+@pytest.fixture(scope="session")
+def generated_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("generated-media")
+
+
+@pytest.fixture(autouse=True)
+def media_root(tmp_path, settings) -> Path:
+    """Each test gets its own MEDIA_ROOT and temporary directory; nothing leaks between tests."""
+    root = tmp_path / "media"
+    temp_dir = root / ".tmp"
+    temp_dir.mkdir(parents=True)
+    settings.MEDIA_ROOT = root
+    settings.RECORDER_TEMP_DIR = temp_dir
+    settings.FILE_UPLOAD_TEMP_DIR = str(temp_dir)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def api() -> APIClient:
+    return APIClient()
+
+
+def decode_errors(path: Path) -> tuple[int, str]:
+    """Decode every frame with the bundled ffmpeg: (exit code, error output)."""
+    completed = subprocess.run(
+        [utils.ffmpeg_executable(), "-v", "error", "-nostdin", "-i", str(path), "-f", "null", "-"],
+        capture_output=True, timeout=300, check=False,
+    )
+    return completed.returncode, completed.stderr.decode("utf-8", "replace")
