@@ -15,7 +15,8 @@ from .parsers import RawBody, is_raw_media_type
 
 # `video_chunk` is ours; the others are what real recorder clients name the field.
 CHUNK_FIELD_NAMES = ("video_chunk", "chunk", "blob", "file", "videoChunk", "videoDataChunk")
-_DATA_URL_PREFIX = re.compile(r"^data:[^,]*?;base64,", re.IGNORECASE)
+# The mime type may itself hold commas (`data:video/webm;codecs=vp8,opus;base64,`); base64 has no ';'.
+_DATA_URL_PREFIX = re.compile(r"^data:[^\s;]*(?:;[^\s;]*)*?;base64,", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
