@@ -47,11 +47,11 @@ class ByteRange:
                 return ByteRange.UNSATISFIABLE
             return max(0, size - suffix_length), size - 1
         start = int(first)
-        end = int(last) if last else size - 1
-        if end < start:
-            return None
+        if last and int(last) < start:
+            return None  # syntactically invalid: ignored
         if start >= size:
             return ByteRange.UNSATISFIABLE
+        end = int(last) if last else size - 1
         return start, min(end, size - 1)
 
 
