@@ -1,0 +1,126 @@
+"""The processing pipeline: failures are recorded with codes, reruns replace outputs whole."""
+
+import os
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from recordings.models import RecordingSession
+from tests.conftest import load_chrome_set
+from tests.recorder_client import finalize, start, status_of, upload_all
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def recording_files(media_root: Path, session_id: str) -> list[str]:
+    folder = media_root / "recordings" / session_id
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+
+
+def ffmpeg_children() -> list[int]:
+    """ffmpeg processes whose parent is this test process."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent_pid = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent_pid == os.getpid() and b"ffmpeg" in command:
+            children.append(int(entry.name))
+    return children
+
+
+def test_ready_recording_has_its_files_and_step_times(api, media_root):
+    recording = load_chrome_set("vp8_opus")
+    started = start(api)
+    upload_all(api, started, recording.chunks)
+    finalize(api, started)
+    session = RecordingSession.objects.get(pk=started.session_id)
+    assert recording_files(media_root, started.session_id) == sorted(
+        [*[f"chunks/{index}" for index in range(8)], "audio.mp3", "thumbnail.jpg", "video.webm"]
+    )
+    assert set(session.processing_steps) == {"join", "probe", "remux", "audio", "thumbnail", "store"}
+    assert session.processing_seconds == pytest.approx(sum(session.processing_steps.values()), abs=0.01)
+    assert ffmpeg_children() == []
+    assert list((media_root / ".tmp").iterdir()) == []  # the per-run work directory is gone
+
+
+def test_undecodable_media_fails_with_a_code_and_keeps_the_chunks(api, media_root):
+    header_only = load_chrome_set("vp8_opus").chunks[0][:40]  # an EBML header, then nothing playable
+    started = start(api)
+    upload_all(api, started, [header_only, os.urandom(5000)])
+    response = finalize(api, started)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "failed"
+    assert body["error"]["code"] == "media_undecodable"
+    assert body["video_url"] is None
+    assert recording_files(media_root, started.session_id) == ["chunks/0", "chunks/1"]
+    again = finalize(api, started)  # a media error is not retried by finalize
+    assert again.json()["status"] == "failed"
+    with pytest.raises(CommandError, match="media_undecodable"):
+        call_command("process_recording", started.session_id)
+
+
+def test_a_lost_chunk_file_fails_and_a_later_finalize_processes_again(api, media_root):
+    recording = load_chrome_set("vp9_opus")
+    started = start(api)
+    upload_all(api, started, recording.chunks[:-1])
+    chunk_path = media_root / "recordings" / started.session_id / "chunks" / "3"
+    kept = chunk_path.read_bytes()
+    chunk_path.unlink()  # the storage lost a file the database still lists
+    failed = finalize(api, started, chunk=recording.chunks[-1], index=7)
+    assert failed.json()["status"] == "failed"
+    assert failed.json()["error"]["code"] == "processing_error"
+    chunk_path.write_bytes(kept)
+    retried = finalize(api, started)
+    assert retried.status_code == 200
+    assert retried.json()["status"] == "ready"
+    assert retried.json()["error"] is None
+    assert retried.json()["source_sha256"] == recording.joined_sha256
+
+
+def test_process_recording_command_rebuilds_outputs_in_place(api, media_root, capsys):
+    recording = load_chrome_set("mp4_avc1_opus")
+    started = start(api)
+    upload_all(api, started, recording.chunks)
+    finalize(api, started)
+    first = status_of(api, started.session_id)
+    before = recording_files(media_root, started.session_id)
+    video_before = (media_root / "recordings" / started.session_id / "video.mp4").read_bytes()
+
+    call_command("process_recording", started.session_id)
+
+    second = status_of(api, started.session_id)
+    assert "ready" in capsys.readouterr().out
+    assert second["status"] == "ready"
+    assert second["ready_at"] > first["ready_at"]
+    assert recording_files(media_root, started.session_id) == before
+    assert (media_root / "recordings" / started.session_id / "video.mp4").read_bytes() == video_before
+
+
+def test_process_recording_command_rejects_a_recording_still_uploading(api):
+    started = start(api)
+    with pytest.raises(CommandError, match="illegal_status_change"):
+        call_command("process_recording", started.session_id)
+
+
+def test_process_recording_command_with_unknown_id(api):
+    with pytest.raises(CommandError, match="session_not_found"):
+        call_command("process_recording", "d3c1f1c5-0000-4000-8000-000000000000")
+
+
+def test_audio_format_setting_changes_the_audio_output(api, settings):
+    settings.RECORDER_AUDIO_FORMAT = "m4a"
+    recording = load_chrome_set("vp8_opus")
+    started = start(api)
+    upload_all(api, started, recording.chunks)
+    body = finalize(api, started).json()
+    response = api.get(body["audio_url"])
+    assert response["Content-Type"] == "audio/mp4"
+    assert b"ftyp" in b"".join(response.streaming_content)[:16]
