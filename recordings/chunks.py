@@ -113,9 +113,7 @@ class JoinedSource:
     head: bytes
 
 
-def join_chunks(
-    names: Iterable[str], destination: Path, *, storage: Storage = default_storage
-) -> JoinedSource:
+def join_chunks(names: Iterable[str], destination: Path, *, storage: Storage = default_storage) -> JoinedSource:
     """Concatenate the stored chunks `names`, in the order given, into `destination`, streaming."""
     digest = hashlib.sha256()
     size = 0

@@ -57,11 +57,7 @@ def _translate(exc: Exception) -> RecorderError | None:
             extra={"fields": exc.detail},
         )
     if isinstance(exc, exceptions.APIException):
-        for drf_type, code in _DRF_CODES.items():
-            if isinstance(exc, drf_type):
-                break
-        else:
-            code = "request_error"
+        code = next((code for drf_type, code in _DRF_CODES.items() if isinstance(exc, drf_type)), "request_error")
         return RecorderError(code=code, detail=str(exc.detail), status=exc.status_code)
     return None
 

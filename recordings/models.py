@@ -100,9 +100,7 @@ def transition(session: RecordingSession, to_status: str, **changes) -> None:
     """
     if to_status not in ALLOWED_TRANSITIONS.get(session.status, frozenset()):
         raise IllegalTransition(session_id=session.id, current=session.status, wanted=to_status)
-    moved = RecordingSession.objects.filter(pk=session.pk, status=session.status).update(
-        status=to_status, **changes
-    )
+    moved = RecordingSession.objects.filter(pk=session.pk, status=session.status).update(status=to_status, **changes)
     if moved != 1:
         current = RecordingSession.objects.filter(pk=session.pk).values_list("status", flat=True).first()
         raise IllegalTransition(session_id=session.id, current=current or "gone", wanted=to_status)
@@ -122,9 +120,7 @@ class Chunk(models.Model):
 
     class Meta:
         ordering = ["session", "index"]
-        constraints = [
-            models.UniqueConstraint(fields=["session", "index"], name="unique_chunk_index_per_session")
-        ]
+        constraints = [models.UniqueConstraint(fields=["session", "index"], name="unique_chunk_index_per_session")]
 
     def __str__(self) -> str:
         return f"{self.session_id}#{self.index}"

@@ -26,7 +26,8 @@ class RawChunkParser(BaseParser):
     def parse(self, stream, media_type=None, parser_context=None) -> RawBody:
         if not is_raw_media_type(media_type or ""):
             raise UnsupportedMediaType(
-                media_type, detail=f"Unsupported content type {media_type!r}: send multipart/form-data, "
+                media_type,
+                detail=f"Unsupported content type {media_type!r}: send multipart/form-data, "
                 "application/json, or a raw application/octet-stream, video/* or audio/* body.",
             )
         return RawBody(stream=stream)

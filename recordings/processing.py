@@ -58,8 +58,14 @@ def process_recording(session_id: uuid.UUID | str) -> RecordingSession:
         _fail(session, "processing_error", "Processing failed unexpectedly; the error has been logged.", timer)
     else:
         transition(
-            session, Status.READY, ready_at=timezone.now(), error_code="", error_detail="",
-            processing_seconds=timer.total_seconds, processing_steps=timer.seconds, **results,
+            session,
+            Status.READY,
+            ready_at=timezone.now(),
+            error_code="",
+            error_detail="",
+            processing_seconds=timer.total_seconds,
+            processing_steps=timer.seconds,
+            **results,
         )
         logger.info("recording %s ready in %.2f s: %s", session.id, timer.total_seconds, timer.seconds)
     return session
@@ -68,8 +74,12 @@ def process_recording(session_id: uuid.UUID | str) -> RecordingSession:
 def _fail(session: RecordingSession, code: str, detail: str, timer: StepTimer) -> None:
     logger.warning("recording %s failed: %s (%s)", session.id, code, detail)
     transition(
-        session, Status.FAILED, error_code=code, error_detail=detail,
-        processing_seconds=timer.total_seconds, processing_steps=timer.seconds,
+        session,
+        Status.FAILED,
+        error_code=code,
+        error_detail=detail,
+        processing_seconds=timer.total_seconds,
+        processing_steps=timer.seconds,
     )
 
 
@@ -101,13 +111,17 @@ def _build_outputs(session: RecordingSession, timer: StepTimer) -> dict:
             audio_format = settings.RECORDER_AUDIO_FORMAT
             audio_path = work_dir / f"audio.{utils.AUDIO_FORMATS[audio_format].extension}"
             with timer.step("audio"):
-                audio_output = utils.extract_audio(source_path, audio_path, audio_format, timeout_seconds=timeout_seconds)
+                audio_output = utils.extract_audio(
+                    source_path, audio_path, audio_format, timeout_seconds=timeout_seconds
+                )
             outputs["audio"] = (audio_path, audio_output.content_type)
         if info.has_video:
             thumbnail_path = work_dir / "thumbnail.jpg"
             with timer.step("thumbnail"):
                 utils.make_thumbnail(
-                    video_path, thumbnail_path, at_seconds=utils.thumbnail_time(info.duration_seconds),
+                    video_path,
+                    thumbnail_path,
+                    at_seconds=utils.thumbnail_time(info.duration_seconds),
                     timeout_seconds=timeout_seconds,
                 )
             outputs["thumbnail"] = (thumbnail_path, "image/jpeg")
@@ -142,9 +156,14 @@ def _chunk_names(session: RecordingSession) -> list[str]:
 
 def _store_outputs(session: RecordingSession, outputs: dict[str, tuple[Path, str]]) -> dict:
     stored = {
-        "video_name": "", "video_bytes": None, "video_content_type": "",
-        "audio_name": "", "audio_bytes": None, "audio_content_type": "",
-        "thumbnail_name": "", "thumbnail_bytes": None,
+        "video_name": "",
+        "video_bytes": None,
+        "video_content_type": "",
+        "audio_name": "",
+        "audio_bytes": None,
+        "audio_content_type": "",
+        "thumbnail_name": "",
+        "thumbnail_bytes": None,
     }
     for kind, (path, content_type) in outputs.items():
         name = media_storage_name(session.id, path.name)

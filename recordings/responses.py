@@ -121,8 +121,11 @@ def serve_stored_file(
     else:
         body = _FileSlice(storage.open(stored.storage_name, "rb"), start, length)
         response = FileResponse(
-            body, status=206 if byte_range else 200, content_type=stored.content_type,
-            as_attachment=as_attachment, filename=stored.download_name,
+            body,
+            status=206 if byte_range else 200,
+            content_type=stored.content_type,
+            as_attachment=as_attachment,
+            filename=stored.download_name,
         )
     if byte_range:
         response["Content-Range"] = f"bytes {start}-{end}/{stored.size}"

@@ -20,7 +20,7 @@ API_INFO = openapi.Info(
         "Upload-while-you-record backend for browser MediaRecorder clients. Start a recording, post "
         "each chunk as it is made (any order, retries are safe), finalize, then poll until `ready` "
         "and fetch the seekable video, the audio and a thumbnail.\n\n"
-        "Every error is JSON `{\"code\", \"detail\"}`; `code` is stable and listed per endpoint."
+        'Every error is JSON `{"code", "detail"}`; `code` is stable and listed per endpoint.'
     ),
     license=openapi.License(name="MIT"),
 )
@@ -32,7 +32,7 @@ _UPLOAD_FORMS = (
     "\n\nThe chunk can be sent three ways (Swagger UI shows the first):\n"
     "1. `multipart/form-data`: fields `session_id`, `chunk_index`, file field `video_chunk` "
     "(also accepted: `chunk`, `blob`, `file`, `videoChunk`, `videoDataChunk`).\n"
-    "2. `application/json`: `{\"session_id\": ..., \"chunk_index\": 3, \"video_chunk\": \"<base64>\"}`; "
+    '2. `application/json`: `{"session_id": ..., "chunk_index": 3, "video_chunk": "<base64>"}`; '
     "the base64 may carry a `data:video/webm;base64,` prefix. Bodies are capped by "
     "`DATA_UPLOAD_MAX_MEMORY_SIZE` (16 MiB by default).\n"
     "3. A raw body (`application/octet-stream`, `video/*`, `audio/*`) with `session_id` and "
@@ -67,21 +67,33 @@ class MultipartUploadSchema(SwaggerAutoSchema):
 def _upload_code_samples(path: str) -> list[dict]:
     url = f"http://127.0.0.1:8000{path}"
     return [
-        {"lang": "Shell", "label": "multipart", "source":
-            f'curl -H "Authorization: Bearer $TOKEN" -F session_id=$SID -F chunk_index=0 '
-            f'-F video_chunk=@chunk_000.webm {url}'},
-        {"lang": "Shell", "label": "JSON + base64", "source":
-            f'curl -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" '
+        {
+            "lang": "Shell",
+            "label": "multipart",
+            "source": f'curl -H "Authorization: Bearer $TOKEN" -F session_id=$SID -F chunk_index=0 '
+            f"-F video_chunk=@chunk_000.webm {url}",
+        },
+        {
+            "lang": "Shell",
+            "label": "JSON + base64",
+            "source": f'curl -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" '
             f'-d "{{\\"session_id\\": \\"$SID\\", \\"chunk_index\\": 0, '
-            f'\\"video_chunk\\": \\"$(base64 -w0 chunk_000.webm)\\"}}" {url}'},
-        {"lang": "Shell", "label": "raw body", "source":
-            f'curl -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/octet-stream" '
-            f'--data-binary @chunk_000.webm "{url}?session_id=$SID&chunk_index=0"'},
-        {"lang": "JavaScript", "label": "browser", "source":
-            "const form = new FormData();\nform.append('session_id', sessionId);\n"
+            f'\\"video_chunk\\": \\"$(base64 -w0 chunk_000.webm)\\"}}" {url}',
+        },
+        {
+            "lang": "Shell",
+            "label": "raw body",
+            "source": f'curl -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/octet-stream" '
+            f'--data-binary @chunk_000.webm "{url}?session_id=$SID&chunk_index=0"',
+        },
+        {
+            "lang": "JavaScript",
+            "label": "browser",
+            "source": "const form = new FormData();\nform.append('session_id', sessionId);\n"
             "form.append('chunk_index', String(index));\nform.append('video_chunk', event.data);\n"
             f"await fetch('{url}', {{method: 'POST', body: form, "
-            "headers: {Authorization: `Bearer ${uploadToken}`}});"},
+            "headers: {Authorization: `Bearer ${uploadToken}`}});",
+        },
     ]
 
 
@@ -95,27 +107,51 @@ def _form(name: str, type_: str, description: str, *, required: bool = False, **
 
 _UPLOAD_PARAMETERS = [
     _form("session_id", openapi.TYPE_STRING, "The recording's id.", required=True, format=openapi.FORMAT_UUID),
-    _form("chunk_index", openapi.TYPE_INTEGER, "0-based index; omit to append after the highest received.",
-          minimum=0),
+    _form("chunk_index", openapi.TYPE_INTEGER, "0-based index; omit to append after the highest received.", minimum=0),
     _form("checksum", openapi.TYPE_STRING, "Optional `sha256:<64 hex digits>` of the chunk."),
     _form("upload_token", openapi.TYPE_STRING, "The upload token, for clients that cannot set headers."),
-    openapi.Parameter("X-Chunk-SHA256", openapi.IN_HEADER, type=openapi.TYPE_STRING, required=False,
-                      description="Same as the `checksum` field."),
+    openapi.Parameter(
+        "X-Chunk-SHA256",
+        openapi.IN_HEADER,
+        type=openapi.TYPE_STRING,
+        required=False,
+        description="Same as the `checksum` field.",
+    ),
 ]
 
 _CHUNK_EXAMPLE = {
-    "session_id": EXAMPLE_SESSION_ID, "chunk_index": 3, "size": 29749,
+    "session_id": EXAMPLE_SESSION_ID,
+    "chunk_index": 3,
+    "size": 29749,
     "sha256": "5f2b6c0e3d7a4c1b9e8f7a6d5c4b3a29181716151413121110f0e0d0c0b0a090",
-    "received_chunks": 4, "received_bytes": 112637, "status": "recording",
+    "received_chunks": 4,
+    "received_bytes": 112637,
+    "status": "recording",
 }
 
 _RECORDING_EXAMPLE = {
-    "session_id": EXAMPLE_SESSION_ID, "title": "Demo", "status": "ready",
-    "created_at": "2026-11-24T10:00:00Z", "finalized_at": "2026-11-24T10:00:09Z", "ready_at": "2026-11-24T10:00:10Z",
-    "mime_type": "video/webm;codecs=vp8,opus", "container": "webm", "expected_chunks": 8,
-    "received_chunks": 8, "received_bytes": 236128, "received_ranges": [[0, 7]], "missing_chunks": [],
-    "duration": 8.1, "width": 640, "height": 360, "fps": 20.0, "video_codec": "vp8", "audio_codec": "opus",
-    "has_audio": True, "has_video": True, "size": 236473,
+    "session_id": EXAMPLE_SESSION_ID,
+    "title": "Demo",
+    "status": "ready",
+    "created_at": "2026-11-24T10:00:00Z",
+    "finalized_at": "2026-11-24T10:00:09Z",
+    "ready_at": "2026-11-24T10:00:10Z",
+    "mime_type": "video/webm;codecs=vp8,opus",
+    "container": "webm",
+    "expected_chunks": 8,
+    "received_chunks": 8,
+    "received_bytes": 236128,
+    "received_ranges": [[0, 7]],
+    "missing_chunks": [],
+    "duration": 8.1,
+    "width": 640,
+    "height": 360,
+    "fps": 20.0,
+    "video_codec": "vp8",
+    "audio_codec": "opus",
+    "has_audio": True,
+    "has_video": True,
+    "size": 236473,
     "source_sha256": "0c9d1f0e6b7a5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d",
     "processing_seconds": 0.61,
     "video_url": f"http://127.0.0.1:8000/api/recordings/{EXAMPLE_SESSION_ID}/video/",
@@ -125,10 +161,16 @@ _RECORDING_EXAMPLE = {
 }
 
 _AUTH_ERRORS = {
-    "401": _error("`token_required`: no upload token was sent.", "token_required",
-                  "Send the upload token from start-recording as `Authorization: Bearer <token>`."),
-    "403": _error("`token_invalid`: the token is not this recording's.", "token_invalid",
-                  "The upload token does not match this recording."),
+    "401": _error(
+        "`token_required`: no upload token was sent.",
+        "token_required",
+        "Send the upload token from start-recording as `Authorization: Bearer <token>`.",
+    ),
+    "403": _error(
+        "`token_invalid`: the token is not this recording's.",
+        "token_invalid",
+        "The upload token does not match this recording.",
+    ),
     "404": _error("`session_not_found`.", "session_not_found", f"No recording has the id {EXAMPLE_SESSION_ID}."),
 }
 
@@ -144,10 +186,14 @@ _CHUNK_ERRORS = {
     "409": _error(
         "`chunk_conflict` (same index, different bytes), `recording_closed` (already processing, ready "
         "or failed), `chunk_index_out_of_range` (past the finalized count).",
-        "chunk_conflict", "Chunk 3 was already received with different bytes.",
+        "chunk_conflict",
+        "Chunk 3 was already received with different bytes.",
     ),
-    "413": _error("`chunk_too_large`, `recording_too_large`, `request_too_large` (JSON body).",
-                  "chunk_too_large", "A chunk may hold at most 67108864 bytes (RECORDER_MAX_CHUNK_BYTES)."),
+    "413": _error(
+        "`chunk_too_large`, `recording_too_large`, `request_too_large` (JSON body).",
+        "chunk_too_large",
+        "A chunk may hold at most 67108864 bytes (RECORDER_MAX_CHUNK_BYTES).",
+    ),
     "415": _error("`unsupported_content_type`.", "unsupported_content_type", "Unsupported content type 'text/plain'."),
 }
 
@@ -158,14 +204,26 @@ start_recording = swagger_auto_schema(
     "The body is optional: JSON or form with `title` and `mime_type` (as MediaRecorder reported it).",
     request_body=StartRecordingInput,
     responses={
-        "201": openapi.Response("Created.", StartRecordingOutput, examples={"application/json": {
-            "session_id": EXAMPLE_SESSION_ID, "upload_token": "q3W1o9...secret", "status": "recording",
-            "created_at": "2026-11-24T10:00:00Z",
-            "chunk_url": "http://127.0.0.1:8000/api/receive-video-chunk/",
-            "finalize_url": "http://127.0.0.1:8000/api/finalize-recording/",
-            "status_url": f"http://127.0.0.1:8000/api/get-recorded-data/{EXAMPLE_SESSION_ID}/",
-        }}),
-        "400": _error("`invalid_request` or `malformed_body`.", "invalid_request", "Some fields are missing or invalid; see `fields`."),
+        "201": openapi.Response(
+            "Created.",
+            StartRecordingOutput,
+            examples={
+                "application/json": {
+                    "session_id": EXAMPLE_SESSION_ID,
+                    "upload_token": "q3W1o9...secret",
+                    "status": "recording",
+                    "created_at": "2026-11-24T10:00:00Z",
+                    "chunk_url": "http://127.0.0.1:8000/api/receive-video-chunk/",
+                    "finalize_url": "http://127.0.0.1:8000/api/finalize-recording/",
+                    "status_url": f"http://127.0.0.1:8000/api/get-recorded-data/{EXAMPLE_SESSION_ID}/",
+                }
+            },
+        ),
+        "400": _error(
+            "`invalid_request` or `malformed_body`.",
+            "invalid_request",
+            "Some fields are missing or invalid; see `fields`.",
+        ),
     },
     security=[],
 )
@@ -206,17 +264,24 @@ finalize_recording = swagger_auto_schema(
         _form("video_chunk", openapi.TYPE_FILE, "Optional last chunk."),
     ],
     responses={
-        "200": openapi.Response("Finished (`ready` or `failed`), or a chunk retry when `is_final` is false.",
-                                RecordingOutput, examples={"application/json": _RECORDING_EXAMPLE}),
+        "200": openapi.Response(
+            "Finished (`ready` or `failed`), or a chunk retry when `is_final` is false.",
+            RecordingOutput,
+            examples={"application/json": _RECORDING_EXAMPLE},
+        ),
         "201": openapi.Response("`is_final` false: the chunk was stored.", ChunkReceiptOutput),
         "202": openapi.Response("Accepted: `finalizing` (chunks missing) or `processing`.", RecordingOutput),
         **_CHUNK_ERRORS,
         "400": _error(
-            "As for chunks, plus `no_chunks` and `total_chunks_too_small`.", "total_chunks_too_small",
+            "As for chunks, plus `no_chunks` and `total_chunks_too_small`.",
+            "total_chunks_too_small",
             "total_chunks is 8, but chunk 9 was already received.",
         ),
-        "409": _error("As for chunks, plus `total_chunks_conflict`.", "total_chunks_conflict",
-                      "The recording was finalized with 8 chunks, not 9."),
+        "409": _error(
+            "As for chunks, plus `total_chunks_conflict`.",
+            "total_chunks_conflict",
+            "The recording was finalized with 8 chunks, not 9.",
+        ),
     },
     security=UPLOAD_SECURITY,
 )
@@ -239,17 +304,34 @@ get_media = swagger_auto_schema(
     operation_description="`kind` is `video`, `audio` or `thumbnail`. Supports single byte ranges (206, 416), "
     "`ETag`/`Last-Modified` with 304, `If-Range`, and `?download=1` for an attachment.",
     manual_parameters=[
-        openapi.Parameter("download", openapi.IN_QUERY, type=openapi.TYPE_BOOLEAN, required=False,
-                          description="1: `Content-Disposition: attachment`."),
-        openapi.Parameter("Range", openapi.IN_HEADER, type=openapi.TYPE_STRING, required=False,
-                          description="e.g. `bytes=0-1023`, `bytes=1000-`, `bytes=-500`."),
+        openapi.Parameter(
+            "download",
+            openapi.IN_QUERY,
+            type=openapi.TYPE_BOOLEAN,
+            required=False,
+            description="1: `Content-Disposition: attachment`.",
+        ),
+        openapi.Parameter(
+            "Range",
+            openapi.IN_HEADER,
+            type=openapi.TYPE_STRING,
+            required=False,
+            description="e.g. `bytes=0-1023`, `bytes=1000-`, `bytes=-500`.",
+        ),
     ],
     responses={
-        "200": openapi.Response("The whole file.", schema=openapi.Schema(type=openapi.TYPE_STRING, format=openapi.FORMAT_BINARY)),
-        "206": openapi.Response("The requested byte range.", schema=openapi.Schema(type=openapi.TYPE_STRING, format=openapi.FORMAT_BINARY)),
+        "200": openapi.Response(
+            "The whole file.", schema=openapi.Schema(type=openapi.TYPE_STRING, format=openapi.FORMAT_BINARY)
+        ),
+        "206": openapi.Response(
+            "The requested byte range.", schema=openapi.Schema(type=openapi.TYPE_STRING, format=openapi.FORMAT_BINARY)
+        ),
         "304": openapi.Response("Not modified."),
-        "404": _error("`session_not_found`, `media_not_ready`, `no_audio`, `no_video`, `no_thumbnail`.",
-                      "media_not_ready", "Recording 8d7f... is processing; its files are served once it is ready."),
+        "404": _error(
+            "`session_not_found`, `media_not_ready`, `no_audio`, `no_video`, `no_thumbnail`.",
+            "media_not_ready",
+            "Recording 8d7f... is processing; its files are served once it is ready.",
+        ),
         "416": openapi.Response("Range not satisfiable."),
     },
     produces=["video/webm", "video/mp4", "audio/mpeg", "image/jpeg", "application/json"],

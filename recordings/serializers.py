@@ -17,11 +17,17 @@ class ChunkUploadInput(serializers.Serializer):
 
     session_id = serializers.UUIDField(help_text="The id returned by start-recording.")
     chunk_index = serializers.IntegerField(
-        min_value=0, max_value=10_000_000, required=False, allow_null=True, default=None,
+        min_value=0,
+        max_value=10_000_000,
+        required=False,
+        allow_null=True,
+        default=None,
         help_text="0-based position of the chunk. Omitted: the next index after the highest received.",
     )
     checksum = serializers.CharField(
-        required=False, allow_null=True, default=None,
+        required=False,
+        allow_null=True,
+        default=None,
         help_text="Optional `sha256:<hex>` of the chunk's bytes; a mismatch discards the chunk.",
     )
 
@@ -36,11 +42,16 @@ class ChunkUploadInput(serializers.Serializer):
 
 class FinalizeInput(ChunkUploadInput):
     is_final = serializers.BooleanField(
-        required=False, default=False,
+        required=False,
+        default=False,
         help_text="true/false, 1/0, yes/no, on/off. False or missing: this call is a plain chunk upload.",
     )
     total_chunks = serializers.IntegerField(
-        min_value=1, max_value=10_000_000, required=False, allow_null=True, default=None,
+        min_value=1,
+        max_value=10_000_000,
+        required=False,
+        allow_null=True,
+        default=None,
         help_text="How many chunks the recording has. Default: the last chunk's index + 1.",
     )
 
@@ -93,7 +104,8 @@ class RecordingOutput(serializers.Serializer):
         help_text="Inclusive index ranges of stored chunks, e.g. [[0, 41], [43, 57]].",
     )
     missing_chunks = serializers.ListField(
-        child=serializers.IntegerField(), allow_null=True,
+        child=serializers.IntegerField(),
+        allow_null=True,
         help_text="Indices not yet received, once the chunk count is known (after finalize).",
     )
     duration = serializers.FloatField(allow_null=True, help_text="Seconds.")

@@ -310,8 +310,9 @@ MEDIA_KINDS = ("video", "audio", "thumbnail")
 def media_file(*, session_id: str, kind: str) -> MediaFile:
     """Where a ready recording's video, audio or thumbnail is stored, with what to serve it as."""
     if kind not in MEDIA_KINDS:
-        raise RecorderError(code="not_found", detail=f"A recording has no {kind!s:.32}; use video, audio or thumbnail.",
-                            status=404)
+        raise RecorderError(
+            code="not_found", detail=f"A recording has no {kind!s:.32}; use video, audio or thumbnail.", status=404
+        )
     session = get_session(session_id=session_id)
     if session.status != Status.READY:
         raise RecorderError(

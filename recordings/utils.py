@@ -68,8 +68,12 @@ def run_ffmpeg(arguments: list[str], *, timeout_seconds: float = DEFAULT_TIMEOUT
     command = [FFMPEG_BINARY, *_QUIET, *arguments]
     try:
         completed = subprocess.run(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            timeout=timeout_seconds, check=False,
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=timeout_seconds,
+            check=False,
         )
     except subprocess.TimeoutExpired as error:
         raise MediaError("processing_timeout", f"ffmpeg took longer than {timeout_seconds:.0f} s.") from error
@@ -93,8 +97,11 @@ def probe(path: Path, *, timeout_seconds: float = 60) -> MediaInfo:
     try:
         completed = subprocess.run(
             [FFMPEG_BINARY, "-hide_banner", "-nostdin", "-i", str(path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            timeout=timeout_seconds, check=False,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=timeout_seconds,
+            check=False,
         )
     except subprocess.TimeoutExpired as error:
         raise MediaError("processing_timeout", "Reading the media's metadata timed out.") from error
@@ -112,9 +119,7 @@ def probe(path: Path, *, timeout_seconds: float = 60) -> MediaInfo:
     return MediaInfo(
         format_name=input_format.group(1),
         duration_seconds=(
-            int(duration.group(1)) * 3600 + int(duration.group(2)) * 60 + float(duration.group(3))
-            if duration
-            else None
+            int(duration.group(1)) * 3600 + int(duration.group(2)) * 60 + float(duration.group(3)) if duration else None
         ),
         has_video=infos["video_found"],
         has_audio=infos["audio_found"],
@@ -157,9 +162,22 @@ def plan_remux(container: str, info: MediaInfo) -> RemuxPlan:
             return RemuxPlan(_output(family, info, copy_audio=False), copies_everything=False)
     return RemuxPlan(
         OutputFormat(
-            "mp4", "mp4", "video/mp4",
-            ("-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p",
-             *_MP4[4], "-movflags", "+faststart"),
+            "mp4",
+            "mp4",
+            "video/mp4",
+            (
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-crf",
+                "23",
+                "-pix_fmt",
+                "yuv420p",
+                *_MP4[4],
+                "-movflags",
+                "+faststart",
+            ),
         ),
         copies_everything=False,
     )
@@ -176,10 +194,18 @@ def remux(source_path: Path, destination_path: Path, plan: RemuxPlan, *, timeout
     """Write `source_path` into `destination_path` per `plan`: first video and audio stream only."""
     run_ffmpeg(
         [
-            "-i", str(source_path),
-            "-map", "0:v:0?", "-map", "0:a:0?", "-dn", "-sn",
+            "-i",
+            str(source_path),
+            "-map",
+            "0:v:0?",
+            "-map",
+            "0:a:0?",
+            "-dn",
+            "-sn",
             *plan.output.codec_args,
-            "-f", plan.output.muxer, str(destination_path),
+            "-f",
+            plan.output.muxer,
+            str(destination_path),
         ],
         timeout_seconds=timeout_seconds,
     )
@@ -201,8 +227,19 @@ def extract_audio(
     """Encode the first audio track of `source_path` alone (`-vn`) into `audio_format`."""
     output = AUDIO_FORMATS[audio_format]
     run_ffmpeg(
-        ["-i", str(source_path), "-map", "0:a:0", "-vn", "-sn", "-dn",
-         *output.codec_args, "-f", output.muxer, str(destination_path)],
+        [
+            "-i",
+            str(source_path),
+            "-map",
+            "0:a:0",
+            "-vn",
+            "-sn",
+            "-dn",
+            *output.codec_args,
+            "-f",
+            output.muxer,
+            str(destination_path),
+        ],
         timeout_seconds=timeout_seconds,
     )
     return output
@@ -224,9 +261,25 @@ def make_thumbnail(video_path: Path, destination_path: Path, *, at_seconds: floa
     """A JPEG of the frame at `at_seconds` (the first frame if that lands past the end)."""
     for seek_seconds in (at_seconds, 0.0):
         run_ffmpeg(
-            ["-ss", f"{seek_seconds:.3f}", "-i", str(video_path), "-map", "0:v:0", "-frames:v", "1",
-             "-vf", f"scale='min({THUMBNAIL_MAX_WIDTH},iw)':-2", "-q:v", "3",
-             "-f", "image2", "-update", "1", str(destination_path)],
+            [
+                "-ss",
+                f"{seek_seconds:.3f}",
+                "-i",
+                str(video_path),
+                "-map",
+                "0:v:0",
+                "-frames:v",
+                "1",
+                "-vf",
+                f"scale='min({THUMBNAIL_MAX_WIDTH},iw)':-2",
+                "-q:v",
+                "3",
+                "-f",
+                "image2",
+                "-update",
+                "1",
+                str(destination_path),
+            ],
             timeout_seconds=timeout_seconds,
         )
         if destination_path.exists() and destination_path.stat().st_size > 0:

@@ -119,7 +119,9 @@ class ReceiveChunkView(APIView):
         upload = read_chunk_upload(request, ChunkUploadInput)
         session = services.authorize_upload(session_id=upload.fields["session_id"], upload_token=upload.upload_token)
         receipt = services.receive_chunk(
-            session=session, chunk_index=upload.fields["chunk_index"], stream=require_chunk(upload),
+            session=session,
+            chunk_index=upload.fields["chunk_index"],
+            stream=require_chunk(upload),
             checksum=upload.fields["checksum"],
         )
         return _chunk_receipt_response(receipt)
@@ -135,13 +137,16 @@ class FinalizeRecordingView(APIView):
         receipt = None
         if upload.stream is not None or not upload.fields["is_final"]:
             receipt = services.receive_chunk(
-                session=session, chunk_index=upload.fields["chunk_index"], stream=require_chunk(upload),
+                session=session,
+                chunk_index=upload.fields["chunk_index"],
+                stream=require_chunk(upload),
                 checksum=upload.fields["checksum"],
             )
             if not upload.fields["is_final"]:
                 return _chunk_receipt_response(receipt)
         session = services.finalize_recording(
-            session=session, total_chunks=upload.fields["total_chunks"],
+            session=session,
+            total_chunks=upload.fields["total_chunks"],
             last_chunk_index=receipt.chunk.index if receipt else None,
         )
         finished = session.status in (Status.READY, Status.FAILED)

@@ -51,9 +51,12 @@ def load_chrome_set(name: str) -> Recording:
         assert hashlib.sha256(data).hexdigest() == entry["sha256"], f"{name}/{entry['file']} is corrupt"
         chunks.append(data)
     return Recording(
-        name=name, chunks=chunks, mime_type=manifest["mimeType_actual"],
+        name=name,
+        chunks=chunks,
+        mime_type=manifest["mimeType_actual"],
         duration_seconds=manifest["duration_recorded_s"],
-        has_audio=manifest["has_audio"], has_video=manifest["has_video"],
+        has_audio=manifest["has_audio"],
+        has_video=manifest["has_video"],
     )
 
 
@@ -66,28 +69,86 @@ def split_bytes(data: bytes, parts: int) -> list[bytes]:
 # name: (ffmpeg output arguments, mime type a browser would report, has_audio, has_video)
 GENERATED_KINDS = {
     "h264_opus_matroska": (
-        ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "libopus", "-f", "matroska",
-         "-live", "1"], "video/x-matroska;codecs=avc1,opus", True, True),
+        [
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "libopus",
+            "-f",
+            "matroska",
+            "-live",
+            "1",
+        ],
+        "video/x-matroska;codecs=avc1,opus",
+        True,
+        True,
+    ),
     "vp8_pcm_webm": (
         ["-c:v", "libvpx", "-deadline", "realtime", "-c:a", "pcm_f32le", "-f", "matroska", "-live", "1"],
-        "video/webm;codecs=vp8,pcm", True, True),
+        "video/webm;codecs=vp8,pcm",
+        True,
+        True,
+    ),
     "audio_only_opus_webm": (
-        ["-vn", "-c:a", "libopus", "-f", "webm", "-live", "1"], "audio/webm;codecs=opus", True, False),
+        ["-vn", "-c:a", "libopus", "-f", "webm", "-live", "1"],
+        "audio/webm;codecs=opus",
+        True,
+        False,
+    ),
     "vp9_opus_fmp4": (
-        ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-row-mt", "1", "-c:a", "libopus",
-         "-movflags", "frag_keyframe+empty_moov+default_base_moof", "-f", "mp4"], "video/mp4", True, True),
+        [
+            "-c:v",
+            "libvpx-vp9",
+            "-deadline",
+            "realtime",
+            "-row-mt",
+            "1",
+            "-c:a",
+            "libopus",
+            "-movflags",
+            "frag_keyframe+empty_moov+default_base_moof",
+            "-f",
+            "mp4",
+        ],
+        "video/mp4",
+        True,
+        True,
+    ),
     "audio_only_opus_fmp4": (
         ["-vn", "-c:a", "libopus", "-movflags", "frag_keyframe+empty_moov+default_base_moof", "-f", "mp4"],
-        "audio/mp4;codecs=opus", True, False),
+        "audio/mp4;codecs=opus",
+        True,
+        False,
+    ),
 }
 
 
-def generate_media(destination: Path, *, seconds: float, output_args: list[str], size: str = "320x240",
-                   fps: int = 15) -> None:
+def generate_media(
+    destination: Path, *, seconds: float, output_args: list[str], size: str = "320x240", fps: int = 15
+) -> None:
     utils.run_ffmpeg(
-        ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}",
-         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-         "-t", f"{seconds}", "-map", "0:v", "-map", "1:a", *output_args, str(destination)],
+        [
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={size}:rate={fps}",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            f"{seconds}",
+            "-map",
+            "0:v",
+            "-map",
+            "1:a",
+            *output_args,
+            str(destination),
+        ],
         timeout_seconds=600,
     )
 
@@ -98,8 +159,12 @@ def generate_recording(kind: str, directory: Path, *, seconds: float = 4.0, part
     if not path.exists():
         generate_media(path, seconds=seconds, output_args=output_args)
     return Recording(
-        name=kind, chunks=split_bytes(path.read_bytes(), parts), mime_type=mime_type,
-        duration_seconds=seconds, has_audio=has_audio, has_video=has_video,
+        name=kind,
+        chunks=split_bytes(path.read_bytes(), parts),
+        mime_type=mime_type,
+        duration_seconds=seconds,
+        has_audio=has_audio,
+        has_video=has_video,
     )
 
 
@@ -130,6 +195,77 @@ def decode_errors(path: Path) -> tuple[int, str]:
     """Decode every frame with the bundled ffmpeg: (exit code, error output)."""
     completed = subprocess.run(
         [utils.ffmpeg_executable(), "-v", "error", "-nostdin", "-i", str(path), "-f", "null", "-"],
-        capture_output=True, timeout=300, check=False,
+        capture_output=True,
+        timeout=300,
+        check=False,
     )
     return completed.returncode, completed.stderr.decode("utf-8", "replace")
+
+
+# --- A real server process, started the way the README says -----------------------------------------
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        return probe_socket.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    base_url: str
+    media_root: Path
+    log_path: Path
+
+
+@pytest.fixture(scope="session")
+def make_run_server(tmp_path_factory):
+    """`make run` on a free port, with its own database and media root; stopped after the session."""
+    import signal
+    import time
+    import urllib.request
+
+    if shutil.which("make") is None:
+        skip_or_fail("`make` is not installed")
+    work = tmp_path_factory.mktemp("make-run")
+    port = free_port()
+    environment = {
+        **{key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "RECORDER_"))},
+        "DJANGO_DEBUG": "1",
+        "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}",
+        "MEDIA_ROOT": str(work / "media"),
+        "PORT": str(port),
+    }
+    log_path = work / "server.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            ["make", "--no-print-directory", "run"],
+            cwd=PROJECT_DIR,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base_url}/swagger.json", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            os.killpg(server.pid, signal.SIGKILL)
+            pytest.fail(f"`make run` did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield LiveServer(base_url=base_url, media_root=work / "media", log_path=log_path)
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)

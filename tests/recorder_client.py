@@ -26,9 +26,17 @@ def start(api: APIClient, **fields) -> Started:
 
 
 def post_chunk(
-    api: APIClient, started: Started, chunk: bytes | None, *, index: int | None, transport: str = "multipart",
-    url: str = "/api/receive-video-chunk/", token: str | None = "default", extra: dict | None = None,
-    file_field: str = "video_chunk", headers: dict | None = None,
+    api: APIClient,
+    started: Started,
+    chunk: bytes | None,
+    *,
+    index: int | None,
+    transport: str = "multipart",
+    url: str = "/api/receive-video-chunk/",
+    token: str | None = "default",
+    extra: dict | None = None,
+    file_field: str = "video_chunk",
+    headers: dict | None = None,
 ):
     """POST one chunk (or none) with the given transport; returns the response."""
     token = started.upload_token if token == "default" else token
@@ -46,23 +54,43 @@ def post_chunk(
             fields["video_chunk"] = base64.b64encode(chunk).decode("ascii")
         return api.generic("POST", url, json.dumps(fields), content_type="application/json", headers=request_headers)
     if transport == "raw":
-        query = urlencode({key: str(value).lower() if isinstance(value, bool) else value for key, value in fields.items()})
+        query = urlencode(
+            {key: str(value).lower() if isinstance(value, bool) else value for key, value in fields.items()}
+        )
         return api.generic(
             "POST", f"{url}?{query}", chunk or b"", content_type="application/octet-stream", headers=request_headers
         )
     raise ValueError(transport)
 
 
-def finalize(api: APIClient, started: Started, *, transport: str = "multipart", chunk: bytes | None = None,
-             index: int | None = None, **extra):
+def finalize(
+    api: APIClient,
+    started: Started,
+    *,
+    transport: str = "multipart",
+    chunk: bytes | None = None,
+    index: int | None = None,
+    **extra,
+):
     return post_chunk(
-        api, started, chunk, index=index, transport=transport, url="/api/finalize-recording/",
+        api,
+        started,
+        chunk,
+        index=index,
+        transport=transport,
+        url="/api/finalize-recording/",
         extra={"is_final": "true", **extra},
     )
 
 
-def upload_all(api: APIClient, started: Started, chunks: list[bytes], *, transport: str = "multipart",
-               order: list[int] | None = None) -> None:
+def upload_all(
+    api: APIClient,
+    started: Started,
+    chunks: list[bytes],
+    *,
+    transport: str = "multipart",
+    order: list[int] | None = None,
+) -> None:
     for index in order if order is not None else range(len(chunks)):
         response = post_chunk(api, started, chunks[index], index=index, transport=transport)
         assert response.status_code in (200, 201), (index, response.content)

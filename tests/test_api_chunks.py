@@ -32,9 +32,13 @@ def test_new_chunk_is_acknowledged_with_its_hash(api, vp8, transport, media_root
     assert response.status_code == 201
     body = response.json()
     assert body == {
-        "session_id": started.session_id, "chunk_index": 0, "size": len(vp8.chunks[0]),
-        "sha256": hashlib.sha256(vp8.chunks[0]).hexdigest(), "received_chunks": 1,
-        "received_bytes": len(vp8.chunks[0]), "status": "recording",
+        "session_id": started.session_id,
+        "chunk_index": 0,
+        "size": len(vp8.chunks[0]),
+        "sha256": hashlib.sha256(vp8.chunks[0]).hexdigest(),
+        "received_chunks": 1,
+        "received_bytes": len(vp8.chunks[0]),
+        "status": "recording",
     }
     stored = media_root / "recordings" / started.session_id / "chunks" / "0"
     assert stored.read_bytes() == vp8.chunks[0]
@@ -125,18 +129,22 @@ def test_wrong_token_is_403(api, vp8):
 
 def test_token_in_x_upload_token_header_or_body_field_is_accepted(api, vp8):
     started = start(api)
-    by_header = post_chunk(api, started, vp8.chunks[0], index=0, token=None,
-                           headers={"X-Upload-Token": started.upload_token})
-    by_field = post_chunk(api, started, vp8.chunks[1], index=1, token=None,
-                          extra={"upload_token": started.upload_token})
+    by_header = post_chunk(
+        api, started, vp8.chunks[0], index=0, token=None, headers={"X-Upload-Token": started.upload_token}
+    )
+    by_field = post_chunk(
+        api, started, vp8.chunks[1], index=1, token=None, extra={"upload_token": started.upload_token}
+    )
     assert (by_header.status_code, by_field.status_code) == (201, 201)
 
 
 def test_token_in_query_string_is_not_accepted(api, vp8):
     started = start(api)
     response = api.generic(
-        "POST", f"/api/receive-video-chunk/?session_id={started.session_id}&chunk_index=0"
-        f"&upload_token={started.upload_token}", vp8.chunks[0], content_type="application/octet-stream",
+        "POST",
+        f"/api/receive-video-chunk/?session_id={started.session_id}&chunk_index=0&upload_token={started.upload_token}",
+        vp8.chunks[0],
+        content_type="application/octet-stream",
     )
     assert response.status_code == 401
 
@@ -179,8 +187,10 @@ def test_junk_first_chunk_is_rejected(api, junk, transport, media_root):
 def test_text_instead_of_a_blob_in_a_form_is_rejected(api):
     started = start(api)
     response = api.post(
-        "/api/receive-video-chunk/", {"session_id": started.session_id, "video_chunk": "undefined"},
-        format="multipart", headers={"Authorization": f"Bearer {started.upload_token}"},
+        "/api/receive-video-chunk/",
+        {"session_id": started.session_id, "video_chunk": "undefined"},
+        format="multipart",
+        headers={"Authorization": f"Bearer {started.upload_token}"},
     )
     assert response.status_code == 400
     assert response.json()["code"] == "chunk_not_a_file"
@@ -208,8 +218,10 @@ def test_empty_chunks_are_valid_and_counted(api, vp8, transport, tmp_path):
 def test_bad_base64_is_rejected(api):
     started = start(api)
     response = api.post(
-        "/api/receive-video-chunk/", {"session_id": started.session_id, "chunk_index": 0, "video_chunk": "%%%not64"},
-        format="json", headers={"Authorization": f"Bearer {started.upload_token}"},
+        "/api/receive-video-chunk/",
+        {"session_id": started.session_id, "chunk_index": 0, "video_chunk": "%%%not64"},
+        format="json",
+        headers={"Authorization": f"Bearer {started.upload_token}"},
     )
     assert response.status_code == 400
     assert response.json()["code"] == "invalid_base64"
@@ -219,8 +231,10 @@ def test_base64_with_a_data_url_prefix_is_decoded(api, vp8, media_root):
     started = start(api)
     encoded = "data:video/webm;codecs=vp8,opus;base64," + base64.b64encode(vp8.chunks[0]).decode()
     response = api.post(
-        "/api/receive-video-chunk/", {"session_id": started.session_id, "chunk_index": 0, "video_chunk": encoded},
-        format="json", headers={"Authorization": f"Bearer {started.upload_token}"},
+        "/api/receive-video-chunk/",
+        {"session_id": started.session_id, "chunk_index": 0, "video_chunk": encoded},
+        format="json",
+        headers={"Authorization": f"Bearer {started.upload_token}"},
     )
     assert response.status_code == 201
     assert (media_root / "recordings" / started.session_id / "chunks" / "0").read_bytes() == vp8.chunks[0]
@@ -229,8 +243,13 @@ def test_base64_with_a_data_url_prefix_is_decoded(api, vp8, media_root):
 @pytest.mark.parametrize("body", ["[1, 2]", '"text"', "{not json"])
 def test_json_body_that_is_not_an_object_is_rejected(api, body):
     started = start(api)
-    response = api.generic("POST", "/api/receive-video-chunk/", body, content_type="application/json",
-                           headers={"Authorization": f"Bearer {started.upload_token}"})
+    response = api.generic(
+        "POST",
+        "/api/receive-video-chunk/",
+        body,
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {started.upload_token}"},
+    )
     assert response.status_code == 400
     assert response.json()["code"] == "malformed_body"
 
@@ -238,8 +257,11 @@ def test_json_body_that_is_not_an_object_is_rejected(api, body):
 def test_unsupported_content_type_is_415(api):
     started = start(api)
     response = api.generic(
-        "POST", f"/api/receive-video-chunk/?session_id={started.session_id}", b"hello",
-        content_type="text/plain", headers={"Authorization": f"Bearer {started.upload_token}"},
+        "POST",
+        f"/api/receive-video-chunk/?session_id={started.session_id}",
+        b"hello",
+        content_type="text/plain",
+        headers={"Authorization": f"Bearer {started.upload_token}"},
     )
     assert response.status_code == 415
     assert response.json()["code"] == "unsupported_content_type"
@@ -261,8 +283,9 @@ def test_matching_checksum_in_field_or_header_is_accepted(api, vp8):
     digest = hashlib.sha256(vp8.chunks[0]).hexdigest()
     by_field = post_chunk(api, started, vp8.chunks[0], index=0, extra={"checksum": f"sha256:{digest}"})
     digest_1 = hashlib.sha256(vp8.chunks[1]).hexdigest()
-    by_header = post_chunk(api, started, vp8.chunks[1], index=1, transport="raw",
-                           headers={"X-Chunk-SHA256": f"sha256:{digest_1}"})
+    by_header = post_chunk(
+        api, started, vp8.chunks[1], index=1, transport="raw", headers={"X-Chunk-SHA256": f"sha256:{digest_1}"}
+    )
     assert (by_field.status_code, by_header.status_code) == (201, 201)
 
 
@@ -323,19 +346,37 @@ def test_is_final_accepts_true_words(api, vp8, word):
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_is_final_false_is_exactly_a_chunk_upload(api, vp8, transport):
     started = start(api)
-    response = post_chunk(api, started, vp8.chunks[0], index=0, transport=transport,
-                          url="/api/finalize-recording/", extra={"is_final": "false"})
+    response = post_chunk(
+        api,
+        started,
+        vp8.chunks[0],
+        index=0,
+        transport=transport,
+        url="/api/finalize-recording/",
+        extra={"is_final": "false"},
+    )
     assert response.status_code == 201
-    assert set(response.json()) == {"session_id", "chunk_index", "size", "sha256", "received_chunks",
-                                    "received_bytes", "status"}
+    assert set(response.json()) == {
+        "session_id",
+        "chunk_index",
+        "size",
+        "sha256",
+        "received_chunks",
+        "received_bytes",
+        "status",
+    }
     assert response.json()["status"] == "recording"
 
 
 def test_is_final_as_json_boolean(api, vp8):
     started = start(api)
     upload_all(api, started, vp8.chunks)
-    response = api.post("/api/finalize-recording/", {"session_id": started.session_id, "is_final": True},
-                        format="json", headers={"Authorization": f"Bearer {started.upload_token}"})
+    response = api.post(
+        "/api/finalize-recording/",
+        {"session_id": started.session_id, "is_final": True},
+        format="json",
+        headers={"Authorization": f"Bearer {started.upload_token}"},
+    )
     assert response.status_code == 200
     assert response.json()["status"] == "ready"
 
@@ -442,8 +483,11 @@ def test_wrong_method_is_json_405(api):
 def test_cors_preflight_allows_authorization_and_json_from_any_origin(api):
     response = api.options(
         "/api/receive-video-chunk/",
-        headers={"Origin": "chrome-extension://abcdefghijklmnop", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "authorization,content-type,x-chunk-sha256"},
+        headers={
+            "Origin": "chrome-extension://abcdefghijklmnop",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type,x-chunk-sha256",
+        },
     )
     assert response.status_code == 200
     assert response["Access-Control-Allow-Origin"] == "*"

@@ -78,8 +78,9 @@ def test_range_past_the_end_is_clamped(api, ready):
     assert content == video[-10:]
 
 
-@pytest.mark.parametrize("header_for", [lambda size: f"bytes={size}-", lambda size: f"bytes={size + 5}-{size + 9}",
-                                        lambda size: "bytes=-0"])
+@pytest.mark.parametrize(
+    "header_for", [lambda size: f"bytes={size}-", lambda size: f"bytes={size + 5}-{size + 9}", lambda size: "bytes=-0"]
+)
 def test_unsatisfiable_range_is_416(api, ready, header_for):
     body, video, _ = ready
     response, _ = ranged(api, body["video_url"], header_for(len(video)))

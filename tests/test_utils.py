@@ -72,7 +72,11 @@ def info(video: str = "", audio: str = "") -> utils.MediaInfo:
 )
 def test_remux_plan_prefers_stream_copy_into_a_browser_container(container, media, extension, content_type, copies):
     plan = utils.plan_remux(container, media)
-    assert (plan.output.extension, plan.output.content_type, plan.copies_everything) == (extension, content_type, copies)
+    assert (plan.output.extension, plan.output.content_type, plan.copies_everything) == (
+        extension,
+        content_type,
+        copies,
+    )
 
 
 def test_extract_audio_writes_audio_only(raw_webm, tmp_path):
@@ -118,14 +122,22 @@ def test_probe_of_junk_is_media_undecodable(tmp_path):
 def test_moviepy_import_does_not_load_a_dotenv_file(tmp_path):
     """moviepy calls load_dotenv() on import; a .env in the working directory must not reach settings."""
     (tmp_path / ".env").write_text("RECORDER_DOTENV_PROBE=leaked\nDJANGO_DEBUG=1\n")
-    environment = {key: value for key, value in os.environ.items()
-                   if key not in ("PYTHON_DOTENV_DISABLED", "DJANGO_DEBUG", "RECORDER_DOTENV_PROBE")}
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("PYTHON_DOTENV_DISABLED", "DJANGO_DEBUG", "RECORDER_DOTENV_PROBE")
+    }
     environment["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     probe = "import os, {module}; print(os.environ.get('RECORDER_DOTENV_PROBE', 'absent'))"
     results = {
         module: subprocess.run(
-            [sys.executable, "-c", probe.format(module=module)], capture_output=True, text=True,
-            env=environment, cwd=tmp_path, check=True, timeout=60,
+            [sys.executable, "-c", probe.format(module=module)],
+            capture_output=True,
+            text=True,
+            env=environment,
+            cwd=tmp_path,
+            check=True,
+            timeout=60,
         ).stdout.strip()
         for module in ("moviepy.config", "recordings.utils")
     }

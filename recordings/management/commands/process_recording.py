@@ -18,6 +18,8 @@ class Command(BaseCommand):
         except RecorderError as error:
             raise CommandError(f"{error.code}: {error.detail}") from error
         if session.status == "ready":
-            self.stdout.write(f"{session.id}: ready, {session.duration_seconds:.2f} s in {session.processing_seconds:.2f} s")
+            self.stdout.write(
+                f"{session.id}: ready, {session.duration_seconds:.2f} s in {session.processing_seconds:.2f} s"
+            )
         else:
             raise CommandError(f"{session.id}: {session.status} ({session.error_code}: {session.error_detail})")

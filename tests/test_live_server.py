@@ -1,0 +1,147 @@
+"""Against a real `make run` server: many clients at once, and playback in a real Chromium."""
+
+import json
+import random
+import shutil
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.conftest import load_chrome_set, skip_or_fail
+
+pytestmark = pytest.mark.live_server_process
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+]
+
+
+def call(method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def start_session(base_url: str) -> tuple[str, str]:
+    status, body = call("POST", f"{base_url}/api/start-recording/", b"{}", {"Content-Type": "application/json"})
+    assert status == 201
+    return body["session_id"], body["upload_token"]
+
+
+def wait_until_finished(base_url: str, session_id: str, timeout_seconds: float = 120) -> dict:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        status, body = call("GET", f"{base_url}/api/get-recorded-data/{session_id}/")
+        if body["status"] in ("ready", "failed"):
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"{session_id} still {body['status']}")
+
+
+def test_many_clients_with_shuffled_duplicated_late_chunks(make_run_server):
+    base_url = make_run_server.base_url
+    recordings = [load_chrome_set(name) for name in ("vp8_opus", "mp4_avc1_opus", "vp9_opus")] * 4
+    sessions = [start_session(base_url) for _ in recordings]
+    randomizer = random.Random(11)
+    requests = []
+    for (session_id, token), recording in zip(sessions, recordings, strict=True):
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"}
+        plan = list(range(len(recording.chunks))) + randomizer.sample(range(len(recording.chunks)), 2)
+        randomizer.shuffle(plan)
+        for index in plan:
+            url = f"{base_url}/api/receive-video-chunk/?session_id={session_id}&chunk_index={index}"
+            requests.append(("POST", url, recording.chunks[index], headers))
+        # finalize is fired among the chunks, as clients that do not await their uploads do
+        finalize_body = json.dumps(
+            {"session_id": session_id, "is_final": True, "total_chunks": len(recording.chunks)}
+        ).encode()
+        requests.insert(
+            randomizer.randrange(len(requests)),
+            (
+                "POST",
+                f"{base_url}/api/finalize-recording/",
+                finalize_body,
+                {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            ),
+        )
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = list(pool.map(lambda request: call(*request)[0], requests))
+    assert sorted(set(statuses)) <= [200, 201, 202], statuses
+    for (session_id, _), recording in zip(sessions, recordings, strict=True):
+        body = wait_until_finished(base_url, session_id)
+        assert body["status"] == "ready", body["error"]
+        assert body["source_sha256"] == recording.joined_sha256
+        assert body["received_chunks"] == len(recording.chunks)
+
+
+def test_video_plays_and_seeks_to_the_middle_in_chromium(make_run_server):
+    if not shutil.which(CHROMIUM):
+        skip_or_fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    base_url = make_run_server.base_url
+    recording = load_chrome_set("vp8_opus")
+    session_id, token = start_session(base_url)
+    for index, chunk in enumerate(recording.chunks):
+        status, _ = call(
+            "POST",
+            f"{base_url}/api/receive-video-chunk/?session_id={session_id}&chunk_index={index}",
+            chunk,
+            {"Authorization": f"Bearer {token}", "Content-Type": "video/webm"},
+        )
+        assert status == 201
+    call(
+        "POST",
+        f"{base_url}/api/finalize-recording/",
+        json.dumps({"session_id": session_id, "is_final": "true"}).encode(),
+        {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    body = wait_until_finished(base_url, session_id)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.goto(f"{base_url}/swagger.json")
+        result = page.evaluate(
+            """async (url) => {
+                const video = document.createElement('video');
+                video.muted = true;
+                video.preload = 'auto';
+                document.body.appendChild(video);
+                const once = (name) => new Promise((resolve, reject) => {
+                    video.addEventListener(name, resolve, {once: true});
+                    const fail = () => reject(new Error('media error ' + video.error?.code));
+                    video.addEventListener('error', fail, {once: true});
+                });
+                const loaded = once('loadedmetadata');
+                video.src = url;
+                await loaded;
+                const duration = video.duration;
+                const seeked = once('seeked');
+                video.currentTime = duration / 2;
+                await seeked;
+                const afterSeek = video.currentTime;
+                await video.play();
+                await new Promise((resolve) => setTimeout(resolve, 500));
+                video.pause();
+                return {duration, afterSeek, playedTo: video.currentTime, width: video.videoWidth};
+            }""",
+            body["video_url"],
+        )
+        browser.close()
+    assert result["duration"] == pytest.approx(recording.duration_seconds, rel=0.10)
+    assert result["afterSeek"] == pytest.approx(result["duration"] / 2, abs=0.5)
+    assert result["playedTo"] > result["afterSeek"]
+    assert result["width"] == 640
