@@ -7,9 +7,11 @@ import re
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from django.conf import settings
 from rest_framework import serializers
 from rest_framework.request import Request
 
+from .chunks import chunk_too_large
 from .errors import RecorderError
 from .parsers import RawBody, is_raw_media_type
 
@@ -26,8 +28,13 @@ class ChunkUpload:
     stream: BinaryIO | None  # None when the request carries no chunk
 
 
+# Room for multipart boundaries and the scalar fields around the chunk itself.
+_ENVELOPE_BYTES = 64 * 1024
+
+
 def read_chunk_upload(request: Request, input_serializer: type[serializers.Serializer]) -> ChunkUpload:
     """Validate the scalars with `input_serializer` and find the chunk, whatever the transport."""
+    _refuse_oversized_body(request)
     data = request.data
     if isinstance(data, RawBody) or is_raw_media_type(request.content_type or ""):
         body_fields: dict = {}
@@ -51,6 +58,23 @@ def read_chunk_upload(request: Request, input_serializer: type[serializers.Seria
     validated = input_serializer(data=values)
     validated.is_valid(raise_exception=True)
     return ChunkUpload(fields=dict(validated.validated_data), upload_token=upload_token, stream=stream)
+
+
+def _refuse_oversized_body(request: Request) -> None:
+    """Answer 413 from the Content-Length alone, before Django spools a huge multipart body to disk."""
+    try:
+        declared_bytes = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return
+    max_chunk_bytes = settings.RECORDER_MAX_CHUNK_BYTES
+    # base64 in JSON is 4/3 of the bytes it carries
+    allowed_bytes = (
+        max_chunk_bytes * 4 // 3 + _ENVELOPE_BYTES
+        if "json" in (request.content_type or "")
+        else (max_chunk_bytes + _ENVELOPE_BYTES)
+    )
+    if declared_bytes > allowed_bytes:
+        raise chunk_too_large(max_chunk_bytes)
 
 
 def _upload_token(request: Request, field_value) -> str | None:

@@ -306,6 +306,15 @@ def test_oversized_chunk_is_413(api, vp8, transport, settings, media_root):
     assert stored_files(media_root) == []
 
 
+def test_oversized_multipart_body_is_refused_from_its_content_length(api, settings, media_root):
+    settings.RECORDER_MAX_CHUNK_BYTES = 1000
+    started = start(api)
+    response = post_chunk(api, started, b"\x1a\x45\xdf\xa3" + bytes(200_000), index=0)
+    assert response.status_code == 413
+    assert response.json()["code"] == "chunk_too_large"
+    assert list((media_root / ".tmp").iterdir()) == []  # refused before anything was spooled
+
+
 def test_recording_over_its_size_limit_is_413(api, vp8, settings):
     settings.RECORDER_MAX_RECORDING_BYTES = len(vp8.chunks[0]) + len(vp8.chunks[1]) + 10
     started = start(api)
