@@ -3,7 +3,7 @@
 import logging
 
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
-from django.http import JsonResponse
+from django.http import JsonResponse, UnreadablePostError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
@@ -47,6 +47,11 @@ def _translate(exc: Exception) -> RecorderError | None:
             detail="The request body is larger than DATA_UPLOAD_MAX_MEMORY_SIZE allows for JSON and "
             "form bodies; send large chunks as multipart/form-data or as a raw body.",
             status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, UnreadablePostError):
+        return RecorderError(
+            code="upload_interrupted",
+            detail="The request body could not be read to its end; nothing was stored. Send the chunk again.",
         )
     if isinstance(exc, (TooManyFieldsSent, TooManyFilesSent)):
         return RecorderError(code="malformed_body", detail=str(exc))

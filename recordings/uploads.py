@@ -38,7 +38,7 @@ def read_chunk_upload(request: Request, input_serializer: type[serializers.Seria
     data = request.data
     if isinstance(data, RawBody) or is_raw_media_type(request.content_type or ""):
         body_fields: dict = {}
-        stream = data.stream if isinstance(data, RawBody) else io.BytesIO(b"")  # empty raw body = empty chunk
+        stream = _raw_body_stream(request, data)
     elif hasattr(data, "getlist"):  # multipart or urlencoded form
         body_fields = {key: data.get(key) for key in data if key not in CHUNK_FIELD_NAMES}
         stream = _chunk_from_form(data)
@@ -75,6 +75,42 @@ def _refuse_oversized_body(request: Request) -> None:
     )
     if declared_bytes > allowed_bytes:
         raise chunk_too_large(max_chunk_bytes)
+
+
+class DeclaredLengthStream:
+    """A raw request body that fails when it ends before its Content-Length.
+
+    Without this, a client that drops mid-upload would leave a short chunk stored under its index,
+    and its retry with the full bytes would then be refused as a conflict.
+    """
+
+    def __init__(self, stream: BinaryIO, declared_bytes: int):
+        self._stream = stream
+        self._declared_bytes = declared_bytes
+        self._received_bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        block = self._stream.read(size)
+        self._received_bytes += len(block)
+        if not block and self._received_bytes < self._declared_bytes:
+            raise RecorderError(
+                code="upload_interrupted",
+                detail=f"The body ended after {self._received_bytes} of its {self._declared_bytes} declared bytes; "
+                "nothing was stored. Send the chunk again.",
+            )
+        return block
+
+
+def _raw_body_stream(request: Request, data) -> BinaryIO:
+    if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+        raise RecorderError(
+            code="length_required",
+            detail="Send raw chunks with a Content-Length (a Blob or file body), not chunked transfer encoding.",
+            status=411,
+        )
+    if not isinstance(data, RawBody):
+        return io.BytesIO(b"")  # Content-Length: 0 is an empty chunk, which is valid
+    return DeclaredLengthStream(data.stream, int(request.META.get("CONTENT_LENGTH") or 0))
 
 
 def _upload_token(request: Request, field_value) -> str | None:

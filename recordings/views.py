@@ -177,4 +177,4 @@ class RecordingMediaView(APIView):
     def get(self, request: Request, session_id: str, kind: str):
         media = services.media_file(session_id=session_id, kind=kind)
         as_attachment = request.query_params.get("download", "").lower() in ("1", "true", "yes")
-        return serve_stored_file(request._request, media, as_attachment=as_attachment)
+        return serve_stored_file(request, media, as_attachment=as_attachment)

@@ -3,6 +3,7 @@
 import json
 import random
 import shutil
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -145,3 +146,76 @@ def test_video_plays_and_seeks_to_the_middle_in_chromium(make_run_server):
     assert result["afterSeek"] == pytest.approx(result["duration"] / 2, abs=0.5)
     assert result["playedTo"] > result["afterSeek"]
     assert result["width"] == 640
+
+
+def send_raw_request(base_url: str, head: bytes, body: bytes) -> bytes:
+    """Send a request over a plain socket and half-close it, as a client that drops mid-upload does."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(head + body)
+        connection.shutdown(socket.SHUT_WR)
+        response = b""
+        while block := connection.recv(65536):
+            response += block
+    return response
+
+
+def test_a_raw_upload_cut_short_is_not_stored_and_its_retry_succeeds(make_run_server):
+    base_url = make_run_server.base_url
+    chunk = load_chrome_set("vp8_opus").chunks[0]
+    session_id, token = start_session(base_url)
+    head = (
+        f"POST /api/receive-video-chunk/?session_id={session_id}&chunk_index=0 HTTP/1.1\r\n"
+        f"Host: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {len(chunk)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    response = send_raw_request(base_url, head, chunk[:10_000])
+    assert response.startswith(b"HTTP/1.1 400"), response[:200]
+    assert b'"upload_interrupted"' in response
+    _, body = call("GET", f"{base_url}/api/get-recorded-data/{session_id}/")
+    assert body["received_chunks"] == 0
+    status, receipt = call(
+        "POST",
+        f"{base_url}/api/receive-video-chunk/?session_id={session_id}&chunk_index=0",
+        chunk,
+        {"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"},
+    )
+    assert (status, receipt["size"]) == (201, len(chunk))
+
+
+def test_a_chunked_raw_upload_is_refused_rather_than_stored_empty(make_run_server):
+    base_url = make_run_server.base_url
+    session_id, token = start_session(base_url)
+    head = (
+        f"POST /api/receive-video-chunk/?session_id={session_id}&chunk_index=0 HTTP/1.1\r\n"
+        f"Host: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    ).encode()
+    response = send_raw_request(base_url, head, b"4\r\n\x1a\x45\xdf\xa3\r\n0\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 411"), response[:200]
+    _, body = call("GET", f"{base_url}/api/get-recorded-data/{session_id}/")
+    assert body["received_chunks"] == 0
+
+
+def test_a_multipart_upload_cut_short_is_not_stored(make_run_server):
+    base_url = make_run_server.base_url
+    chunk = load_chrome_set("vp8_opus").chunks[0]
+    session_id, token = start_session(base_url)
+    boundary = b"recorder-test-boundary"
+    body = b"".join(
+        [
+            b"--" + boundary + b'\r\nContent-Disposition: form-data; name="session_id"\r\n\r\n' + session_id.encode(),
+            b"\r\n--" + boundary + b'\r\nContent-Disposition: form-data; name="chunk_index"\r\n\r\n0',
+            b"\r\n--" + boundary + b'\r\nContent-Disposition: form-data; name="video_chunk"; filename="blob"\r\n'
+            b"Content-Type: video/webm\r\n\r\n" + chunk + b"\r\n--" + boundary + b"--\r\n",
+        ]
+    )
+    head = (
+        f"POST /api/receive-video-chunk/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary.decode()}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    response = send_raw_request(base_url, head, body[:15_000])
+    assert response.startswith(b"HTTP/1.1 400"), response[:200]
+    _, status_body = call("GET", f"{base_url}/api/get-recorded-data/{session_id}/")
+    assert status_body["received_chunks"] == 0
