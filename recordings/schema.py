@@ -26,6 +26,7 @@ API_INFO = openapi.Info(
 )
 
 UPLOAD_SECURITY = [{"UploadToken": []}]
+_BINARY = openapi.Schema(type=openapi.TYPE_STRING, format=openapi.FORMAT_BINARY)
 
 EXAMPLE_SESSION_ID = "8d7f2b8e-4c1a-4f5e-9a57-2f0b7c1d9e21"
 _UPLOAD_FORMS = (
@@ -101,6 +102,10 @@ def _error(description: str, code: str, detail: str) -> openapi.Response:
     return openapi.Response(description, ErrorOutput, examples={"application/json": {"code": code, "detail": detail}})
 
 
+def _header(name: str, description: str) -> openapi.Parameter:
+    return openapi.Parameter(name, openapi.IN_HEADER, type=openapi.TYPE_STRING, required=False, description=description)
+
+
 def _form(name: str, type_: str, description: str, *, required: bool = False, **extra) -> openapi.Parameter:
     return openapi.Parameter(name, openapi.IN_FORM, description=description, type=type_, required=required, **extra)
 
@@ -110,13 +115,7 @@ _UPLOAD_PARAMETERS = [
     _form("chunk_index", openapi.TYPE_INTEGER, "0-based index; omit to append after the highest received.", minimum=0),
     _form("checksum", openapi.TYPE_STRING, "Optional `sha256:<64 hex digits>` of the chunk."),
     _form("upload_token", openapi.TYPE_STRING, "The upload token, for clients that cannot set headers."),
-    openapi.Parameter(
-        "X-Chunk-SHA256",
-        openapi.IN_HEADER,
-        type=openapi.TYPE_STRING,
-        required=False,
-        description="Same as the `checksum` field.",
-    ),
+    _header("X-Chunk-SHA256", "Same as the `checksum` field."),
 ]
 
 _CHUNK_EXAMPLE = {
@@ -311,21 +310,11 @@ get_media = swagger_auto_schema(
             required=False,
             description="1: `Content-Disposition: attachment`.",
         ),
-        openapi.Parameter(
-            "Range",
-            openapi.IN_HEADER,
-            type=openapi.TYPE_STRING,
-            required=False,
-            description="e.g. `bytes=0-1023`, `bytes=1000-`, `bytes=-500`.",
-        ),
+        _header("Range", "e.g. `bytes=0-1023`, `bytes=1000-`, `bytes=-500`."),
     ],
     responses={
-        "200": openapi.Response(
-            "The whole file.", schema=openapi.Schema(type=openapi.TYPE_STRING, format=openapi.FORMAT_BINARY)
-        ),
-        "206": openapi.Response(
-            "The requested byte range.", schema=openapi.Schema(type=openapi.TYPE_STRING, format=openapi.FORMAT_BINARY)
-        ),
+        "200": openapi.Response("The whole file.", schema=_BINARY),
+        "206": openapi.Response("The requested byte range.", schema=_BINARY),
         "304": openapi.Response("Not modified."),
         "404": _error(
             "`session_not_found`, `media_not_ready`, `no_audio`, `no_video`, `no_thumbnail`.",

@@ -110,6 +110,12 @@ def chunk_progress(session: RecordingSession) -> ChunkProgress:
     )
 
 
+def chunk_totals(session: RecordingSession) -> tuple[int, int]:
+    """(chunks stored, bytes stored), in one aggregate query: what every chunk receipt reports."""
+    totals = Chunk.objects.filter(session=session).aggregate(count=Count("id"), total=Sum("size"))
+    return totals["count"], totals["total"] or 0
+
+
 # --- Chunks ---------------------------------------------------------------------------------------------------
 
 
@@ -202,7 +208,7 @@ def _sniff_if_first(session: RecordingSession, index: int, staged: chunks.Staged
     Chunks arrive out of order, so a chunk is only judged once every lower index is stored
     (and empty); otherwise the header check is left to processing.
     """
-    if staged.size == 0:
+    if staged.size == 0 or session.container:  # the header was already seen and checked
         return None
     lower = Chunk.objects.filter(session=session, index__lt=index).aggregate(
         stored=Count("id"), non_empty=Count("id", filter=Q(size__gt=0))

@@ -63,11 +63,9 @@ def ffmpeg_executable() -> str:
     return FFMPEG_BINARY
 
 
-def run_ffmpeg(arguments: list[str], *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
-    """Run the bundled ffmpeg with an argument list (never a shell); MediaError when it fails."""
-    command = [FFMPEG_BINARY, *_QUIET, *arguments]
+def _run(command: list[str], *, timeout_seconds: float, timeout_detail: str) -> subprocess.CompletedProcess:
     try:
-        completed = subprocess.run(
+        return subprocess.run(
             command,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -76,7 +74,16 @@ def run_ffmpeg(arguments: list[str], *, timeout_seconds: float = DEFAULT_TIMEOUT
             check=False,
         )
     except subprocess.TimeoutExpired as error:
-        raise MediaError("processing_timeout", f"ffmpeg took longer than {timeout_seconds:.0f} s.") from error
+        raise MediaError("processing_timeout", timeout_detail) from error
+
+
+def run_ffmpeg(arguments: list[str], *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+    """Run the bundled ffmpeg with an argument list (never a shell); MediaError when it fails."""
+    completed = _run(
+        [FFMPEG_BINARY, *_QUIET, *arguments],
+        timeout_seconds=timeout_seconds,
+        timeout_detail=f"ffmpeg took longer than {timeout_seconds:.0f} s.",
+    )
     if completed.returncode != 0:
         message = completed.stderr.decode("utf-8", "replace").strip().splitlines()
         raise MediaError("media_undecodable", "ffmpeg failed: " + (message[-1] if message else "no message"))
@@ -94,17 +101,11 @@ def probe(path: Path, *, timeout_seconds: float = 60) -> MediaInfo:
 
     Works on raw MediaRecorder files too, which have no Duration: `duration_seconds` is then None.
     """
-    try:
-        completed = subprocess.run(
-            [FFMPEG_BINARY, "-hide_banner", "-nostdin", "-i", str(path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            timeout=timeout_seconds,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as error:
-        raise MediaError("processing_timeout", "Reading the media's metadata timed out.") from error
+    completed = _run(
+        [FFMPEG_BINARY, "-hide_banner", "-nostdin", "-i", str(path)],
+        timeout_seconds=timeout_seconds,
+        timeout_detail="Reading the media's metadata timed out.",
+    )
     report = completed.stderr.decode("utf-8", "replace")
     input_format = _INPUT_FORMAT.search(report)
     if input_format is None:

@@ -21,7 +21,7 @@ from .serializers import (
     StartRecordingInput,
     StartRecordingOutput,
 )
-from .uploads import read_chunk_upload, require_chunk
+from .uploads import ChunkUpload, read_chunk_upload, require_chunk
 
 UPLOAD_PARSERS = [MultiPartParser, FormParser, JSONParser, RawChunkParser]
 
@@ -72,18 +72,27 @@ def _recording_payload(request: Request, session: RecordingSession) -> dict:
 
 
 def _chunk_receipt_response(receipt: services.ChunkReceipt) -> Response:
-    progress = services.chunk_progress(receipt.session)
+    received_chunks, received_bytes = services.chunk_totals(receipt.session)
     payload = {
         "session_id": receipt.session.id,
         "chunk_index": receipt.chunk.index,
         "size": receipt.chunk.size,
         "sha256": receipt.chunk.sha256,
-        "received_chunks": progress.received_chunks,
-        "received_bytes": progress.received_bytes,
+        "received_chunks": received_chunks,
+        "received_bytes": received_bytes,
         "status": receipt.session.status,
     }
     return Response(
         ChunkReceiptOutput(payload).data, status=status.HTTP_201_CREATED if receipt.created else status.HTTP_200_OK
+    )
+
+
+def _receive(session: RecordingSession, upload: ChunkUpload) -> services.ChunkReceipt:
+    return services.receive_chunk(
+        session=session,
+        chunk_index=upload.fields["chunk_index"],
+        stream=require_chunk(upload),
+        checksum=upload.fields["checksum"],
     )
 
 
@@ -118,13 +127,7 @@ class ReceiveChunkView(APIView):
     def post(self, request: Request) -> Response:
         upload = read_chunk_upload(request, ChunkUploadInput)
         session = services.authorize_upload(session_id=upload.fields["session_id"], upload_token=upload.upload_token)
-        receipt = services.receive_chunk(
-            session=session,
-            chunk_index=upload.fields["chunk_index"],
-            stream=require_chunk(upload),
-            checksum=upload.fields["checksum"],
-        )
-        return _chunk_receipt_response(receipt)
+        return _chunk_receipt_response(_receive(session, upload))
 
 
 class FinalizeRecordingView(APIView):
@@ -136,12 +139,7 @@ class FinalizeRecordingView(APIView):
         session = services.authorize_upload(session_id=upload.fields["session_id"], upload_token=upload.upload_token)
         receipt = None
         if upload.stream is not None or not upload.fields["is_final"]:
-            receipt = services.receive_chunk(
-                session=session,
-                chunk_index=upload.fields["chunk_index"],
-                stream=require_chunk(upload),
-                checksum=upload.fields["checksum"],
-            )
+            receipt = _receive(session, upload)
             if not upload.fields["is_final"]:
                 return _chunk_receipt_response(receipt)
         session = services.finalize_recording(
