@@ -198,6 +198,7 @@ _CHUNK_ERRORS = {
 
 start_recording = swagger_auto_schema(
     operation_id="start_recording",
+    tags=["upload"],
     operation_summary="Start a recording",
     operation_description="Creates a recording and returns its id and a secret upload token (shown once). "
     "The body is optional: JSON or form with `title` and `mime_type` (as MediaRecorder reported it).",
@@ -229,6 +230,7 @@ start_recording = swagger_auto_schema(
 
 receive_chunk = swagger_auto_schema(
     operation_id="receive_video_chunk",
+    tags=["upload"],
     operation_summary="Upload one chunk",
     operation_description="Stores one MediaRecorder chunk durably, then acknowledges it. Chunks may arrive in "
     "any order; the same index with identical bytes is an idempotent retry (200), with different "
@@ -248,6 +250,7 @@ receive_chunk = swagger_auto_schema(
 
 finalize_recording = swagger_auto_schema(
     operation_id="finalize_recording",
+    tags=["upload"],
     operation_summary="Finalize a recording (optionally with its last chunk)",
     operation_description="With `is_final=true`, fixes the chunk count (`total_chunks`, else the last chunk's "
     "index + 1, else the highest received + 1). When every chunk is stored, processing starts: 202, or "
@@ -287,6 +290,7 @@ finalize_recording = swagger_auto_schema(
 
 get_recorded_data = swagger_auto_schema(
     operation_id="get_recorded_data",
+    tags=["results"],
     operation_summary="A recording's status, metadata and media URLs",
     operation_description="Poll after finalize until `status` is `ready` or `failed`. `received_ranges` tells a "
     "client which chunks the server has (to resume after a network drop). URLs are null until ready.",
@@ -299,6 +303,7 @@ get_recorded_data = swagger_auto_schema(
 
 get_media = swagger_auto_schema(
     operation_id="get_recording_media",
+    tags=["results"],
     operation_summary="Download or stream the video, audio or thumbnail",
     operation_description="`kind` is `video`, `audio` or `thumbnail`. Supports single byte ranges (206, 416), "
     "`ETag`/`Last-Modified` with 304, `If-Range`, and `?download=1` for an attachment.",

@@ -88,10 +88,43 @@ def test_many_clients_with_shuffled_duplicated_late_chunks(make_run_server):
         assert body["received_chunks"] == len(recording.chunks)
 
 
-def test_video_plays_and_seeks_to_the_middle_in_chromium(make_run_server):
+def chromium_playwright():
     if not shutil.which(CHROMIUM):
         skip_or_fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    return pytest.importorskip("playwright.sync_api").sync_playwright
+
+
+def test_swagger_ui_try_it_out_uploads_a_file(make_run_server, tmp_path):
+    sync_playwright = chromium_playwright()
+    base_url = make_run_server.base_url
+    session_id, token = start_session(base_url)
+    chunk_path = tmp_path / "chunk_000.webm"
+    chunk_path.write_bytes(load_chrome_set("vp8_opus").chunks[0])
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.goto(f"{base_url}/swagger/")
+        page.click(".btn.authorize")
+        page.fill(".auth-container input", f"Bearer {token}")
+        page.click(".auth-btn-wrapper .btn.authorize")
+        page.click(".btn-done")
+        operation = page.locator("#operations-upload-receive_video_chunk")
+        operation.locator(".opblock-summary").click()
+        operation.locator(".try-out__btn").click()
+        operation.locator("tr[data-param-name='session_id'] input").fill(session_id)
+        operation.locator("tr[data-param-name='chunk_index'] input").fill("0")
+        operation.locator("tr[data-param-name='video_chunk'] input[type=file]").set_input_files(str(chunk_path))
+        operation.locator(".execute").click()
+        status_cell = operation.locator(".live-responses-table tr.response .response-col_status").first
+        status_cell.wait_for()
+        assert status_cell.inner_text().strip() == "201"
+        browser.close()
+    _, body = call("GET", f"{base_url}/api/get-recorded-data/{session_id}/")
+    assert (body["received_chunks"], body["received_bytes"]) == (1, chunk_path.stat().st_size)
+
+
+def test_video_plays_and_seeks_to_the_middle_in_chromium(make_run_server):
+    sync_playwright = chromium_playwright()
     base_url = make_run_server.base_url
     recording = load_chrome_set("vp8_opus")
     session_id, token = start_session(base_url)
