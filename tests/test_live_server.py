@@ -1,5 +1,6 @@
 """Against a real `make run` server: many clients at once, and playback in a real Chromium."""
 
+import hashlib
 import json
 import random
 import shutil
@@ -252,3 +253,20 @@ def test_a_multipart_upload_cut_short_is_not_stored(make_run_server):
     assert response.startswith(b"HTTP/1.1 400"), response[:200]
     _, status_body = call("GET", f"{base_url}/api/get-recorded-data/{session_id}/")
     assert status_body["received_chunks"] == 0
+
+
+def test_racing_uploads_of_one_index_store_exactly_the_acknowledged_bytes(make_run_server):
+    base_url = make_run_server.base_url
+    recording = load_chrome_set("vp8_opus")
+    session_id, token = start_session(base_url)
+    contenders = [recording.chunks[0], recording.chunks[0][:-1] + b"\x00"]  # same index, different bytes
+    url = f"{base_url}/api/receive-video-chunk/?session_id={session_id}&chunk_index=0"
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "video/webm"}
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(lambda attempt: call("POST", url, contenders[attempt % 2], headers), range(24)))
+    acknowledged = {body["sha256"] for status, body in results if status in (200, 201)}
+    assert len(acknowledged) == 1  # one version won; every other answer was a 409 conflict
+    statuses = [status for status, _ in results]
+    assert (statuses.count(201), statuses.count(200), statuses.count(409)) == (1, 11, 12)
+    stored = make_run_server.media_root / "recordings" / session_id / "chunks" / "0"
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == acknowledged.pop()
