@@ -109,7 +109,10 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
+        # Persistent connections: opening SQLite and running its PRAGMAs on every request cost
+        # more than the chunk write itself (docs/performance.md).
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -152,8 +155,9 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 
-# Multipart file fields always go to a temporary file, never to memory.
+# Multipart file fields always go to a temporary file, never to memory, hashed on the way in.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 0
+FILE_UPLOAD_HANDLERS = ["recordings.upload_handlers.HashingTemporaryFileUploadHandler"]
 FILE_UPLOAD_TEMP_DIR = str(RECORDER_TEMP_DIR)
 FILE_UPLOAD_PERMISSIONS = 0o644
 # JSON bodies carry the chunk as base64 and are read whole: this caps them (16 MiB holds a 12 MiB

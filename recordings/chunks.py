@@ -21,7 +21,9 @@ EBML_DOCTYPE_ID = b"\x42\x82"
 
 
 class StagedChunk(File):
-    """A received chunk in a local temporary file, measured and hashed, not yet acknowledged."""
+    """A received chunk in a local temporary file, measured, hashed and fsynced, not yet acknowledged."""
+
+    is_synced = True  # tells the durable storage that renaming it into place needs no second fsync
 
     def __init__(self, path: str, *, size: int, sha256: str, head: bytes):
         super().__init__(open(path, "rb"), name=path)
@@ -58,7 +60,7 @@ def stage_upload(stream: BinaryIO, *, max_bytes: int, staging_dir: Path) -> Stag
     """
     staging_dir.mkdir(parents=True, exist_ok=True)
     spooled_path = getattr(stream, "temporary_file_path", None)
-    if spooled_path is not None and Path(spooled_path()).parent.resolve() == staging_dir.resolve():
+    if spooled_path is not None and os.path.dirname(spooled_path()) == str(staging_dir):
         return _adopt_spooled_file(stream, spooled_path(), max_bytes=max_bytes)
     digest = hashlib.sha256()
     size = 0
@@ -74,6 +76,8 @@ def stage_upload(stream: BinaryIO, *, max_bytes: int, staging_dir: Path) -> Stag
                     head += block[: SNIFF_BYTES - len(head)]
                 digest.update(block)
                 staged.write(block)
+            staged.flush()
+            os.fsync(staged.fileno())  # here, not under the database lock where the rename happens
     except BaseException:
         os.unlink(path)
         raise
@@ -84,6 +88,19 @@ def _adopt_spooled_file(uploaded, path: str, *, max_bytes: int) -> StagedChunk:
     size = os.path.getsize(path)
     if size > max_bytes:
         raise chunk_too_large(max_bytes)
+    sha256, head = getattr(uploaded, "sha256", None), getattr(uploaded, "head", None)
+    if sha256 is None:  # spooled by a handler that did not hash on the way in
+        sha256, head = _hash_file(path)
+    with open(path, "rb") as spooled:
+        os.fsync(spooled.fileno())  # here, not under the database lock where the rename happens
+    # Django's temporary upload file deletes itself on close; take it over under a new name.
+    adopted_path = f"{path}.adopted"
+    os.link(path, adopted_path)
+    uploaded.close()
+    return StagedChunk(adopted_path, size=size, sha256=sha256, head=head)
+
+
+def _hash_file(path: str) -> tuple[str, bytes]:
     digest = hashlib.sha256()
     head = b""
     with open(path, "rb") as spooled:
@@ -91,11 +108,7 @@ def _adopt_spooled_file(uploaded, path: str, *, max_bytes: int) -> StagedChunk:
             if len(head) < SNIFF_BYTES:
                 head += block[: SNIFF_BYTES - len(head)]
             digest.update(block)
-    # Django's temporary upload file deletes itself on close; take it over under a new name.
-    adopted_path = f"{path}.adopted"
-    os.link(path, adopted_path)
-    uploaded.close()
-    return StagedChunk(adopted_path, size=size, sha256=digest.hexdigest(), head=head)
+    return digest.hexdigest(), head
 
 
 def store_chunk(staged: StagedChunk, name: str, *, storage: Storage = default_storage) -> None:

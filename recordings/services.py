@@ -11,12 +11,13 @@ from typing import BinaryIO
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Max, Q, Sum
 from django.utils import timezone
 from django.utils.text import slugify
 
 from . import chunks, processing
 from .errors import RecorderError
+from .locks import database_write_lock
 from .models import Chunk, RecordingSession, Status, chunk_storage_name, transition
 from .tasks import process_recording_task
 
@@ -110,12 +111,6 @@ def chunk_progress(session: RecordingSession) -> ChunkProgress:
     )
 
 
-def chunk_totals(session: RecordingSession) -> tuple[int, int]:
-    """(chunks stored, bytes stored), in one aggregate query: what every chunk receipt reports."""
-    totals = Chunk.objects.filter(session=session).aggregate(count=Count("id"), total=Sum("size"))
-    return totals["count"], totals["total"] or 0
-
-
 # --- Chunks ---------------------------------------------------------------------------------------------------
 
 
@@ -124,6 +119,32 @@ class ChunkReceipt:
     chunk: Chunk
     created: bool
     session: RecordingSession
+    received_chunks: int
+    received_bytes: int
+
+
+@dataclass(frozen=True)
+class StoredChunks:
+    """What is already stored for a recording, as seen from one incoming chunk index."""
+
+    count: int
+    total_bytes: int
+    lower_count: int
+    lower_non_empty: int
+    existing_sha256: str | None
+
+
+def _stored_chunks(session: RecordingSession, index: int) -> StoredChunks:
+    """Everything the decision on one chunk needs, in a single aggregate query."""
+    totals = Chunk.objects.filter(session=session).aggregate(
+        count=Count("id"),
+        total_bytes=Sum("size"),
+        lower_count=Count("id", filter=Q(index__lt=index)),
+        lower_non_empty=Count("id", filter=Q(index__lt=index, size__gt=0)),
+        existing_sha256=Max("sha256", filter=Q(index=index)),
+    )
+    totals["total_bytes"] = totals["total_bytes"] or 0
+    return StoredChunks(**totals)
 
 
 def receive_chunk(
@@ -144,20 +165,21 @@ def receive_chunk(
                 code="checksum_mismatch",
                 detail=f"The chunk's SHA-256 is {staged.sha256}, not {checksum}; it was discarded.",
             )
-        with transaction.atomic():
+        with database_write_lock(), transaction.atomic():
             locked = _lock(session)
             index = chunk_index if chunk_index is not None else _next_index(locked)
-            existing = Chunk.objects.filter(session=locked, index=index).first()
-            if existing is not None:
-                if existing.sha256 != staged.sha256:
+            stored = _stored_chunks(locked, index)
+            if stored.existing_sha256 is not None:
+                if stored.existing_sha256 != staged.sha256:
                     raise RecorderError(
                         code="chunk_conflict",
                         detail=f"Chunk {index} was already received with different bytes.",
                         status=409,
                     )
-                return ChunkReceipt(chunk=existing, created=False, session=locked)
-            _check_chunk_accepted(locked, index, staged)
-            container = _sniff_if_first(locked, index, staged)
+                existing = Chunk.objects.get(session=locked, index=index)
+                return ChunkReceipt(existing, False, locked, stored.count, stored.total_bytes)
+            _check_chunk_accepted(locked, index, staged, stored)
+            container = _sniff_if_first(locked, index, staged, stored)
             chunks.store_chunk(staged, chunk_storage_name(locked.id, index))
             chunk = Chunk.objects.create(session=locked, index=index, size=staged.size, sha256=staged.sha256)
             locked.last_chunk_at = chunk.received_at
@@ -165,7 +187,7 @@ def receive_chunk(
             locked.save(update_fields=["last_chunk_at", "container"])
             if locked.status == Status.FINALIZING:
                 _start_processing_if_complete(locked)
-        return ChunkReceipt(chunk=chunk, created=True, session=locked)
+        return ChunkReceipt(chunk, True, locked, stored.count + 1, stored.total_bytes + staged.size)
     finally:
         staged.discard()
 
@@ -179,7 +201,9 @@ def _next_index(session: RecordingSession) -> int:
     return 0 if highest is None else highest + 1
 
 
-def _check_chunk_accepted(session: RecordingSession, index: int, staged: chunks.StagedChunk) -> None:
+def _check_chunk_accepted(
+    session: RecordingSession, index: int, staged: chunks.StagedChunk, stored: StoredChunks
+) -> None:
     if session.is_closed:
         raise RecorderError(
             code="recording_closed",
@@ -192,8 +216,7 @@ def _check_chunk_accepted(session: RecordingSession, index: int, staged: chunks.
             detail=f"The recording was finalized with {session.expected_chunks} chunks; index {index} is past its end.",
             status=409,
         )
-    stored_bytes = Chunk.objects.filter(session=session).aggregate(total=Sum("size"))["total"] or 0
-    if stored_bytes + staged.size > settings.RECORDER_MAX_RECORDING_BYTES:
+    if stored.total_bytes + staged.size > settings.RECORDER_MAX_RECORDING_BYTES:
         raise RecorderError(
             code="recording_too_large",
             detail=f"A recording may hold at most {settings.RECORDER_MAX_RECORDING_BYTES} bytes "
@@ -202,7 +225,9 @@ def _check_chunk_accepted(session: RecordingSession, index: int, staged: chunks.
         )
 
 
-def _sniff_if_first(session: RecordingSession, index: int, staged: chunks.StagedChunk) -> str | None:
+def _sniff_if_first(
+    session: RecordingSession, index: int, staged: chunks.StagedChunk, stored: StoredChunks
+) -> str | None:
     """Check the container header when this chunk is, for certain, the first non-empty one.
 
     Chunks arrive out of order, so a chunk is only judged once every lower index is stored
@@ -210,10 +235,7 @@ def _sniff_if_first(session: RecordingSession, index: int, staged: chunks.Staged
     """
     if staged.size == 0 or session.container:  # the header was already seen and checked
         return None
-    lower = Chunk.objects.filter(session=session, index__lt=index).aggregate(
-        stored=Count("id"), non_empty=Count("id", filter=Q(size__gt=0))
-    )
-    if lower["non_empty"] or lower["stored"] < index:
+    if stored.lower_non_empty or stored.lower_count < index:
         return None
     container = chunks.sniff_container(staged.head)
     if container is None:
@@ -235,7 +257,7 @@ def finalize_recording(
 
     Calling it again never starts a second run; it answers the current state.
     """
-    with transaction.atomic():
+    with database_write_lock(), transaction.atomic():
         locked = _lock(session)
         if locked.expected_chunks is None:
             expected = _expected_chunk_count(locked, total_chunks, last_chunk_index)

@@ -42,8 +42,9 @@ class DurableFileSystemStorage(FileSystemStorage):
     def _move_into_place(self, content, full_path: str) -> bool:
         """Rename a finished temporary file into place; False when it is on another file system."""
         source_path = content.temporary_file_path()
-        with open(source_path, "rb") as source:
-            os.fsync(source.fileno())
+        if not getattr(content, "is_synced", False):  # a staged chunk was fsynced when it was written
+            with open(source_path, "rb") as source:
+                os.fsync(source.fileno())
         os.chmod(source_path, self.file_permissions_mode)
         try:
             os.replace(source_path, full_path)

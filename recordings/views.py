@@ -72,14 +72,13 @@ def _recording_payload(request: Request, session: RecordingSession) -> dict:
 
 
 def _chunk_receipt_response(receipt: services.ChunkReceipt) -> Response:
-    received_chunks, received_bytes = services.chunk_totals(receipt.session)
     payload = {
         "session_id": receipt.session.id,
         "chunk_index": receipt.chunk.index,
         "size": receipt.chunk.size,
         "sha256": receipt.chunk.sha256,
-        "received_chunks": received_chunks,
-        "received_bytes": received_bytes,
+        "received_chunks": receipt.received_chunks,
+        "received_bytes": receipt.received_bytes,
         "status": receipt.session.status,
     }
     return Response(

@@ -1,0 +1,240 @@
+"""What every benchmark shares: a gunicorn server in a throw-away directory, its RSS, HTTP calls, stats."""
+
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+RESULTS_DIR = PROJECT_DIR / "bench" / "results"
+PYTHON = sys.executable
+MiB = 1024 * 1024
+
+sys.path.insert(0, str(PROJECT_DIR))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def service_environment(work_dir: Path) -> dict[str, str]:
+    """Production-like settings on a throw-away SQLite database and media root."""
+    keep = {key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "RECORDER_"))}
+    return {
+        **keep,
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": "benchmark-only-secret-key-not-for-production-0123456789",
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "DJANGO_SECURE_SSL_REDIRECT": "0",
+        "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL", f"sqlite:///{work_dir / 'db.sqlite3'}"),
+        "MEDIA_ROOT": str(work_dir / "media"),
+        "RECORDER_LOG_LEVEL": "WARNING",
+        "RECORDER_MAX_RECORDING_BYTES": str(64 * 1024 * MiB),
+    }
+
+
+def process_tree_rss_bytes(root_pid: int) -> tuple[int, int]:
+    """(RSS of the root and its Python descendants, RSS of everything else below it, e.g. ffmpeg)."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat_file:
+                stat = stat_file.read()
+        except OSError:
+            continue
+        pid = int(entry.name)
+        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        parents[pid] = int(rest[1])
+        rss[pid] = int(rest[21]) * os.sysconf("SC_PAGE_SIZE")
+        names[pid] = name
+    tree = {root_pid}
+    changed = True
+    while changed:
+        changed = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                changed = True
+    python_bytes = sum(rss.get(pid, 0) for pid in tree if "ffmpeg" not in names.get(pid, ""))
+    other_bytes = sum(rss.get(pid, 0) for pid in tree if "ffmpeg" in names.get(pid, ""))
+    return python_bytes, other_bytes
+
+
+@dataclass
+class RssSampler:
+    """Samples a process tree's RSS every few milliseconds in a thread; keeps the peaks."""
+
+    root_pid: int
+    interval_seconds: float = 0.02
+    peak_python_bytes: int = 0
+    peak_total_bytes: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def reset(self) -> None:
+        self.peak_python_bytes = self.peak_total_bytes = 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            python_bytes, other_bytes = process_tree_rss_bytes(self.root_pid)
+            self.peak_python_bytes = max(self.peak_python_bytes, python_bytes)
+            self.peak_total_bytes = max(self.peak_total_bytes, python_bytes + other_bytes)
+            self._stop.wait(self.interval_seconds)
+
+
+@dataclass
+class Server:
+    base_url: str
+    pid: int
+    work_dir: Path
+
+
+@contextmanager
+def gunicorn(work_dir: Path, *, app: str | None = None, extra_env: dict | None = None) -> Iterator[Server]:
+    """The repository's gunicorn.conf.py serving `app` (default: the service) on a free port."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    environment = {**service_environment(work_dir), "PORT": str(port), **(extra_env or {})}
+    if app is None:
+        subprocess.run(
+            [PYTHON, "manage.py", "migrate", "--noinput", "-v0"], cwd=PROJECT_DIR, env=environment, check=True
+        )
+    command = [PYTHON, "-m", "gunicorn", "-c", str(PROJECT_DIR / "gunicorn.conf.py")]
+    if app is not None:
+        command.append(app)
+    log = open(work_dir / "gunicorn.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        command, cwd=PROJECT_DIR, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((work_dir / "gunicorn.log").read_text()[-2000:]) from None
+            time.sleep(0.1)
+    try:
+        yield Server(base_url=base_url, pid=process.pid, work_dir=work_dir)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+class Http:
+    """One keep-alive connection per thread; returns (status, seconds, body bytes)."""
+
+    def __init__(self, base_url: str):
+        parts = urlsplit(base_url)
+        self._host, self._port = parts.hostname, parts.port
+        self._local = threading.local()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if getattr(self._local, "connection", None) is None:
+            self._local.connection = http.client.HTTPConnection(self._host, self._port, timeout=300)
+        return self._local.connection
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        """One request; a keep-alive connection the server closed while idle is reopened once, as browsers do."""
+        started = time.perf_counter()
+        for attempt in (1, 2):
+            reused = getattr(self._local, "connection", None) is not None
+            try:
+                connection = self._connection()
+                connection.request(method, path, body=body, headers=headers or {})
+                response = connection.getresponse()
+                payload = response.read()
+                if response.getheader("Connection", "").lower() == "close":
+                    connection.close()
+                    self._local.connection = None
+                return response.status, time.perf_counter() - started, payload
+            except (OSError, http.client.HTTPException):
+                self._local.connection = None
+                if not (reused and attempt == 1):
+                    return 599, time.perf_counter() - started, b""
+        raise AssertionError("unreachable")
+
+    def json(self, method: str, path: str, payload: dict | None = None, headers: dict | None = None) -> dict:
+        body = json.dumps(payload or {}).encode()
+        status, _, content = self.request(method, path, body, {"Content-Type": "application/json", **(headers or {})})
+        if status >= 400:
+            raise RuntimeError(f"{method} {path} → {status}: {content[:300]!r}")
+        return json.loads(content)
+
+
+def multipart_body(fields: dict[str, str], file_field: str, file_bytes: bytes) -> tuple[bytes, str]:
+    boundary = "benchboundary7d1f0c"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="blob"\r\n'
+        "Content-Type: video/webm\r\n\r\n".encode()
+        + file_bytes
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def latency_summary(seconds: list[float]) -> dict:
+    if not seconds:
+        return {"count": 0}
+    ordered = sorted(seconds)
+
+    def percentile(fraction: float) -> float:
+        return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+    return {
+        "count": len(ordered),
+        "p50_ms": round(percentile(0.50) * 1000, 2),
+        "p95_ms": round(percentile(0.95) * 1000, 2),
+        "p99_ms": round(percentile(0.99) * 1000, 2),
+        "mean_ms": round(statistics.fmean(ordered) * 1000, 2),
+    }
+
+
+def write_result(name: str, result: dict) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def machine_description() -> dict:
+    return {
+        "cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }

@@ -1,0 +1,196 @@
+"""Chunk ingest: the service under gunicorn against a bare write-and-fsync WSGI app, same load, same run.
+
+    python -m bench.ingest                 # make bench-ingest
+    python -m bench.ingest --smoke         # a few seconds, for the test suite
+
+Paced mode: N recorders each post one chunk a second (multipart, real VP8/Opus bytes), starting at
+random moments within the first second, as independent browsers do. Flat-out mode: N clients post
+back to back. Reported for both servers: throughput, latency p50/p95/p99, errors, peak RSS.
+"""
+
+import argparse
+import random
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.harness import (
+    Http,
+    MiB,
+    RssSampler,
+    gunicorn,
+    latency_summary,
+    machine_description,
+    multipart_body,
+    write_result,
+)
+from bench.media import generate_base
+
+
+def real_chunk_bytes(work_dir: Path, chunk_bytes: int, count: int = 16) -> list[bytes]:
+    """`count` slices of a real recording: the first holds the WebM header, the others media data."""
+    seconds = max(8, 2 * count * chunk_bytes // MiB)  # the source runs at about 1 MiB a second
+    data = generate_base(work_dir / f"ingest-source-{seconds}s.webm", seconds=seconds, video_bitrate="8M").read_bytes()
+    span = len(data) - chunk_bytes
+    return [data[:chunk_bytes]] + [data[(index * chunk_bytes) % span :][:chunk_bytes] for index in range(1, count)]
+
+
+class Target:
+    """How one recorder talks to a server: the service (with a session) or the baseline (none)."""
+
+    def __init__(self, base_url: str, *, is_service: bool):
+        self.http = Http(base_url)
+        self.is_service = is_service
+
+    def new_recorder(self) -> dict:
+        if not self.is_service:
+            return {}
+        started = self.http.json("POST", "/api/start-recording/", {"mime_type": "video/webm;codecs=vp8,opus"})
+        return {"session_id": started["session_id"], "token": started["upload_token"]}
+
+    def prepared_chunk(self, recorder: dict, index: int, chunk: bytes) -> tuple[str, bytes, dict]:
+        fields = {"session_id": recorder.get("session_id", "baseline"), "chunk_index": str(index)}
+        body, content_type = multipart_body(fields, "video_chunk", chunk)
+        headers = {"Content-Type": content_type}
+        if self.is_service:
+            headers["Authorization"] = f"Bearer {recorder['token']}"
+        return "/api/receive-video-chunk/", body, headers
+
+
+def run_load(target: Target, *, recorders: int, chunks: list[bytes], seconds: float, paced: bool) -> dict:
+    """Drive `recorders` clients for `seconds`; each posts a chunk every second (paced) or back to back."""
+    latencies: list[float] = []
+    statuses: list[int] = []
+    acknowledged_bytes = [0]
+    lock = threading.Lock()
+    sessions = [target.new_recorder() for _ in range(recorders)]
+    randomizer = random.Random(5)
+    offsets = [randomizer.random() if paced else 0.0 for _ in range(recorders)]
+    started_at = time.perf_counter() + 0.5
+
+    def recorder_loop(number: int) -> None:
+        recorder = sessions[number]
+        index = 0
+        next_at = started_at + offsets[number]
+        while True:
+            now = time.perf_counter()
+            if now - started_at >= seconds:
+                return
+            if paced and now < next_at:
+                time.sleep(next_at - now)
+            path, body, headers = target.prepared_chunk(recorder, index, chunks[index % len(chunks)])
+            status, elapsed, _ = target.http.request("POST", path, body, headers)
+            with lock:
+                latencies.append(elapsed)
+                statuses.append(status)
+                if status in (200, 201):
+                    acknowledged_bytes[0] += len(chunks[index % len(chunks)])
+            index += 1
+            next_at += 1.0
+
+    threads = [threading.Thread(target=recorder_loop, args=(number,)) for number in range(recorders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall_seconds = time.perf_counter() - started_at
+    errors = sum(1 for status in statuses if status not in (200, 201))
+    return {
+        "recorders": recorders,
+        "chunk_bytes": len(chunks[1]) if len(chunks) > 1 else len(chunks[0]),
+        "mode": "paced" if paced else "flat_out",
+        "seconds": round(wall_seconds, 2),
+        "requests": len(statuses),
+        "errors": errors,
+        "throughput_mib_s": round(acknowledged_bytes[0] / MiB / wall_seconds, 2),
+        "latency": latency_summary(latencies),
+    }
+
+
+def measure_server(name: str, work_dir: Path, args, paced_chunks, flat_chunks) -> dict:
+    app = None if name == "service" else "bench.baseline_app:application"
+    extra_env = {"BASELINE_DIR": str(work_dir / "baseline-bodies")} if app else {}
+    (work_dir / "baseline-bodies").mkdir(parents=True, exist_ok=True)
+    result = {"paced": [], "flat_out": None}
+    with gunicorn(work_dir, app=app, extra_env=extra_env) as server, RssSampler(server.pid) as rss:
+        target = Target(server.base_url, is_service=(name == "service"))
+        run_load(target, recorders=4, chunks=paced_chunks, seconds=2, paced=False)  # warm every worker up
+        rss.reset()
+        for recorders in args.paced_recorders:
+            run = run_load(target, recorders=recorders, chunks=paced_chunks, seconds=args.seconds, paced=True)
+            print(
+                f"{name:8} paced    {recorders:4} × {len(paced_chunks[1]) // 1024} KiB/s: "
+                f"p95 {run['latency'].get('p95_ms')} ms, errors {run['errors']}"
+            )
+            result["paced"].append(run)
+        run = run_load(target, recorders=args.recorders, chunks=flat_chunks, seconds=args.seconds, paced=False)
+        print(
+            f"{name:8} flat-out {args.recorders:4} × {len(flat_chunks[1]) // 1024} KiB: "
+            f"{run['throughput_mib_s']} MiB/s, p95 {run['latency'].get('p95_ms')} ms, errors {run['errors']}"
+        )
+        result["flat_out"] = run
+        result["peak_rss_mib"] = round(rss.peak_total_bytes / MiB, 1)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recorders", type=int, default=50, help="clients in flat-out mode")
+    parser.add_argument("--chunk-kib", type=int, default=1024, help="chunk size in flat-out mode")
+    parser.add_argument(
+        "--paced-recorders",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[10, 25, 50, 100],
+        help="recorder counts for the paced runs",
+    )
+    parser.add_argument("--paced-chunk-kib", type=int, default=256, help="chunk size in paced mode")
+    parser.add_argument("--seconds", type=float, default=20, help="length of each run")
+    parser.add_argument("--smoke", action="store_true", help="tiny run for the test suite")
+    parser.add_argument("--output", default="ingest", help="result name under bench/results/")
+    args = parser.parse_args()
+    if args.smoke:
+        args.recorders, args.chunk_kib, args.paced_recorders, args.paced_chunk_kib, args.seconds = 3, 64, [3], 32, 2
+        args.output = "ingest-smoke"
+
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as temporary:
+        work_dir = Path(temporary)
+        paced_chunks = real_chunk_bytes(work_dir, args.paced_chunk_kib * 1024)
+        flat_chunks = real_chunk_bytes(work_dir, args.chunk_kib * 1024)
+        results = {
+            name: measure_server(name, work_dir / name, args, paced_chunks, flat_chunks)
+            for name in ("baseline", "service")
+        }
+
+    service, baseline = results["service"], results["baseline"]
+    paced_pairs = [
+        {
+            "recorders": mine["recorders"],
+            "service_p95_ms": mine["latency"]["p95_ms"],
+            "baseline_p95_ms": theirs["latency"]["p95_ms"],
+            "p95_ratio": round(mine["latency"]["p95_ms"] / theirs["latency"]["p95_ms"], 2),
+        }
+        for mine, theirs in zip(service["paced"], baseline["paced"], strict=True)
+    ]
+    summary = {
+        "flat_out_throughput_ratio": round(
+            service["flat_out"]["throughput_mib_s"] / max(baseline["flat_out"]["throughput_mib_s"], 1e-9), 2
+        ),
+        "paced_p95_ratios": paced_pairs,
+        "errors": sum(run["errors"] for server in results.values() for run in [*server["paced"], server["flat_out"]]),
+        "peak_rss_mib": {name: server["peak_rss_mib"] for name, server in results.items()},
+    }
+    path = write_result(
+        args.output, {"machine": machine_description(), "arguments": vars(args), **results, "summary": summary}
+    )
+    print(f"flat-out throughput: service/baseline = {summary['flat_out_throughput_ratio']}")
+    for pair in paced_pairs:
+        print(
+            f"paced {pair['recorders']:4}: p95 service {pair['service_p95_ms']} ms / baseline "
+            f"{pair['baseline_p95_ms']} ms = {pair['p95_ratio']}"
+        )
+    print(f"errors: {summary['errors']}; peak RSS MiB: {summary['peak_rss_mib']}; written to {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Serializes SQLite write transactions across processes with flock, so writers queue instead of polling.
+
+SQLite makes a writer that finds the database locked sleep and retry (1, 2, 5, 10 ... 100 ms). Under
+many concurrent chunk uploads those sleeps, not the work, set the latency. A blocking flock on a
+file beside the database hands the lock to the next writer the moment it is released. Other
+databases lock rows themselves: there this is a no-op.
+"""
+
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+
+from django.db import connection
+
+_process_lock = threading.Lock()  # flock is per open file: threads of one process queue here first
+
+
+def _sqlite_lock_path() -> str | None:
+    if connection.vendor != "sqlite":
+        return None
+    database_name = str(connection.settings_dict["NAME"])
+    if database_name == ":memory:" or database_name.startswith("file:"):
+        return None  # a test database in memory: one process only
+    return f"{database_name}.write-lock"
+
+
+@contextmanager
+def _flock(path: str) -> Iterator[None]:
+    with _process_lock:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+
+def database_write_lock():
+    """Hold this around a write transaction; it orders SQLite writers, elsewhere it does nothing."""
+    path = _sqlite_lock_path()
+    return _flock(path) if path else nullcontext()
