@@ -153,6 +153,7 @@ _RECORDING_EXAMPLE = {
     "size": 236473,
     "source_sha256": "0c9d1f0e6b7a5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d",
     "processing_seconds": 0.61,
+    "processing_steps": {"join": 0.002, "probe": 0.02, "remux": 0.04, "audio": 0.14, "thumbnail": 0.04, "store": 0.004},
     "video_url": f"http://127.0.0.1:8000/api/recordings/{EXAMPLE_SESSION_ID}/video/",
     "audio_url": f"http://127.0.0.1:8000/api/recordings/{EXAMPLE_SESSION_ID}/audio/",
     "thumbnail_url": f"http://127.0.0.1:8000/api/recordings/{EXAMPLE_SESSION_ID}/thumbnail/",

@@ -118,7 +118,10 @@ class RecordingOutput(serializers.Serializer):
     has_video = serializers.BooleanField(allow_null=True)
     size = serializers.IntegerField(allow_null=True, help_text="Bytes of the served video file.")
     source_sha256 = serializers.CharField(allow_null=True, help_text="SHA-256 of the joined chunks.")
-    processing_seconds = serializers.FloatField(allow_null=True)
+    processing_seconds = serializers.FloatField(allow_null=True, help_text="Wall-clock seconds of the last run.")
+    processing_steps = serializers.DictField(
+        child=serializers.FloatField(), help_text="Seconds per step (join, probe, remux, audio, thumbnail, store)."
+    )
     video_url = serializers.URLField(allow_null=True)
     audio_url = serializers.URLField(allow_null=True)
     thumbnail_url = serializers.URLField(allow_null=True)

@@ -4,6 +4,7 @@ import errno
 import os
 import tempfile
 
+from django.core.files import File
 from django.core.files.storage import FileSystemStorage
 
 _COPY_BLOCK_BYTES = 1024 * 1024
@@ -15,6 +16,18 @@ def _fsync_directory(directory: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class MovableFile(File):
+    """A finished local file that the caller gives up: a storage on the same file system renames it
+    into place instead of copying it (a processed 1 GiB video costs a rename, not a copy)."""
+
+    def __init__(self, path: str):
+        super().__init__(open(path, "rb"), name=path)
+        self._path = path
+
+    def temporary_file_path(self) -> str:
+        return self._path
 
 
 class DurableFileSystemStorage(FileSystemStorage):

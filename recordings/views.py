@@ -64,6 +64,7 @@ def _recording_payload(request: Request, session: RecordingSession) -> dict:
         "size": session.video_bytes,
         "source_sha256": session.source_sha256 or None,
         "processing_seconds": session.processing_seconds,
+        "processing_steps": session.processing_steps,
         "video_url": media_url("video"),
         "audio_url": media_url("audio"),
         "thumbnail_url": media_url("thumbnail"),

@@ -45,7 +45,9 @@ def test_ready_recording_has_its_files_and_step_times(api, media_root):
         [*[f"chunks/{index}" for index in range(8)], "audio.mp3", "thumbnail.jpg", "video.webm"]
     )
     assert set(session.processing_steps) == {"join", "probe", "remux", "audio", "thumbnail", "store"}
-    assert session.processing_seconds == pytest.approx(sum(session.processing_steps.values()), abs=0.01)
+    # audio runs beside remux and thumbnail, so the wall-clock total is at most the sum of the steps
+    assert max(session.processing_steps.values()) <= session.processing_seconds
+    assert session.processing_seconds <= sum(session.processing_steps.values()) + 0.05
     assert ffmpeg_children() == []
     assert list((media_root / ".tmp").iterdir()) == []  # the per-run work directory is gone
 
