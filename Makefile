@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: run test lint format migrate clean
 
@@ -43,3 +44,23 @@ format: $(VENV)/.dev-installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Benchmarks (bench/, see docs/performance.md): each writes bench/results/<name>.json.
+.PHONY: bench bench-ingest bench-finalize bench-range bench-profile bench-report
+
+bench: bench-ingest bench-finalize bench-range bench-report
+
+bench-ingest: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.ingest $(BENCH_ARGS)
+
+bench-finalize: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.finalize $(BENCH_ARGS)
+
+bench-range: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.range $(BENCH_ARGS)
+
+bench-profile: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.profile_chunks $(BENCH_ARGS)
+
+bench-report: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.report $(BENCH_ARGS)

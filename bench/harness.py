@@ -17,7 +17,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-RESULTS_DIR = PROJECT_DIR / "bench" / "results"
+# BENCH_RESULTS_DIR lets the test suite's smoke runs write somewhere throw-away.
+RESULTS_DIR = Path(os.environ.get("BENCH_RESULTS_DIR") or PROJECT_DIR / "bench" / "results")
 PYTHON = sys.executable
 MiB = 1024 * 1024
 

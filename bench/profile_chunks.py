@@ -1,6 +1,7 @@
 """Profile the chunk path in-process with pyinstrument: N multipart chunk uploads through Django.
 
     python -m bench.profile_chunks [--chunks 300] [--chunk-kib 256]   # make bench-profile
+    python -m bench.profile_chunks --smoke --output /tmp/profile.txt  # for the test suite
 
 Writes a text profile to docs/profiles/chunk-path.txt.
 """
@@ -15,13 +16,20 @@ from bench.harness import PROJECT_DIR, multipart_body
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunks", type=int, default=300)
     parser.add_argument("--chunk-kib", type=int, default=256)
     parser.add_argument("--no-profile", action="store_true", help="time only, without the profiler's overhead")
     parser.add_argument("--output", default=str(PROJECT_DIR / "docs" / "profiles" / "chunk-path.txt"))
+    parser.add_argument("--smoke", action="store_true", help="a few chunks, for the test suite")
     args = parser.parse_args()
-    work_dir = Path(tempfile.mkdtemp(prefix="bench-profile-"))
+    if args.smoke:
+        args.chunks, args.chunk_kib = 5, 16
+    with tempfile.TemporaryDirectory(prefix="bench-profile-") as temporary:
+        profile(args, Path(temporary))
+
+
+def profile(args, work_dir: Path) -> None:
     os.environ.update(
         DJANGO_SETTINGS_MODULE="recorder_project.settings",
         DJANGO_DEBUG="0",

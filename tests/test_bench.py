@@ -1,0 +1,103 @@
+"""Smoke runs of every benchmark with a tiny size: they run and report sound numbers.
+
+These check that `make bench-*` work on a clean checkout and that what they write is correct; they
+assert nothing about speed (that is the benchmarks' job, not the test suite's).
+"""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+pytestmark = [pytest.mark.slow, pytest.mark.live_server_process]
+
+
+def run_bench(module: str, results_dir: Path, *arguments: str, timeout: float = 240) -> str:
+    environment = {**os.environ, "BENCH_RESULTS_DIR": str(results_dir)}
+    completed = subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", *arguments],
+        cwd=PROJECT_DIR,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed.stdout
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bench-results")
+
+
+@pytest.fixture(scope="module")
+def ingest_result(results_dir) -> dict:
+    run_bench("ingest", results_dir, "--smoke")
+    return json.loads((results_dir / "ingest-smoke.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def finalize_result(results_dir) -> dict:
+    run_bench("finalize", results_dir, "--smoke")
+    return json.loads((results_dir / "finalize-smoke.json").read_text())
+
+
+def test_ingest_drives_service_and_baseline_without_errors(ingest_result):
+    for name in ("service", "baseline"):
+        runs = [*ingest_result[name]["paced"], ingest_result[name]["flat_out"]]
+        for run in runs:
+            assert run["errors"] == 0, (name, run)
+            assert run["requests"] >= 3 and run["latency"]["count"] == run["requests"]
+            assert run["throughput_mib_s"] > 0
+            assert run["latency"]["p50_ms"] <= run["latency"]["p95_ms"] <= run["latency"]["p99_ms"]
+        assert ingest_result[name]["peak_rss_mib"] > 10  # the sampler saw the server's processes
+    assert ingest_result["service"]["paced"][0]["chunk_bytes"] == 32 * 1024
+    assert ingest_result["summary"]["errors"] == 0
+    pair = ingest_result["summary"]["paced_p95_ratios"][0]
+    assert pair["p95_ratio"] == round(pair["service_p95_ms"] / pair["baseline_p95_ms"], 2)
+
+
+def test_finalize_reaches_ready_and_times_the_floor(finalize_result):
+    (length,) = finalize_result["lengths"]
+    assert length["chunks"] == 15
+    assert length["duration"] == pytest.approx(15, abs=0.2)
+    assert set(length["service_steps"]) == {"join", "probe", "remux", "audio", "thumbnail", "store"}
+    assert set(length["floor"]["steps"]) == {"cat", "remux", "audio", "thumbnail"}
+    assert 0 < length["floor"]["two_core_seconds"] <= length["floor"]["sequential_seconds"]
+    assert length["ratio_to_floor"] == round(length["service_seconds"] / length["floor"]["sequential_seconds"], 2)
+
+
+def test_range_answers_from_the_middle(results_dir):
+    run_bench("range", results_dir, "--smoke")
+    result = json.loads((results_dir / "range-smoke.json").read_text())
+    assert result["requests"] == 20
+    assert result["video_bytes"] > 2 * 1024 * 1024  # a 1 MiB range from the middle fits inside
+    assert 0 < result["median_ms"] <= result["p95_ms"]
+    assert result["pread_median_ms"] > 0
+
+
+def test_profile_names_the_chunk_view(tmp_path):
+    output = tmp_path / "profile.txt"
+    run_bench("profile_chunks", tmp_path, "--smoke", "--output", str(output))
+    profile = output.read_text()
+    assert profile.startswith("5 multipart chunks of 16 KiB")
+    assert "receive_chunk" in profile
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_report_draws_both_plots(ingest_result, finalize_result, results_dir, tmp_path):
+    run_bench("report", results_dir, "--results", str(results_dir), "--images", str(tmp_path), "--suffix=-smoke")
+    assert png_size(tmp_path / "ingest-latency.png") == (770, 462)
+    assert png_size(tmp_path / "finalize-time.png") == (770, 462)
