@@ -31,6 +31,11 @@ class RecordingSession(models.Model):
     ready_at = models.DateTimeField(null=True, blank=True)
 
     expected_chunks = models.PositiveIntegerField(null=True, blank=True)
+    # Running totals of the stored chunks, kept under the recording's row lock, so taking a chunk
+    # costs the same whether it is the 1st or the 3,600th of the recording.
+    received_chunks = models.PositiveIntegerField(default=0)
+    received_bytes = models.BigIntegerField(default=0)
+    highest_chunk_index = models.IntegerField(null=True, blank=True)
     error_code = models.CharField(max_length=64, blank=True)
     error_detail = models.TextField(blank=True)
 

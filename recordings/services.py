@@ -11,7 +11,7 @@ from typing import BinaryIO
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Max, Q, Sum
+from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -123,30 +123,6 @@ class ChunkReceipt:
     received_bytes: int
 
 
-@dataclass(frozen=True)
-class StoredChunks:
-    """What is already stored for a recording, as seen from one incoming chunk index."""
-
-    count: int
-    total_bytes: int
-    lower_count: int
-    lower_non_empty: int
-    existing_sha256: str | None
-
-
-def _stored_chunks(session: RecordingSession, index: int) -> StoredChunks:
-    """Everything the decision on one chunk needs, in a single aggregate query."""
-    totals = Chunk.objects.filter(session=session).aggregate(
-        count=Count("id"),
-        total_bytes=Sum("size"),
-        lower_count=Count("id", filter=Q(index__lt=index)),
-        lower_non_empty=Count("id", filter=Q(index__lt=index, size__gt=0)),
-        existing_sha256=Max("sha256", filter=Q(index=index)),
-    )
-    totals["total_bytes"] = totals["total_bytes"] or 0
-    return StoredChunks(**totals)
-
-
 def receive_chunk(
     *, session: RecordingSession, chunk_index: int | None, stream: BinaryIO, checksum: str | None = None
 ) -> ChunkReceipt:
@@ -168,26 +144,23 @@ def receive_chunk(
         with database_write_lock(), transaction.atomic():
             locked = _lock(session)
             index = chunk_index if chunk_index is not None else _next_index(locked)
-            stored = _stored_chunks(locked, index)
-            if stored.existing_sha256 is not None:
-                if stored.existing_sha256 != staged.sha256:
+            existing = Chunk.objects.filter(session=locked, index=index).first()
+            if existing is not None:
+                if existing.sha256 != staged.sha256:
                     raise RecorderError(
                         code="chunk_conflict",
                         detail=f"Chunk {index} was already received with different bytes.",
                         status=409,
                     )
-                existing = Chunk.objects.get(session=locked, index=index)
-                return ChunkReceipt(existing, False, locked, stored.count, stored.total_bytes)
-            _check_chunk_accepted(locked, index, staged, stored)
-            container = _sniff_if_first(locked, index, staged, stored)
+                return ChunkReceipt(existing, False, locked, locked.received_chunks, locked.received_bytes)
+            _check_chunk_accepted(locked, index, staged)
+            container = _sniff_if_first(locked, index, staged)
             chunks.store_chunk(staged, chunk_storage_name(locked.id, index))
             chunk = Chunk.objects.create(session=locked, index=index, size=staged.size, sha256=staged.sha256)
-            locked.last_chunk_at = chunk.received_at
-            locked.container = container or locked.container
-            locked.save(update_fields=["last_chunk_at", "container"])
+            _count_chunk(locked, chunk, container)
             if locked.status == Status.FINALIZING:
                 _start_processing_if_complete(locked)
-        return ChunkReceipt(chunk, True, locked, stored.count + 1, stored.total_bytes + staged.size)
+        return ChunkReceipt(chunk, True, locked, locked.received_chunks, locked.received_bytes)
     finally:
         staged.discard()
 
@@ -197,13 +170,24 @@ def _lock(session: RecordingSession) -> RecordingSession:
 
 
 def _next_index(session: RecordingSession) -> int:
-    highest = Chunk.objects.filter(session=session).order_by("-index").values_list("index", flat=True).first()
-    return 0 if highest is None else highest + 1
+    return 0 if session.highest_chunk_index is None else session.highest_chunk_index + 1
 
 
-def _check_chunk_accepted(
-    session: RecordingSession, index: int, staged: chunks.StagedChunk, stored: StoredChunks
-) -> None:
+def _count_chunk(session: RecordingSession, chunk: Chunk, container: str | None) -> None:
+    """Add a newly stored chunk to the recording's running totals (the caller holds the row lock)."""
+    session.received_chunks += 1
+    session.received_bytes += chunk.size
+    session.highest_chunk_index = max(
+        chunk.index, -1 if session.highest_chunk_index is None else session.highest_chunk_index
+    )
+    session.last_chunk_at = chunk.received_at
+    session.container = container or session.container
+    session.save(
+        update_fields=["received_chunks", "received_bytes", "highest_chunk_index", "last_chunk_at", "container"]
+    )
+
+
+def _check_chunk_accepted(session: RecordingSession, index: int, staged: chunks.StagedChunk) -> None:
     if session.is_closed:
         raise RecorderError(
             code="recording_closed",
@@ -216,7 +200,7 @@ def _check_chunk_accepted(
             detail=f"The recording was finalized with {session.expected_chunks} chunks; index {index} is past its end.",
             status=409,
         )
-    if stored.total_bytes + staged.size > settings.RECORDER_MAX_RECORDING_BYTES:
+    if session.received_bytes + staged.size > settings.RECORDER_MAX_RECORDING_BYTES:
         raise RecorderError(
             code="recording_too_large",
             detail=f"A recording may hold at most {settings.RECORDER_MAX_RECORDING_BYTES} bytes "
@@ -225,9 +209,7 @@ def _check_chunk_accepted(
         )
 
 
-def _sniff_if_first(
-    session: RecordingSession, index: int, staged: chunks.StagedChunk, stored: StoredChunks
-) -> str | None:
+def _sniff_if_first(session: RecordingSession, index: int, staged: chunks.StagedChunk) -> str | None:
     """Check the container header when this chunk is, for certain, the first non-empty one.
 
     Chunks arrive out of order, so a chunk is only judged once every lower index is stored
@@ -235,8 +217,12 @@ def _sniff_if_first(
     """
     if staged.size == 0 or session.container:  # the header was already seen and checked
         return None
-    if stored.lower_non_empty or stored.lower_count < index:
-        return None
+    if index > 0:
+        lower = Chunk.objects.filter(session=session, index__lt=index).aggregate(
+            count=Count("id"), non_empty=Count("id", filter=Q(size__gt=0))
+        )
+        if lower["non_empty"] or lower["count"] < index:
+            return None
     container = chunks.sniff_container(staged.head)
     if container is None:
         raise RecorderError(
@@ -280,7 +266,7 @@ def finalize_recording(
 
 
 def _expected_chunk_count(session: RecordingSession, total_chunks: int | None, last_chunk_index: int | None) -> int:
-    highest = Chunk.objects.filter(session=session).order_by("-index").values_list("index", flat=True).first()
+    highest = session.highest_chunk_index
     if total_chunks is not None:
         expected = total_chunks
     elif last_chunk_index is not None:
@@ -298,8 +284,9 @@ def _expected_chunk_count(session: RecordingSession, total_chunks: int | None, l
 
 
 def _start_processing_if_complete(session: RecordingSession) -> None:
-    stored = Chunk.objects.filter(session=session, index__lt=session.expected_chunks).count()
-    if stored != session.expected_chunks:
+    # Every stored index is below expected_chunks (finalize and the chunk checks see to it), so the
+    # running count says whether the set is complete.
+    if session.received_chunks != session.expected_chunks:
         return
     transition(session, Status.PROCESSING, error_code="", error_detail="")
     transaction.on_commit(partial(enqueue_processing, session.id), robust=True)

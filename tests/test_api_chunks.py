@@ -73,6 +73,21 @@ def test_chunk_without_index_gets_the_next_one(api, vp8):
     assert post_chunk(api, started, vp8.chunks[6], index=None).json()["chunk_index"] == 6
 
 
+def test_running_totals_match_the_stored_chunks_after_shuffled_retried_and_refused_uploads(api, vp8):
+    started = start(api)
+    order = [3, 0, 5, 3, 1, 0, 6, 2]  # out of order, with identical retries
+    receipts = [post_chunk(api, started, vp8.chunks[index], index=index) for index in order]
+    assert [receipt.status_code for receipt in receipts] == [201, 201, 201, 200, 201, 200, 201, 201]
+    assert post_chunk(api, started, vp8.chunks[4], index=5).status_code == 409  # conflict: not counted
+    stored = sorted(set(order))
+    session = RecordingSession.objects.get(pk=started.session_id)
+    assert session.received_chunks == len(stored) == Chunk.objects.filter(session=session).count()
+    assert session.received_bytes == sum(len(vp8.chunks[index]) for index in stored)
+    assert session.highest_chunk_index == 6
+    assert receipts[-1].json()["received_bytes"] == session.received_bytes
+    assert post_chunk(api, started, vp8.chunks[7], index=None).json()["chunk_index"] == 7
+
+
 @pytest.mark.parametrize("field_name", ["chunk", "blob", "file", "videoChunk", "videoDataChunk"])
 def test_field_names_of_real_clients_are_accepted(api, vp8, field_name):
     started = start(api)
