@@ -41,7 +41,10 @@ def get_session(*, session_id: str | uuid.UUID) -> RecordingSession:
         parsed_id = uuid.UUID(str(session_id))
     except ValueError:
         parsed_id = None
-    session = RecordingSession.objects.filter(pk=parsed_id).first() if parsed_id else None
+    try:
+        session = RecordingSession.objects.get(pk=parsed_id) if parsed_id else None
+    except RecordingSession.DoesNotExist:
+        session = None
     if session is None:
         raise RecorderError(code="session_not_found", detail=f"No recording has the id {session_id!s:.64}.", status=404)
     return session
@@ -144,7 +147,7 @@ def receive_chunk(
         with database_write_lock(), transaction.atomic():
             locked = _lock(session)
             index = chunk_index if chunk_index is not None else _next_index(locked)
-            existing = Chunk.objects.filter(session=locked, index=index).first()
+            existing = _existing_chunk(locked, index)
             if existing is not None:
                 if existing.sha256 != staged.sha256:
                     raise RecorderError(
@@ -167,6 +170,13 @@ def receive_chunk(
 
 def _lock(session: RecordingSession) -> RecordingSession:
     return RecordingSession.objects.select_for_update().get(pk=session.pk)
+
+
+def _existing_chunk(session: RecordingSession, index: int) -> Chunk | None:
+    """The stored chunk at `index`; no query for the usual case, a chunk past the highest index."""
+    if session.highest_chunk_index is None or index > session.highest_chunk_index:
+        return None
+    return Chunk.objects.filter(session=session, index=index).first()
 
 
 def _next_index(session: RecordingSession) -> int:
