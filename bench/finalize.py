@@ -12,12 +12,11 @@ frame to JPEG. Memory: the service's peak RSS for a 1 GiB recording against an 8
 
 import argparse
 import subprocess
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.harness import Http, MiB, RssSampler, gunicorn, machine_description, write_result
+from bench.harness import Http, MiB, RssSampler, gunicorn, machine_description, work_directory, write_result
 from bench.media import generate_base, loop_recording, split_to_files
 from recordings import utils
 
@@ -167,7 +166,7 @@ def main() -> None:
     if args.smoke:
         args.minutes, args.memory_mib, args.output = [0.25], 0, "finalize-smoke"
 
-    with tempfile.TemporaryDirectory(prefix="bench-finalize-") as temporary:
+    with work_directory("bench-finalize-") as temporary:
         work_dir = Path(temporary)
         base = generate_base(work_dir / "base.webm", seconds=15 if args.smoke else BASE_SECONDS)
         with gunicorn(work_dir / "server") as server:

@@ -10,7 +10,6 @@ back to back. Reported for both servers: throughput, latency p50/p95/p99, errors
 
 import argparse
 import random
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from bench.harness import (
     latency_summary,
     machine_description,
     multipart_body,
+    work_directory,
     write_result,
 )
 from bench.media import generate_base
@@ -153,7 +153,7 @@ def main() -> None:
         args.recorders, args.chunk_kib, args.paced_recorders, args.paced_chunk_kib, args.seconds = 3, 64, [3], 32, 2
         args.output = "ingest-smoke"
 
-    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as temporary:
+    with work_directory("bench-ingest-") as temporary:
         work_dir = Path(temporary)
         paced_chunks = real_chunk_bytes(work_dir, args.paced_chunk_kib * 1024)
         flat_chunks = real_chunk_bytes(work_dir, args.chunk_kib * 1024)

@@ -8,11 +8,10 @@ Writes a text profile to docs/profiles/chunk-path.txt.
 
 import argparse
 import os
-import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import PROJECT_DIR, multipart_body
+from bench.harness import PROJECT_DIR, multipart_body, work_directory
 
 
 def main() -> None:
@@ -25,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.chunks, args.chunk_kib = 5, 16
-    with tempfile.TemporaryDirectory(prefix="bench-profile-") as temporary:
+    with work_directory("bench-profile-") as temporary:
         profile(args, Path(temporary))
 
 
@@ -73,7 +72,7 @@ def profile(args, work_dir: Path) -> None:
     profiler = Profiler(interval=0.0005)
     with profiler:
         elapsed = upload_all()
-    report = profiler.output_text(unicode=False, color=False, show_all=False)
+    report = profiler.output_text(unicode=False, color=False, show_all=bool(os.environ.get("PROFILE_SHOW_ALL")))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(
         f"{args.chunks} multipart chunks of {args.chunk_kib} KiB in {elapsed:.2f} s "

@@ -10,12 +10,11 @@ The baseline, in the same run, is reading the same 1 MiB from the same file with
 import argparse
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 from bench.finalize import finalize_until_ready, ingest
-from bench.harness import Http, MiB, gunicorn, machine_description, write_result
+from bench.harness import Http, MiB, gunicorn, machine_description, work_directory, write_result
 from bench.media import generate_base, loop_recording, split_to_files
 
 
@@ -29,7 +28,7 @@ def main() -> None:
     if args.smoke:
         args.size_mib, args.requests, args.output = 0, 20, "range-smoke"
 
-    with tempfile.TemporaryDirectory(prefix="bench-range-") as temporary:
+    with work_directory("bench-range-") as temporary:
         work_dir = Path(temporary)
         base = generate_base(work_dir / "base.webm", seconds=20 if args.smoke else 60, video_bitrate="8M")
         times = max(1, -(-args.size_mib * MiB // base.stat().st_size))

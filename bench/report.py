@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from bench.harness import PROJECT_DIR, RESULTS_DIR  # noqa: E402
 
@@ -34,6 +35,9 @@ def plot_ingest(result: dict, destination: Path) -> None:
         yscale="log",
         title=f"Chunk upload latency, {chunk_kib} KiB multipart chunks (gunicorn, same run)",
     )
+    axes.yaxis.set_major_formatter(ticker.ScalarFormatter())
+    axes.yaxis.set_minor_formatter(ticker.NullFormatter())
+    axes.set_yticks([2, 5, 10, 20, 50, 100, 200])
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
     figure.tight_layout()
