@@ -1,0 +1,157 @@
+"""On PostgreSQL, behind several gunicorn processes: the concurrency-sensitive steps hold.
+
+Each decision (the next chunk index, "is this index taken?", "did this chunk complete the set?",
+the finalize decision, the status moves) is taken under the recording's row lock
+(`SELECT … FOR UPDATE`), not in any process's memory. These tests fire one recording's chunks and
+finalize calls from many threads at three worker processes sharing one PostgreSQL database.
+
+PostgreSQL comes from RECORDER_TEST_POSTGRES_URL (default: the local server, user postgres); each
+test module gets a database of its own, dropped afterwards.
+"""
+
+import hashlib
+import json
+import os
+import random
+import re
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from bench.harness import gunicorn
+from tests.conftest import load_chrome_set, skip_or_fail
+
+pytestmark = [pytest.mark.live_server_process, pytest.mark.postgres]
+
+POSTGRES_URL = os.environ.get("RECORDER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A fresh, empty database on the PostgreSQL server; dropped after the module."""
+    import psycopg
+
+    name = f"recorder_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as error:
+        skip_or_fail(f"PostgreSQL is not reachable at {POSTGRES_URL} ({error}); set RECORDER_TEST_POSTGRES_URL")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield _with_database(POSTGRES_URL, name)
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def server(postgres_url, tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp("postgres-server")
+    environment = {
+        "DATABASE_URL": postgres_url,
+        "GUNICORN_WORKERS": "3",
+        "GUNICORN_THREADS": "6",
+        "RECORDER_LOG_LEVEL": "INFO",
+    }
+    with gunicorn(work_dir, extra_env=environment) as running:
+        yield running
+
+
+def call(method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def start(base_url: str) -> tuple[str, dict]:
+    status, body = call("POST", f"{base_url}/api/start-recording/", b"{}", {"Content-Type": "application/json"})
+    assert status == 201, body
+    return body["session_id"], {"Authorization": f"Bearer {body['upload_token']}"}
+
+
+def wait_until_finished(base_url: str, session_id: str, timeout_seconds: float = 120) -> dict:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        _, body = call("GET", f"{base_url}/api/get-recorded-data/{session_id}/")
+        if body["status"] in ("ready", "failed"):
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"{session_id} is still {body['status']}")
+
+
+def test_the_server_really_runs_on_postgresql(server, postgres_url):
+    import psycopg
+
+    session_id, _ = start(server.base_url)
+    with psycopg.connect(postgres_url) as connection:
+        row = connection.execute(
+            "SELECT status FROM recordings_recordingsession WHERE id = %s", [session_id]
+        ).fetchone()
+    assert row == ("recording",)
+
+
+def test_chunks_retries_and_finalize_racing_from_many_threads(server):
+    base_url = server.base_url
+    recording = load_chrome_set("vp8_opus")
+    session_id, auth = start(base_url)
+    total = len(recording.chunks)
+
+    def upload(index: int) -> tuple[str, int, dict]:
+        url = f"{base_url}/api/receive-video-chunk/?session_id={session_id}&chunk_index={index}"
+        return ("chunk", *call("POST", url, recording.chunks[index], {**auth, "Content-Type": "video/webm"}))
+
+    def finalize(_: int) -> tuple[str, int, dict]:
+        body = json.dumps({"session_id": session_id, "is_final": True, "total_chunks": total}).encode()
+        url = f"{base_url}/api/finalize-recording/"
+        return ("finalize", *call("POST", url, body, {**auth, "Content-Type": "application/json"}))
+
+    # every chunk three times (a client's retries), and four finalize calls, in a shuffled order
+    jobs = [(upload, index) for index in range(total)] * 3 + [(finalize, attempt) for attempt in range(4)]
+    random.Random(7).shuffle(jobs)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(lambda job: job[0](job[1]), jobs))
+
+    chunk_statuses = sorted(status for kind, status, _ in results if kind == "chunk")
+    assert chunk_statuses == [200] * (2 * total) + [201] * total  # each index stored once, retries answered 200
+    finalize_bodies = [(status, body) for kind, status, body in results if kind == "finalize"]
+    assert all(status in (200, 202) for status, _ in finalize_bodies), finalize_bodies
+
+    body = wait_until_finished(base_url, session_id)
+    assert body["status"] == "ready", body["error"]
+    assert (body["received_chunks"], body["received_bytes"]) == (total, sum(map(len, recording.chunks)))
+    assert body["source_sha256"] == recording.joined_sha256
+    assert body["duration"] == pytest.approx(recording.duration_seconds, rel=0.1)
+    # exactly one processing run, whichever request completed the set
+    runs = re.findall(rf"recording {session_id} ready in", (server.work_dir / "gunicorn.log").read_text())
+    assert len(runs) == 1
+
+
+def test_chunks_without_an_index_get_distinct_consecutive_indices(server):
+    base_url = server.base_url
+    recording = load_chrome_set("vp8_opus")
+    session_id, auth = start(base_url)
+    url = f"{base_url}/api/receive-video-chunk/?session_id={session_id}"
+    headers = {**auth, "Content-Type": "video/webm"}
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(lambda _: call("POST", url, recording.chunks[0], headers), range(40)))
+    assert [status for status, _ in results] == [201] * 40
+    assert sorted(body["chunk_index"] for _, body in results) == list(range(40))
+    _, body = call("GET", f"{base_url}/api/get-recorded-data/{session_id}/")
+    assert (body["received_chunks"], body["received_ranges"]) == (40, [[0, 39]])
+    stored = server.work_dir / "media" / "recordings" / session_id / "chunks"
+    digest = hashlib.sha256(recording.chunks[0]).hexdigest()
+    assert {hashlib.sha256(path.read_bytes()).hexdigest() for path in stored.iterdir()} == {digest}
+    assert len(list(stored.iterdir())) == 40
