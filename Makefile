@@ -9,7 +9,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: run test lint format migrate clean
+.PHONY: run serve worker test lint format migrate clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit("Recorder needs Python 3.11 or newer" if sys.version_info < (3, 11) else 0)'
@@ -27,6 +27,17 @@ $(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(BIN)/python
 run: $(VENV)/.runtime-installed
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py migrate --noinput
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} exec $(BIN)/python manage.py runserver $(HOST):$(PORT)
+
+# Production: gunicorn with gunicorn.conf.py (GUNICORN_WORKERS, GUNICORN_THREADS, PORT, ...).
+# Needs DJANGO_SECRET_KEY; see the settings table in the README.
+serve: $(VENV)/.runtime-installed
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py collectstatic --noinput -v0
+	exec $(BIN)/python -m gunicorn -c gunicorn.conf.py
+
+# A processing worker for RECORDER_TASKS_BACKEND=database; run as many as you like, anywhere.
+worker: $(VENV)/.runtime-installed
+	exec $(BIN)/python manage.py db_worker
 
 migrate: $(VENV)/.runtime-installed
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py migrate --noinput

@@ -1,6 +1,7 @@
 """Every setting of the service, read from the environment with defaults that need no service."""
 
 import os
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -72,11 +73,13 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_yasg",
     "django_tasks",
+    "django_tasks_db",  # its table exists whatever the backend, so switching is one setting
     "recordings",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -140,6 +143,12 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env_str("DJANGO_STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+# WhiteNoise serves Swagger UI's and the admin's files from any server, DEBUG or not. `make serve`
+# collects them, with gzip copies, into STATIC_ROOT and they are served from there; in debug, or
+# until STATIC_ROOT exists, they are served from the apps directly.
+WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", DEBUG or not STATIC_ROOT.is_dir())
+# ...and then WhiteNoise's warning that STATIC_ROOT is missing says nothing useful.
+warnings.filterwarnings("ignore", message="No directory at: ", category=UserWarning)
 
 # --- Media and uploads ------------------------------------------------------------------------
 
@@ -152,7 +161,7 @@ RECORDER_TEMP_DIR = Path(env_str("RECORDER_TEMP_DIR", str(MEDIA_ROOT / ".tmp")))
 
 STORAGES = {
     "default": {"BACKEND": "recordings.storage.DurableFileSystemStorage"},
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
 # Multipart file fields always go to a temporary file, never to memory, hashed on the way in.
@@ -174,6 +183,7 @@ RECORDER_FFMPEG_TIMEOUT_SECONDS = env_int("RECORDER_FFMPEG_TIMEOUT_SECONDS", 360
 _TASK_BACKENDS = {
     "immediate": "django_tasks.backends.immediate.ImmediateBackend",
     "dummy": "django_tasks.backends.dummy.DummyBackend",
+    "database": "django_tasks_db.DatabaseBackend",  # run `python manage.py db_worker` processes
 }
 RECORDER_TASKS_BACKEND = env_str("RECORDER_TASKS_BACKEND", "immediate")
 if RECORDER_TASKS_BACKEND not in _TASK_BACKENDS:

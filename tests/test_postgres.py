@@ -14,16 +14,20 @@ import json
 import os
 import random
 import re
+import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from bench.harness import gunicorn
+from bench.harness import PROJECT_DIR, gunicorn, service_environment
 from tests.conftest import load_chrome_set, skip_or_fail
 
 pytestmark = [pytest.mark.live_server_process, pytest.mark.postgres]
@@ -155,3 +159,69 @@ def test_chunks_without_an_index_get_distinct_consecutive_indices(server):
     digest = hashlib.sha256(recording.chunks[0]).hexdigest()
     assert {hashlib.sha256(path.read_bytes()).hexdigest() for path in stored.iterdir()} == {digest}
     assert len(list(stored.iterdir())) == 40
+
+
+# --- Processing on a pool of db_worker processes ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def worker_server(postgres_url, tmp_path_factory):
+    """The service with RECORDER_TASKS_BACKEND=database: it enqueues, and only db_worker processes run."""
+    work_dir = tmp_path_factory.mktemp("postgres-worker-server")
+    environment = {"DATABASE_URL": postgres_url, "RECORDER_TASKS_BACKEND": "database", "RECORDER_LOG_LEVEL": "INFO"}
+    with gunicorn(work_dir, extra_env=environment) as running:
+        yield running, {**service_environment(work_dir), **environment}
+
+
+@contextmanager
+def db_workers(environment: dict, log_dir, count: int):
+    processes = []
+    for number in range(count):
+        log = open(log_dir / f"worker-{number}.log", "wb")  # noqa: SIM115 - closed below
+        command = [sys.executable, "manage.py", "db_worker", "--interval", "0.2", "--worker-id", f"test-{number}"]
+        process = subprocess.Popen(command, cwd=PROJECT_DIR, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        processes.append((process, log))
+    try:
+        yield
+    finally:
+        for process, log in processes:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            log.close()
+
+
+def upload_and_finalize(base_url: str, recording) -> tuple[str, dict]:
+    session_id, auth = start(base_url)
+    for index, chunk in enumerate(recording.chunks):
+        url = f"{base_url}/api/receive-video-chunk/?session_id={session_id}&chunk_index={index}"
+        assert call("POST", url, chunk, {**auth, "Content-Type": "video/webm"})[0] == 201
+    body = json.dumps({"session_id": session_id, "is_final": True}).encode()
+    status, finalized = call(
+        "POST", f"{base_url}/api/finalize-recording/", body, {**auth, "Content-Type": "application/json"}
+    )
+    assert status == 202, finalized
+    return session_id, finalized
+
+
+def test_processing_runs_on_db_workers_not_in_the_web_process(worker_server):
+    server, environment = worker_server
+    recordings = [load_chrome_set(name) for name in ("vp8_opus", "h264_opus_webm", "vp9_opus_mp4")]
+    sessions = [upload_and_finalize(server.base_url, recording) for recording in recordings]
+    assert [finalized["status"] for _, finalized in sessions] == ["processing"] * 3
+    time.sleep(1.0)  # no worker yet: nothing may process them
+    for session_id, _ in sessions:
+        assert call("GET", f"{server.base_url}/api/get-recorded-data/{session_id}/")[1]["status"] == "processing"
+
+    with db_workers(environment, server.work_dir, count=2):
+        bodies = [wait_until_finished(server.base_url, session_id) for session_id, _ in sessions]
+    for recording, body in zip(recordings, bodies, strict=True):
+        assert body["status"] == "ready", body["error"]
+        assert body["source_sha256"] == recording.joined_sha256
+    worker_logs = "".join(path.read_text() for path in server.work_dir.glob("worker-*.log"))
+    web_log = (server.work_dir / "gunicorn.log").read_text()
+    for session_id, _ in sessions:
+        assert f"recording {session_id} ready in" in worker_logs
+        assert f"recording {session_id} ready in" not in web_log

@@ -1,0 +1,93 @@
+"""`make serve`: the production server (gunicorn, gunicorn.conf.py) with static files from WhiteNoise."""
+
+import gzip
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import drf_yasg
+import pytest
+
+from tests.conftest import PROJECT_DIR, free_port, skip_or_fail
+
+pytestmark = pytest.mark.live_server_process
+
+SWAGGER_BUNDLE = "drf-yasg/swagger-ui-dist/swagger-ui-bundle.js"
+
+
+def get(url: str, headers: dict | None = None):
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status, dict(response.headers), response.read()
+
+
+@pytest.fixture(scope="module")
+def make_serve(tmp_path_factory):
+    if shutil.which("make") is None:
+        skip_or_fail("`make` is not installed")
+    work = tmp_path_factory.mktemp("make-serve")
+    port = free_port()
+    environment = {
+        **{key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "RECORDER_"))},
+        "DJANGO_SECRET_KEY": "test-only-secret-key-for-make-serve-0123456789abcdef",
+        "DJANGO_SECURE_SSL_REDIRECT": "0",  # plain HTTP on loopback; a TLS proxy sits in front in production
+        "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}",
+        "MEDIA_ROOT": str(work / "media"),
+        "DJANGO_STATIC_ROOT": str(work / "static"),
+        "PORT": str(port),
+        "GUNICORN_WORKERS": "2",
+    }
+    log_path = work / "serve.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            ["make", "--no-print-directory", "serve"],
+            cwd=PROJECT_DIR,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if get(f"{base_url}/swagger.json")[0] == 200:
+                break
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            os.killpg(server.pid, signal.SIGKILL)
+            pytest.fail(f"`make serve` did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield base_url, work, log_path
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+
+
+def test_make_serve_runs_gunicorn_with_debug_off(make_serve):
+    base_url, _, log_path = make_serve
+    status, headers, body = get(f"{base_url}/swagger/")
+    assert status == 200 and b"swagger-ui" in body
+    log = log_path.read_text()
+    assert "Using worker: gthread" in log
+    assert log.count("Booting worker with pid") == 2
+    assert headers.get("X-Frame-Options") == "DENY"  # production security headers are on
+
+
+def test_static_files_are_served_by_whitenoise_and_collected_compressed(make_serve):
+    base_url, work, _ = make_serve
+    original = (Path(drf_yasg.__file__).parent / "static" / SWAGGER_BUNDLE).read_bytes()
+    status, headers, body = get(f"{base_url}/static/{SWAGGER_BUNDLE}")
+    assert status == 200 and body == original
+    assert headers["Content-Type"].startswith(("text/javascript", "application/javascript"))
+    status, headers, body = get(f"{base_url}/static/{SWAGGER_BUNDLE}", {"Accept-Encoding": "gzip"})
+    assert headers.get("Content-Encoding") == "gzip"
+    assert gzip.decompress(body) == original
+    assert (work / "static" / f"{SWAGGER_BUNDLE}.gz").is_file()  # make serve ran collectstatic
