@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,28 +224,25 @@ class LiveServer:
     log_path: Path
 
 
-@pytest.fixture(scope="session")
-def make_run_server(tmp_path_factory):
-    """`make run` on a free port, with its own database and media root; stopped after the session."""
+@contextmanager
+def make_target_server(target: str, work: Path, extra_env: dict[str, str], *, ready_path: str = "/swagger.json"):
+    """`make <target>` on a free port with `extra_env`; yields its base URL once `ready_path` answers 200."""
     import signal
     import time
     import urllib.request
 
     if shutil.which("make") is None:
         skip_or_fail("`make` is not installed")
-    work = tmp_path_factory.mktemp("make-run")
     port = free_port()
     environment = {
         **{key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "RECORDER_"))},
-        "DJANGO_DEBUG": "1",
-        "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}",
-        "MEDIA_ROOT": str(work / "media"),
+        **extra_env,
         "PORT": str(port),
     }
-    log_path = work / "server.log"
+    log_path = work / f"make-{target}.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
-            ["make", "--no-print-directory", "run"],
+            ["make", "--no-print-directory", target],
             cwd=PROJECT_DIR,
             env=environment,
             stdout=log,
@@ -255,18 +253,33 @@ def make_run_server(tmp_path_factory):
     deadline = time.monotonic() + 120
     while True:
         try:
-            with urllib.request.urlopen(f"{base_url}/swagger.json", timeout=2) as response:
+            with urllib.request.urlopen(f"{base_url}{ready_path}", timeout=2) as response:
                 if response.status == 200:
                     break
         except OSError:
             pass
         if server.poll() is not None or time.monotonic() > deadline:
             os.killpg(server.pid, signal.SIGKILL)
-            pytest.fail(f"`make run` did not start:\n{log_path.read_text()[-3000:]}")
+            pytest.fail(f"`make {target}` did not start:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.5)
-    yield LiveServer(base_url=base_url, media_root=work / "media", log_path=log_path)
-    os.killpg(server.pid, signal.SIGTERM)
     try:
-        server.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
+        yield base_url, log_path
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def make_run_server(tmp_path_factory):
+    """`make run` on a free port, with its own database and media root; stopped after the session."""
+    work = tmp_path_factory.mktemp("make-run")
+    environment = {
+        "DJANGO_DEBUG": "1",
+        "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}",
+        "MEDIA_ROOT": str(work / "media"),
+    }
+    with make_target_server("run", work, environment) as (base_url, log_path):
+        yield LiveServer(base_url=base_url, media_root=work / "media", log_path=log_path)

@@ -5,14 +5,12 @@ import json
 import random
 import shutil
 import socket
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tests.conftest import load_chrome_set, skip_or_fail
+from tests.live_client import call, start_session, wait_until_finished
 
 pytestmark = pytest.mark.live_server_process
 
@@ -26,31 +24,6 @@ CHROMIUM_FLAGS = [
     "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream",
 ]
-
-
-def call(method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-def start_session(base_url: str) -> tuple[str, str]:
-    status, body = call("POST", f"{base_url}/api/start-recording/", b"{}", {"Content-Type": "application/json"})
-    assert status == 201
-    return body["session_id"], body["upload_token"]
-
-
-def wait_until_finished(base_url: str, session_id: str, timeout_seconds: float = 120) -> dict:
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        status, body = call("GET", f"{base_url}/api/get-recorded-data/{session_id}/")
-        if body["status"] in ("ready", "failed"):
-            return body
-        time.sleep(0.2)
-    raise AssertionError(f"{session_id} still {body['status']}")
 
 
 def test_many_clients_with_shuffled_duplicated_late_chunks(make_run_server):

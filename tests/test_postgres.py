@@ -18,8 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -29,6 +27,7 @@ import pytest
 
 from bench.harness import PROJECT_DIR, gunicorn, service_environment
 from tests.conftest import load_chrome_set, skip_or_fail
+from tests.live_client import call, start_session, wait_until_finished
 
 pytestmark = [pytest.mark.live_server_process, pytest.mark.postgres]
 
@@ -71,29 +70,9 @@ def server(postgres_url, tmp_path_factory):
         yield running
 
 
-def call(method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def start(base_url: str) -> tuple[str, dict]:
-    status, body = call("POST", f"{base_url}/api/start-recording/", b"{}", {"Content-Type": "application/json"})
-    assert status == 201, body
-    return body["session_id"], {"Authorization": f"Bearer {body['upload_token']}"}
-
-
-def wait_until_finished(base_url: str, session_id: str, timeout_seconds: float = 120) -> dict:
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        _, body = call("GET", f"{base_url}/api/get-recorded-data/{session_id}/")
-        if body["status"] in ("ready", "failed"):
-            return body
-        time.sleep(0.2)
-    raise AssertionError(f"{session_id} is still {body['status']}")
+    session_id, upload_token = start_session(base_url)
+    return session_id, {"Authorization": f"Bearer {upload_token}"}
 
 
 def test_the_server_really_runs_on_postgresql(server, postgres_url):

@@ -1,18 +1,13 @@
 """`make serve`: the production server (gunicorn, gunicorn.conf.py) with static files from WhiteNoise."""
 
 import gzip
-import os
-import shutil
-import signal
-import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import drf_yasg
 import pytest
 
-from tests.conftest import PROJECT_DIR, free_port, skip_or_fail
+from tests.conftest import make_target_server
 
 pytestmark = pytest.mark.live_server_process
 
@@ -27,48 +22,17 @@ def get(url: str, headers: dict | None = None):
 
 @pytest.fixture(scope="module")
 def make_serve(tmp_path_factory):
-    if shutil.which("make") is None:
-        skip_or_fail("`make` is not installed")
     work = tmp_path_factory.mktemp("make-serve")
-    port = free_port()
     environment = {
-        **{key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "RECORDER_"))},
         "DJANGO_SECRET_KEY": "test-only-secret-key-for-make-serve-0123456789abcdef",
         "DJANGO_SECURE_SSL_REDIRECT": "0",  # plain HTTP on loopback; a TLS proxy sits in front in production
         "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}",
         "MEDIA_ROOT": str(work / "media"),
         "DJANGO_STATIC_ROOT": str(work / "static"),
-        "PORT": str(port),
         "GUNICORN_WORKERS": "2",
     }
-    log_path = work / "serve.log"
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            ["make", "--no-print-directory", "serve"],
-            cwd=PROJECT_DIR,
-            env=environment,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if get(f"{base_url}/swagger.json")[0] == 200:
-                break
-        except OSError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            os.killpg(server.pid, signal.SIGKILL)
-            pytest.fail(f"`make serve` did not start:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.5)
-    yield base_url, work, log_path
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
+    with make_target_server("serve", work, environment) as (base_url, log_path):
+        yield base_url, work, log_path
 
 
 def test_make_serve_runs_gunicorn_with_debug_off(make_serve):
