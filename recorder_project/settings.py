@@ -191,6 +191,10 @@ if RECORDER_TASKS_BACKEND not in _TASK_BACKENDS:
         f"RECORDER_TASKS_BACKEND={RECORDER_TASKS_BACKEND!r}; choose one of {sorted(_TASK_BACKENDS)}."
     )
 TASKS = {"default": {"BACKEND": _TASK_BACKENDS[RECORDER_TASKS_BACKEND]}}
+# A processing run stamps a heartbeat every STALE/4 seconds; a run silent for STALE seconds (its
+# worker was killed) is run again, at most MAX_ATTEMPTS runs in all, then the recording fails.
+RECORDER_PROCESSING_STALE_SECONDS = env_int("RECORDER_PROCESSING_STALE_SECONDS", 60)
+RECORDER_PROCESSING_MAX_ATTEMPTS = env_int("RECORDER_PROCESSING_MAX_ATTEMPTS", 3)
 
 # --- HTTP API -----------------------------------------------------------------------------------
 

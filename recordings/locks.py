@@ -9,12 +9,13 @@ databases lock rows themselves: there this is a no-op.
 import fcntl
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from django.db import connection
 
 _process_lock = threading.Lock()  # flock is per open file: threads of one process queue here first
+_this_thread = threading.local()  # .deferred: callbacks waiting for this thread's flock to be released
 
 
 def _sqlite_lock_path() -> str | None:
@@ -37,7 +38,37 @@ def _flock(path: str) -> Iterator[None]:
             os.close(fd)  # closing releases the flock
 
 
-def database_write_lock():
+@contextmanager
+def database_write_lock() -> Iterator[None]:
     """Hold this around a write transaction; it orders SQLite writers, elsewhere it does nothing."""
     path = _sqlite_lock_path()
-    return _flock(path) if path else nullcontext()
+    if path is None:
+        yield
+        return
+    with held_write_lock(path):
+        yield
+
+
+@contextmanager
+def held_write_lock(path: str) -> Iterator[None]:
+    with _flock(path):
+        _this_thread.deferred = []
+        try:
+            yield
+        finally:
+            deferred, _this_thread.deferred = _this_thread.deferred, None
+    for callback in deferred:
+        callback()
+
+
+def after_write_lock(callback: Callable[[], None]) -> None:
+    """Run `callback` once this thread's write lock is released (now if it holds none).
+
+    A transaction's on-commit callbacks run while the lock around it is still held; work that
+    takes seconds (processing, with the in-process task backend) must not hold up every writer.
+    """
+    deferred = getattr(_this_thread, "deferred", None)
+    if deferred is None:
+        callback()
+    else:
+        deferred.append(callback)

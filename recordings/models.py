@@ -58,6 +58,11 @@ class RecordingSession(models.Model):
     audio_name = models.CharField(max_length=255, blank=True)
     audio_content_type = models.CharField(max_length=64, blank=True)
     thumbnail_name = models.CharField(max_length=255, blank=True)
+    # A processing run beats every few seconds; a run whose beat stops (its worker was killed) is
+    # stale and is run again, at most RECORDER_PROCESSING_MAX_ATTEMPTS times (docs/processing.md).
+    processing_requested_at = models.DateTimeField(null=True, blank=True)
+    processing_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    processing_attempts = models.PositiveIntegerField(default=0)
     processing_seconds = models.FloatField(null=True, blank=True)
     processing_steps = models.JSONField(default=dict, blank=True, help_text="Seconds per step.")
 
@@ -97,15 +102,17 @@ class IllegalTransition(RecorderError):
         )
 
 
-def transition(session: RecordingSession, to_status: str, **changes) -> None:
+def transition(session: RecordingSession, to_status: str, *, only_if: dict | None = None, **changes) -> None:
     """Move `session` to `to_status` (with `changes` saved alongside), or raise IllegalTransition.
 
-    The update is conditional on the status the caller saw, so two processes racing to make the
-    same move cannot both succeed, whatever the database's locking.
+    The update is conditional on the status the caller saw (and on the `only_if` field values), so
+    two processes racing to make the same move cannot both succeed, whatever the database's locking.
     """
     if to_status not in ALLOWED_TRANSITIONS.get(session.status, frozenset()):
         raise IllegalTransition(session_id=session.id, current=session.status, wanted=to_status)
-    moved = RecordingSession.objects.filter(pk=session.pk, status=session.status).update(status=to_status, **changes)
+    moved = RecordingSession.objects.filter(pk=session.pk, status=session.status, **(only_if or {})).update(
+        status=to_status, **changes
+    )
     if moved != 1:
         current = RecordingSession.objects.filter(pk=session.pk).values_list("status", flat=True).first()
         raise IllegalTransition(session_id=session.id, current=current or "gone", wanted=to_status)

@@ -1,9 +1,12 @@
 """The pipeline for one recording: join → probe → remux → audio → thumbnail → save, and its status."""
 
+import datetime
 import logging
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -11,10 +14,21 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.files.storage import default_storage
+from django.db import DatabaseError, connections, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from . import chunks, utils
-from .models import Chunk, RecordingSession, Status, chunk_storage_name, media_storage_name, transition
+from .locks import database_write_lock
+from .models import (
+    Chunk,
+    IllegalTransition,
+    RecordingSession,
+    Status,
+    chunk_storage_name,
+    media_storage_name,
+    transition,
+)
 from .storage import MovableFile
 
 logger = logging.getLogger("recordings.processing")
@@ -46,23 +60,21 @@ def process_recording(session_id: uuid.UUID | str) -> RecordingSession:
 
     Idempotent: outputs are written under fixed names through an atomic storage, so a second run
     replaces them whole. A failure leaves the chunks untouched and the status `failed` with a code.
+    A run claims the recording first: while another run's heartbeat is fresh, this one does nothing.
     """
+    attempt = _claim(session_id)
     session = RecordingSession.objects.get(pk=session_id)
-    if session.status != Status.PROCESSING:
-        logger.info("recording %s is %s, not processing: nothing to do", session.id, session.status)
+    if attempt is None:
         return session
     timer = StepTimer()
+    this_run = {"processing_attempts": attempt}
     try:
-        results = _build_outputs(session, timer)
-    except utils.MediaError as error:
-        _fail(session, error.code, error.detail, timer)
-    except Exception:
-        logger.exception("processing recording %s failed unexpectedly", session.id)
-        _fail(session, "processing_error", "Processing failed unexpectedly; the error has been logged.", timer)
-    else:
+        with _Heartbeat(session.id, attempt):
+            results = _build_outputs(session, timer)
         transition(
             session,
             Status.READY,
+            only_if=this_run,
             ready_at=timezone.now(),
             error_code="",
             error_detail="",
@@ -71,19 +83,150 @@ def process_recording(session_id: uuid.UUID | str) -> RecordingSession:
             **results,
         )
         logger.info("recording %s ready in %.2f s: %s", session.id, timer.total_seconds, timer.seconds)
+    except IllegalTransition:
+        logger.warning("recording %s: run %d was overtaken by another run; its result is dropped", session.id, attempt)
+        session.refresh_from_db()
+    except utils.MediaError as error:
+        _fail(session, error.code, error.detail, timer, only_if=this_run)
+    except Exception:
+        logger.exception("processing recording %s failed unexpectedly", session.id)
+        _fail(
+            session,
+            "processing_error",
+            "Processing failed unexpectedly; the error has been logged.",
+            timer,
+            only_if=this_run,
+        )
     return session
 
 
-def _fail(session: RecordingSession, code: str, detail: str, timer: StepTimer) -> None:
-    logger.warning("recording %s failed: %s (%s)", session.id, code, detail)
+# --- Claims, heartbeats and stale runs ---------------------------------------------------------------
+
+
+def _stale_cutoff(now: datetime.datetime | None = None) -> datetime.datetime:
+    return (now or timezone.now()) - datetime.timedelta(seconds=settings.RECORDER_PROCESSING_STALE_SECONDS)
+
+
+def _claim(session_id: uuid.UUID | str) -> int | None:
+    """Take the recording for this run: its attempt number, or None when there is nothing to do.
+
+    Nothing to do: it is not `processing`, or another run's heartbeat is fresh. A recording whose
+    runs all died (RECORDER_PROCESSING_MAX_ATTEMPTS of them) becomes `failed` here instead.
+    """
+    with database_write_lock(), transaction.atomic():
+        session = RecordingSession.objects.select_for_update().filter(pk=session_id).first()
+        if session is None or session.status != Status.PROCESSING:
+            logger.info("recording %s is %s, not processing: nothing to do", session_id, session and session.status)
+            return None
+        heartbeat = session.processing_heartbeat_at
+        if heartbeat is not None and heartbeat > _stale_cutoff():
+            logger.info(
+                "recording %s is being processed by another run (attempt %d)", session_id, session.processing_attempts
+            )
+            return None
+        if session.processing_attempts >= settings.RECORDER_PROCESSING_MAX_ATTEMPTS:
+            _give_up(session)
+            return None
+        session.processing_attempts += 1
+        session.processing_heartbeat_at = timezone.now()
+        session.save(update_fields=["processing_attempts", "processing_heartbeat_at"])
+        if session.processing_attempts > 1:
+            logger.warning("recording %s: processing again, attempt %d", session_id, session.processing_attempts)
+        return session.processing_attempts
+
+
+def _give_up(session: RecordingSession) -> None:
+    attempts = session.processing_attempts
+    logger.error("recording %s: %d processing runs were interrupted; giving up", session.id, attempts)
     transition(
         session,
         Status.FAILED,
-        error_code=code,
-        error_detail=detail,
-        processing_seconds=timer.total_seconds,
-        processing_steps=timer.seconds,
+        error_code="processing_interrupted",
+        error_detail=f"Processing was interrupted {attempts} times (a worker stopped mid-run); "
+        "run `manage.py process_recording` to try again.",
     )
+
+
+class _Heartbeat:
+    """Stamps `processing_heartbeat_at` every stale/4 seconds from a thread while a run works."""
+
+    def __init__(self, session_id: uuid.UUID, attempt: int):
+        self._session_id = session_id
+        self._attempt = attempt
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{session_id}", daemon=True)
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        interval_seconds = settings.RECORDER_PROCESSING_STALE_SECONDS / 4
+        try:
+            while not self._stopped.wait(interval_seconds):
+                try:
+                    RecordingSession.objects.filter(
+                        pk=self._session_id, status=Status.PROCESSING, processing_attempts=self._attempt
+                    ).update(processing_heartbeat_at=timezone.now())
+                except DatabaseError:  # a missed beat is retried; only a stopped process stops beating
+                    logger.warning("recording %s: heartbeat failed", self._session_id, exc_info=True)
+        finally:
+            connections.close_all()  # this thread's connections only
+
+
+def stale_recording_ids(*, include_unstarted: bool, now: datetime.datetime | None = None) -> list[uuid.UUID]:
+    """Recordings in `processing` whose run stopped beating (and, with `include_unstarted`, whose
+    requested run never started: lost with an in-process backend when the process was killed)."""
+    stale = RecordingSession.objects.filter(_is_stale(include_unstarted, now))
+    return list(stale.values_list("id", flat=True))
+
+
+def _is_stale(include_unstarted: bool, now: datetime.datetime | None = None) -> Q:
+    cutoff = _stale_cutoff(now)
+    stale = Q(processing_heartbeat_at__lt=cutoff)
+    if include_unstarted:
+        stale |= Q(processing_heartbeat_at__isnull=True, processing_requested_at__lt=cutoff)
+    return stale & Q(status=Status.PROCESSING)
+
+
+def retry_or_give_up(session_id: uuid.UUID | str, *, include_unstarted: bool, enqueue: Callable[[str], None]) -> bool:
+    """For a stale recording: call `enqueue` for a new run (inside the transaction that records it)
+    and return True; False when it has moved on, or its attempts are used up and it is `failed`."""
+    with database_write_lock(), transaction.atomic():
+        stale = RecordingSession.objects.select_for_update().filter(_is_stale(include_unstarted), pk=session_id)
+        session = stale.first()
+        if session is None:
+            return False
+        if session.processing_attempts >= settings.RECORDER_PROCESSING_MAX_ATTEMPTS:
+            _give_up(session)
+            return False
+        session.processing_requested_at = timezone.now()
+        session.processing_heartbeat_at = None  # until the new run claims it: not stale, not running
+        session.save(update_fields=["processing_requested_at", "processing_heartbeat_at"])
+        logger.warning("recording %s: its processing run stopped; queued again", session.id)
+        enqueue(str(session.id))
+        return True
+
+
+def _fail(session: RecordingSession, code: str, detail: str, timer: StepTimer, *, only_if: dict) -> None:
+    logger.warning("recording %s failed: %s (%s)", session.id, code, detail)
+    try:
+        transition(
+            session,
+            Status.FAILED,
+            only_if=only_if,
+            error_code=code,
+            error_detail=detail,
+            processing_seconds=timer.total_seconds,
+            processing_steps=timer.seconds,
+        )
+    except IllegalTransition:
+        logger.warning("recording %s: this run was overtaken by another run; its failure is dropped", session.id)
+        session.refresh_from_db()
 
 
 def _build_outputs(session: RecordingSession, timer: StepTimer) -> dict:
@@ -195,3 +338,7 @@ def _delete_stale_outputs(session: RecordingSession, *, keep: set[str]) -> None:
     for name in (session.video_name, session.audio_name, session.thumbnail_name):
         if name and name not in keep:
             default_storage.delete(name)
+
+
+def current_status(session_id: uuid.UUID | str) -> str | None:
+    return RecordingSession.objects.filter(pk=session_id).values_list("status", flat=True).first()

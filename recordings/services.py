@@ -6,7 +6,6 @@ import logging
 import secrets
 import uuid
 from dataclasses import dataclass
-from functools import partial
 from typing import BinaryIO
 
 from django.conf import settings
@@ -19,12 +18,14 @@ from . import chunks, processing
 from .errors import RecorderError
 from .locks import database_write_lock
 from .models import Chunk, RecordingSession, Status, chunk_storage_name, transition
-from .tasks import process_recording_task
+from .tasks import enqueue_processing
 
 logger = logging.getLogger("recordings.services")
 
 # Failures that another run may not repeat; media errors (undecodable, unsupported) would.
-RETRYABLE_ERROR_CODES = frozenset({"chunks_missing", "processing_error", "processing_timeout"})
+RETRYABLE_ERROR_CODES = frozenset(
+    {"chunks_missing", "processing_error", "processing_timeout", "processing_interrupted"}
+)
 
 
 # --- Tokens and lookup ------------------------------------------------------------------------------
@@ -298,13 +299,29 @@ def _start_processing_if_complete(session: RecordingSession) -> None:
     # running count says whether the set is complete.
     if session.received_chunks != session.expected_chunks:
         return
-    transition(session, Status.PROCESSING, error_code="", error_detail="")
-    transaction.on_commit(partial(enqueue_processing, session.id), robust=True)
+    transition(session, Status.PROCESSING, **_processing_request())
+    enqueue_processing(str(session.id))
 
 
-def enqueue_processing(session_id: uuid.UUID) -> None:
-    """Hand the recording to the task backend (immediate by default: it runs right here)."""
-    process_recording_task.enqueue(str(session_id))
+def _processing_request() -> dict:
+    """What a move to `processing` resets: a fresh request with no run and no error yet."""
+    return {
+        "error_code": "",
+        "error_detail": "",
+        "processing_requested_at": timezone.now(),
+        "processing_heartbeat_at": None,
+        "processing_attempts": 0,
+    }
+
+
+def recover_stale_recordings() -> list[uuid.UUID]:
+    """Queue again every recording whose processing run died (or, with an in-process backend, never
+    ran); those out of attempts become `failed`. Safe to run from cron at any time."""
+    requeued = []
+    for session_id in processing.stale_recording_ids(include_unstarted=True):
+        if processing.retry_or_give_up(session_id, include_unstarted=True, enqueue=enqueue_processing):
+            requeued.append(session_id)
+    return requeued
 
 
 def reprocess_recording(*, session_id: str) -> RecordingSession:
@@ -312,7 +329,7 @@ def reprocess_recording(*, session_id: str) -> RecordingSession:
     with transaction.atomic():
         locked = _lock(get_session(session_id=session_id))
         if locked.status != Status.PROCESSING:
-            transition(locked, Status.PROCESSING, error_code="", error_detail="")
+            transition(locked, Status.PROCESSING, **_processing_request())
     return processing.process_recording(locked.id)  # a direct, synchronous run, whatever the backend
 
 

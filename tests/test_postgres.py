@@ -204,3 +204,67 @@ def test_processing_runs_on_db_workers_not_in_the_web_process(worker_server):
     for session_id, _ in sessions:
         assert f"recording {session_id} ready in" in worker_logs
         assert f"recording {session_id} ready in" not in web_log
+
+
+def _processing_row(postgres_url: str, session_id: str) -> tuple:
+    import psycopg
+
+    with psycopg.connect(postgres_url) as connection:
+        return connection.execute(
+            "SELECT status, processing_attempts FROM recordings_recordingsession WHERE id = %s", [session_id]
+        ).fetchone()
+
+
+def test_a_worker_killed_mid_run_leaves_no_recording_stuck(postgres_url, tmp_path):
+    """SIGKILL the db_worker while it processes: its task stays RUNNING in django-tasks-db for ever,
+    but the recording's heartbeat stops, and another worker runs it again."""
+    environment_overrides = {
+        "DATABASE_URL": postgres_url,
+        "RECORDER_TASKS_BACKEND": "database",
+        "RECORDER_LOG_LEVEL": "INFO",
+        "RECORDER_PROCESSING_STALE_SECONDS": "3",
+    }
+    recording = load_chrome_set("vp8_opus_60s")
+    with gunicorn(tmp_path, extra_env=environment_overrides) as server:
+        environment = {**service_environment(tmp_path), **environment_overrides}
+        session_id, _ = upload_and_finalize(server.base_url, recording)
+        first_log = open(tmp_path / "doomed-worker.log", "wb")  # noqa: SIM115 - closed below
+        doomed = subprocess.Popen(
+            [sys.executable, "manage.py", "db_worker", "--interval", "0.05", "--no-startup-delay"],
+            cwd=PROJECT_DIR,
+            env=environment,
+            stdout=first_log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while _processing_row(postgres_url, session_id) != ("processing", 1):
+                assert time.monotonic() < deadline, "the worker never claimed the recording"
+                assert doomed.poll() is None
+                time.sleep(0.01)
+            doomed.kill()  # mid-run: the claim is taken and the heartbeat has started
+            doomed.wait(timeout=10)
+        finally:
+            first_log.close()
+        assert _processing_row(postgres_url, session_id) == ("processing", 1)
+
+        import psycopg
+
+        with psycopg.connect(postgres_url) as connection:
+            orphaned_task_statuses = connection.execute(
+                "SELECT status FROM django_tasks_database_dbtaskresult "
+                "WHERE task_path LIKE '%%process_recording_task' AND args_kwargs::text LIKE %s",
+                [f"%{session_id}%"],
+            ).fetchall()
+        assert orphaned_task_statuses == [("RUNNING",)]  # what the task backend alone would leave
+
+        with db_workers(environment, tmp_path, count=1):
+            body = wait_until_finished(server.base_url, session_id, timeout_seconds=120)
+
+    assert body["status"] == "ready", body["error"]
+    assert body["source_sha256"] == recording.joined_sha256
+    assert body["duration"] == pytest.approx(recording.duration_seconds, rel=0.1)
+    assert _processing_row(postgres_url, session_id) == ("ready", 2)
+    worker_log = (tmp_path / "worker-0.log").read_text()
+    assert f"recording {session_id}: its processing run stopped; queued again" in worker_log
+    assert f"recording {session_id}: processing again, attempt 2" in worker_log

@@ -1,11 +1,16 @@
 """The processing pipeline: failures are recorded with codes, reruns replace outputs whole."""
 
+import datetime
+import fcntl
 import os
+import uuid
 from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
+from recordings import locks, processing, services
 from recordings.models import RecordingSession
 from tests.conftest import load_chrome_set
 from tests.recorder_client import finalize, start, status_of, upload_all
@@ -126,3 +131,88 @@ def test_audio_format_setting_changes_the_audio_output(api, settings):
     response = api.get(body["audio_url"])
     assert response["Content-Type"] == "audio/mp4"
     assert b"ftyp" in b"".join(response.streaming_content)[:16]
+
+
+# --- Runs that died: heartbeats, bounded attempts, recovery ------------------------------------------
+
+
+def as_if_a_run_died(session_id: str, *, attempts: int, silent_seconds: float = 600) -> None:
+    """The state a killed worker leaves: `processing`, its claim taken, its heartbeat old."""
+    long_ago = timezone.now() - datetime.timedelta(seconds=silent_seconds)
+    session = RecordingSession.objects.get(pk=session_id)
+    RecordingSession.objects.filter(pk=session_id).update(
+        status="processing",
+        expected_chunks=session.received_chunks,
+        processing_requested_at=long_ago,
+        processing_heartbeat_at=long_ago if attempts else None,
+        processing_attempts=attempts,
+    )
+
+
+def uploaded(api, name: str = "vp8_opus"):
+    recording = load_chrome_set(name)
+    started = start(api)
+    upload_all(api, started, recording.chunks)
+    return recording, started
+
+
+def test_recover_recordings_runs_a_recording_whose_worker_died_again(api, capsys):
+    recording, started = uploaded(api)
+    as_if_a_run_died(started.session_id, attempts=1)
+    call_command("recover_recordings")
+    assert f"{started.session_id}: queued again" in capsys.readouterr().out
+    session = RecordingSession.objects.get(pk=started.session_id)
+    assert (session.status, session.processing_attempts) == ("ready", 2)
+    assert session.source_sha256 == recording.joined_sha256
+    call_command("recover_recordings")  # idempotent: nothing is stale any more
+    assert "0 recording(s) queued again" in capsys.readouterr().out
+
+
+def test_a_recording_whose_runs_all_died_fails_and_a_finalize_retries_it(api, settings):
+    recording, started = uploaded(api)
+    as_if_a_run_died(started.session_id, attempts=settings.RECORDER_PROCESSING_MAX_ATTEMPTS)
+    assert services.recover_stale_recordings() == []
+    body = status_of(api, started.session_id)
+    assert (body["status"], body["error"]["code"]) == ("failed", "processing_interrupted")
+    response = finalize(api, started)  # the client's retry starts a fresh request with fresh attempts
+    assert response.status_code == 200
+    assert response.json()["status"] == "ready"
+    assert RecordingSession.objects.get(pk=started.session_id).processing_attempts == 1
+
+
+def test_a_run_whose_heartbeat_is_fresh_is_not_run_twice(api):
+    _, started = uploaded(api)
+    as_if_a_run_died(started.session_id, attempts=1, silent_seconds=1)  # beating 1 s ago: alive
+    assert services.recover_stale_recordings() == []
+    processing.process_recording(started.session_id)  # a duplicate task of the same recording
+    session = RecordingSession.objects.get(pk=started.session_id)
+    assert (session.status, session.processing_attempts) == ("processing", 1)
+
+
+@pytest.mark.parametrize(("waiting_seconds", "recovered"), [(5, False), (600, True)])
+def test_a_requested_run_that_never_started_is_recovered_once_it_is_old(api, waiting_seconds, recovered):
+    _, started = uploaded(api)
+    as_if_a_run_died(started.session_id, attempts=0, silent_seconds=waiting_seconds)
+    requeued = services.recover_stale_recordings()
+    assert requeued == ([uuid.UUID(started.session_id)] if recovered else [])
+    assert status_of(api, started.session_id)["status"] == ("ready" if recovered else "processing")
+
+
+def test_work_queued_under_the_write_lock_runs_after_the_lock_is_released(tmp_path):
+    lock_path = str(tmp_path / "db.sqlite3.write-lock")
+    seen = []
+
+    def try_the_lock_from_another_open_file():
+        fd = os.open(lock_path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError while held
+            seen.append("lock was free")
+        finally:
+            os.close(fd)
+
+    with locks.held_write_lock(lock_path):
+        locks.after_write_lock(try_the_lock_from_another_open_file)
+        assert seen == []
+    assert seen == ["lock was free"]
+    locks.after_write_lock(lambda: seen.append("no lock held: at once"))
+    assert seen == ["lock was free", "no lock held: at once"]

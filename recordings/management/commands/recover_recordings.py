@@ -1,0 +1,18 @@
+"""`manage.py recover_recordings`: run again the recordings whose processing run died."""
+
+from django.core.management.base import BaseCommand
+
+from recordings import services
+
+
+class Command(BaseCommand):
+    help = (
+        "Queue again every recording stuck in `processing` because its run stopped (a killed worker "
+        "or web process); those out of attempts become `failed`. Idempotent: safe to run from cron."
+    )
+
+    def handle(self, *args, **options):
+        requeued = services.recover_stale_recordings()
+        for session_id in requeued:
+            self.stdout.write(f"{session_id}: queued again")
+        self.stdout.write(f"{len(requeued)} recording(s) queued again")
