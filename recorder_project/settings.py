@@ -159,10 +159,39 @@ MEDIA_URL = "media/"
 # default, so that a stored chunk is a rename, not a copy.
 RECORDER_TEMP_DIR = Path(env_str("RECORDER_TEMP_DIR", str(MEDIA_ROOT / ".tmp"))).resolve()
 
+# Where chunks and outputs live: "local" (MEDIA_ROOT) or "s3" (any S3 API, through django-storages,
+# configured with its own AWS_* names below). Staging and processing always use RECORDER_TEMP_DIR.
+RECORDER_STORAGE = env_str("RECORDER_STORAGE", "local")
+_MEDIA_STORAGES = {
+    "local": {"BACKEND": "recordings.storage.DurableFileSystemStorage"},
+    "s3": {"BACKEND": "storages.backends.s3.S3Storage"},
+}
+if RECORDER_STORAGE not in _MEDIA_STORAGES:
+    raise ImproperlyConfigured(f"RECORDER_STORAGE={RECORDER_STORAGE!r}; choose one of {sorted(_MEDIA_STORAGES)}.")
 STORAGES = {
-    "default": {"BACKEND": "recordings.storage.DurableFileSystemStorage"},
+    "default": _MEDIA_STORAGES[RECORDER_STORAGE],
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
+# django-storages reads AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from the environment itself.
+AWS_STORAGE_BUCKET_NAME = env_str("AWS_STORAGE_BUCKET_NAME", "")
+AWS_S3_ENDPOINT_URL = env_str("AWS_S3_ENDPOINT_URL", "") or None  # unset: AWS itself
+AWS_S3_REGION_NAME = env_str("AWS_S3_REGION_NAME", "") or None
+AWS_S3_ADDRESSING_STYLE = env_str("AWS_S3_ADDRESSING_STYLE", "") or None  # "path" for most self-hosted servers
+AWS_LOCATION = env_str("AWS_LOCATION", "")  # a key prefix inside the bucket
+AWS_S3_SIGNATURE_VERSION = "s3v4"
+AWS_S3_FILE_OVERWRITE = True  # a retried chunk or a second processing run replaces its object
+AWS_DEFAULT_ACL = None  # objects stay private; readers get presigned URLs
+AWS_QUERYSTRING_EXPIRE = env_int("AWS_QUERYSTRING_EXPIRE", 900)  # seconds a presigned media URL works
+# Reading an object (to join chunks) spools it to FILE_UPLOAD_TEMP_DIR past this size, not memory.
+AWS_S3_MAX_MEMORY_SIZE = env_int("AWS_S3_MAX_MEMORY_SIZE", 8 * MiB)
+
+# How GET /api/recordings/<id>/<kind> delivers a file:
+#   "direct"            Django streams it, with Range (the default for local storage)
+#   "redirect"          302 to a presigned URL that serves Range itself (the default for S3)
+#   "x-accel-redirect"  nginx serves it from an `internal` location at RECORDER_MEDIA_ACCEL_PREFIX
+#   "x-sendfile"        Apache (mod_xsendfile) or lighttpd serves the file at its path
+RECORDER_MEDIA_DELIVERY = env_str("RECORDER_MEDIA_DELIVERY", "redirect" if RECORDER_STORAGE == "s3" else "direct")
+RECORDER_MEDIA_ACCEL_PREFIX = env_str("RECORDER_MEDIA_ACCEL_PREFIX", "/protected-media/")
 
 # Multipart file fields always go to a temporary file, never to memory, hashed on the way in.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 0

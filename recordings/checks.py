@@ -21,4 +21,24 @@ def check_recorder_settings(app_configs, **kwargs) -> list[Error]:
         errors.append(
             Error("RECORDER_MAX_CHUNK_BYTES and RECORDER_MAX_RECORDING_BYTES must be positive.", id="recordings.E002")
         )
+    errors.extend(_storage_errors())
+    return errors
+
+
+_DELIVERIES_BY_STORAGE = {"local": {"direct", "x-accel-redirect", "x-sendfile"}, "s3": {"direct", "redirect"}}
+
+
+def _storage_errors() -> list[Error]:
+    storage, delivery = settings.RECORDER_STORAGE, settings.RECORDER_MEDIA_DELIVERY
+    errors = []
+    if storage == "s3" and not settings.AWS_STORAGE_BUCKET_NAME:
+        errors.append(Error("RECORDER_STORAGE=s3 needs AWS_STORAGE_BUCKET_NAME.", id="recordings.E003"))
+    if delivery not in _DELIVERIES_BY_STORAGE[storage]:
+        errors.append(
+            Error(
+                f"RECORDER_MEDIA_DELIVERY={delivery!r} does not work with RECORDER_STORAGE={storage!r}; "
+                f"choose one of {sorted(_DELIVERIES_BY_STORAGE[storage])}.",
+                id="recordings.E004",
+            )
+        )
     return errors

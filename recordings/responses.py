@@ -1,15 +1,20 @@
-"""Serving stored files over HTTP with single byte ranges (RFC 9110 §14), validators and 304s.
+"""Serving stored files over HTTP: streamed with single byte ranges (RFC 9110 §14), validators and
+304s, or handed off (a redirect to a presigned object-storage URL, or the front proxy's
+X-Accel-Redirect / X-Sendfile), as RECORDER_MEDIA_DELIVERY says.
 
 No maintained library fits: django-ranged-response is unmaintained since 2017 and Django's
 FileResponse has no Range support. The response streams from storage in blocks; under gunicorn
-a local file is sent with sendfile, bounded by Content-Length.
+a local file is sent with sendfile, bounded by Content-Length. django-sendfile2 wants absolute
+paths under one root and answers conditionals its own way; the two offload headers are a few lines.
 """
 
 import re
 from typing import Protocol
+from urllib.parse import quote
 
+from django.conf import settings
 from django.core.files.storage import Storage, default_storage
-from django.http import FileResponse, HttpRequest, HttpResponse
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.utils.cache import get_conditional_response
 from django.utils.http import content_disposition_header, http_date, parse_http_date_safe
 
@@ -89,15 +94,65 @@ def _if_range_allows(request: HttpRequest, stored: StoredFile) -> bool:
     return if_range_date is not None and if_range_date == stored.last_modified
 
 
-def serve_stored_file(
+def deliver_stored_file(
     request: HttpRequest, stored: StoredFile, *, as_attachment: bool, storage: Storage = default_storage
 ) -> HttpResponse:
-    """200, 206, 304, 412 or 416 for GET/HEAD of `stored`, streamed from storage, never read whole."""
+    """The response for GET/HEAD of `stored`, by RECORDER_MEDIA_DELIVERY (see the settings)."""
+    delivery = settings.RECORDER_MEDIA_DELIVERY
+    if delivery == "redirect":
+        return redirect_to_stored_file(stored, as_attachment=as_attachment, storage=storage)
+    if delivery in ("x-accel-redirect", "x-sendfile"):
+        return offload_stored_file(request, stored, as_attachment=as_attachment, storage=storage, header=delivery)
+    return serve_stored_file(request, stored, as_attachment=as_attachment, storage=storage)
+
+
+def redirect_to_stored_file(stored: StoredFile, *, as_attachment: bool, storage: Storage) -> HttpResponse:
+    """302 to a short-lived presigned URL; the object store answers Range and conditionals itself."""
+    disposition = content_disposition_header(as_attachment, stored.download_name)
+    url = storage.url(
+        stored.storage_name,
+        parameters={"ResponseContentType": stored.content_type, "ResponseContentDisposition": disposition},
+    )
+    response = HttpResponseRedirect(url)
+    response["Cache-Control"] = "no-store"  # the URL expires; a cached redirect would outlive it
+    return response
+
+
+def offload_stored_file(
+    request: HttpRequest, stored: StoredFile, *, as_attachment: bool, storage: Storage, header: str
+) -> HttpResponse:
+    """An empty response naming the file for the front proxy to send (it answers Range itself)."""
+    validators = _validators(stored)
+    conditional = get_conditional_response(
+        request, etag=stored.etag, last_modified=stored.last_modified, response=validators
+    )
+    if conditional is not validators:
+        return conditional
+    response = HttpResponse(content_type=stored.content_type)
+    if header == "x-accel-redirect":
+        response["X-Accel-Redirect"] = settings.RECORDER_MEDIA_ACCEL_PREFIX + quote(stored.storage_name)
+    else:
+        response["X-Sendfile"] = storage.path(stored.storage_name)
+    response["Content-Disposition"] = content_disposition_header(as_attachment, stored.download_name)
+    for name in ("ETag", "Last-Modified", "Cache-Control"):
+        response[name] = validators[name]
+    return response
+
+
+def _validators(stored: StoredFile) -> HttpResponse:
     validators = HttpResponse(status=200)
     validators["ETag"] = stored.etag
     validators["Last-Modified"] = http_date(stored.last_modified)
     validators["Accept-Ranges"] = "bytes"
     validators["Cache-Control"] = "no-cache"
+    return validators
+
+
+def serve_stored_file(
+    request: HttpRequest, stored: StoredFile, *, as_attachment: bool, storage: Storage = default_storage
+) -> HttpResponse:
+    """200, 206, 304, 412 or 416 for GET/HEAD of `stored`, streamed from storage, never read whole."""
+    validators = _validators(stored)
     conditional = get_conditional_response(
         request, etag=stored.etag, last_modified=stored.last_modified, response=validators
     )

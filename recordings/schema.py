@@ -321,6 +321,10 @@ get_media = swagger_auto_schema(
     responses={
         "200": openapi.Response("The whole file.", schema=_BINARY),
         "206": openapi.Response("The requested byte range.", schema=_BINARY),
+        "302": openapi.Response(
+            "With object storage (`RECORDER_MEDIA_DELIVERY=redirect`): `Location` is a short-lived presigned "
+            "URL that serves the file and its ranges."
+        ),
         "304": openapi.Response("Not modified."),
         "404": _error(
             "`session_not_found`, `media_not_ready`, `no_audio`, `no_video`, `no_thumbnail`.",

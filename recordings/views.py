@@ -12,7 +12,7 @@ from . import schema, services
 from .errors import RecorderError
 from .models import RecordingSession, Status
 from .parsers import RawChunkParser
-from .responses import serve_stored_file
+from .responses import deliver_stored_file
 from .serializers import (
     ChunkReceiptOutput,
     ChunkUploadInput,
@@ -175,4 +175,4 @@ class RecordingMediaView(APIView):
     def get(self, request: Request, session_id: str, kind: str):
         media = services.media_file(session_id=session_id, kind=kind)
         as_attachment = request.query_params.get("download", "").lower() in ("1", "true", "yes")
-        return serve_stored_file(request, media, as_attachment=as_attachment)
+        return deliver_stored_file(request, media, as_attachment=as_attachment)

@@ -52,3 +52,17 @@ def test_bad_environment_values_fail_loudly():
     completed = run_manage("check", DJANGO_DEBUG="1", RECORDER_AUDIO_FORMAT="flac")
     assert completed.returncode != 0
     assert "recordings.E001" in completed.stderr
+
+
+def test_storage_and_media_delivery_that_cannot_work_fail_the_checks():
+    completed = run_manage("check", DJANGO_DEBUG="1", RECORDER_STORAGE="s3", AWS_STORAGE_BUCKET_NAME="")
+    assert completed.returncode != 0
+    assert "recordings.E003" in completed.stderr
+    completed = run_manage("check", DJANGO_DEBUG="1", RECORDER_MEDIA_DELIVERY="redirect")  # local files
+    assert completed.returncode != 0
+    assert "recordings.E004" in completed.stderr
+    completed = run_manage("check", DJANGO_DEBUG="1", RECORDER_STORAGE="ftp")
+    assert completed.returncode != 0
+    assert "RECORDER_STORAGE='ftp'" in completed.stderr
+    completed = run_manage("check", DJANGO_DEBUG="1", RECORDER_STORAGE="s3", AWS_STORAGE_BUCKET_NAME="recordings")
+    assert completed.returncode == 0, completed.stderr

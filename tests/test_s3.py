@@ -1,0 +1,117 @@
+"""RECORDER_STORAGE=s3 against a real S3 API server (moto's server mode) on loopback.
+
+Chunks become objects, processing reads them into a local work directory and uploads its outputs,
+and the media URLs answer 302 to presigned URLs that serve Range themselves.
+"""
+
+import hashlib
+import json
+import urllib.error
+import urllib.request
+from email.message import Message
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from bench.harness import gunicorn
+from tests.conftest import load_chrome_set
+from tests.live_client import call, start_session, wait_until_finished
+
+pytestmark = pytest.mark.live_server_process
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def get_without_following(url: str) -> tuple[int, Message]:
+    opener = urllib.request.build_opener(_NoRedirects)
+    try:
+        with opener.open(url, timeout=30) as response:
+            return response.status, response.headers
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers
+
+
+def get_bytes(url: str, headers: dict | None = None) -> tuple[int, Message, bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read()
+
+
+@pytest.fixture(scope="module")
+def s3_service(s3_server, tmp_path_factory):
+    bucket, environment = s3_server.new_bucket()
+    work_dir = tmp_path_factory.mktemp("s3-service")
+    with gunicorn(work_dir, extra_env={**environment, "RECORDER_LOG_LEVEL": "INFO"}) as server:
+        yield server, bucket
+
+
+def upload_recording(base_url: str, recording) -> str:
+    session_id, upload_token = start_session(base_url)
+    auth = {"Authorization": f"Bearer {upload_token}"}
+    for index, chunk in enumerate(recording.chunks):
+        url = f"{base_url}/api/receive-video-chunk/?session_id={session_id}&chunk_index={index}"
+        status, body = call("POST", url, chunk, {**auth, "Content-Type": "video/webm"})
+        assert status == 201, body
+    body = json.dumps({"session_id": session_id, "is_final": True}).encode()
+    call("POST", f"{base_url}/api/finalize-recording/", body, {**auth, "Content-Type": "application/json"})
+    return session_id
+
+
+def test_chunks_and_outputs_are_objects_and_nothing_stays_on_local_disk(s3_service, s3_server):
+    server, bucket = s3_service
+    recording = load_chrome_set("vp8_opus")
+    session_id = upload_recording(server.base_url, recording)
+    body = wait_until_finished(server.base_url, session_id)
+    assert body["status"] == "ready", body["error"]
+    assert body["source_sha256"] == recording.joined_sha256
+    assert body["duration"] == pytest.approx(recording.duration_seconds, rel=0.1)
+
+    objects = s3_server.objects(bucket)
+    prefix = f"recordings/{session_id}/"
+    for index, chunk in enumerate(recording.chunks):
+        assert hashlib.sha256(objects[f"{prefix}chunks/{index}"]).digest() == hashlib.sha256(chunk).digest()
+    assert {key for key in objects if key.startswith(prefix) and "/chunks/" not in key} == {
+        f"{prefix}video.webm",
+        f"{prefix}audio.mp3",
+        f"{prefix}thumbnail.jpg",
+    }
+    assert len(objects[f"{prefix}video.webm"]) == body["size"]
+    media_root = server.work_dir / "media"
+    assert not (media_root / "recordings").exists()  # every byte went to the bucket
+    assert [path for path in (media_root / ".tmp").rglob("*") if path.is_file()] == []  # work dirs cleaned up
+
+
+def test_media_urls_redirect_to_presigned_urls_that_serve_ranges(s3_service, s3_server):
+    server, bucket = s3_service
+    session_id = upload_recording(server.base_url, load_chrome_set("vp9_opus"))
+    body = wait_until_finished(server.base_url, session_id)
+    assert body["video_url"].startswith(server.base_url)  # the JSON is the same as with local files
+    video = s3_server.objects(bucket)[f"recordings/{session_id}/video.webm"]
+
+    status, headers = get_without_following(body["video_url"])
+    assert status == 302
+    assert headers["Cache-Control"] == "no-store"
+    location = headers["Location"]
+    assert location.startswith(f"{s3_server.endpoint_url}/{bucket}/recordings/{session_id}/video.webm?")
+    query = parse_qs(urlsplit(location).query)
+    assert query["X-Amz-Expires"] == ["900"]
+    assert query["response-content-type"] == ["video/webm"]
+
+    middle = len(video) // 2
+    status, headers, part = get_bytes(location, {"Range": f"bytes={middle}-{middle + 999}"})
+    assert status == 206
+    assert part == video[middle : middle + 1000]
+    assert headers["Content-Range"] == f"bytes {middle}-{middle + 999}/{len(video)}"
+
+    status, headers = get_without_following(f"{body['audio_url']}?download=1")
+    assert status == 302
+    status, headers, audio = get_bytes(headers["Location"])
+    assert status == 200
+    assert audio == s3_server.objects(bucket)[f"recordings/{session_id}/audio.mp3"]
+    assert headers["Content-Disposition"].startswith("attachment;")
