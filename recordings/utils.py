@@ -191,6 +191,11 @@ def _output(family: tuple, info: MediaInfo, *, copy_audio: bool) -> OutputFormat
     return OutputFormat(extension, muxer, f"{kind}/{extension}", ("-c:v", "copy", *audio_args, *container_args))
 
 
+# No random ids, dates or encoder versions in the outputs: processing a recording twice, on any
+# worker, gives the same bytes (and the same ETag-worthy file).
+BITEXACT_ARGS = ("-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact")
+
+
 def remux(source_path: Path, destination_path: Path, plan: RemuxPlan, *, timeout_seconds: float) -> None:
     """Write `source_path` into `destination_path` per `plan`: first video and audio stream only."""
     run_ffmpeg(
@@ -204,6 +209,7 @@ def remux(source_path: Path, destination_path: Path, plan: RemuxPlan, *, timeout
             "-dn",
             "-sn",
             *plan.output.codec_args,
+            *BITEXACT_ARGS,
             "-f",
             plan.output.muxer,
             str(destination_path),
@@ -237,6 +243,7 @@ def extract_audio(
             "-sn",
             "-dn",
             *output.codec_args,
+            *BITEXACT_ARGS,
             "-f",
             output.muxer,
             str(destination_path),
@@ -275,6 +282,7 @@ def make_thumbnail(video_path: Path, destination_path: Path, *, at_seconds: floa
                 f"scale='min({THUMBNAIL_MAX_WIDTH},iw)':-2",
                 "-q:v",
                 "3",
+                *BITEXACT_ARGS,
                 "-f",
                 "image2",
                 "-update",

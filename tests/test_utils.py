@@ -1,5 +1,6 @@
 """ffmpeg/moviepy steps on real media: probe, remux, audio, thumbnail."""
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -142,3 +143,23 @@ def test_moviepy_import_does_not_load_a_dotenv_file(tmp_path):
         for module in ("moviepy.config", "recordings.utils")
     }
     assert results == {"moviepy.config": "leaked", "recordings.utils": "absent"}
+
+
+def test_processing_the_same_source_twice_gives_the_same_bytes(tmp_path):
+    recording = load_chrome_set("vp8_opus")
+    source_path = tmp_path / "source"
+    source_path.write_bytes(b"".join(recording.chunks))
+    info = utils.probe(source_path)
+    plan = utils.plan_remux("webm", info)
+    digests = set()
+    for run in range(2):
+        video_path = tmp_path / f"video-{run}.{plan.output.extension}"
+        audio_path = tmp_path / f"audio-{run}.mp3"
+        thumbnail_path = tmp_path / f"thumbnail-{run}.jpg"
+        utils.remux(source_path, video_path, plan, timeout_seconds=60)
+        utils.extract_audio(source_path, audio_path, "mp3", timeout_seconds=60)
+        utils.make_thumbnail(video_path, thumbnail_path, at_seconds=1.0, timeout_seconds=60)
+        digests.add(
+            tuple(hashlib.sha256(path.read_bytes()).hexdigest() for path in (video_path, audio_path, thumbnail_path))
+        )
+    assert len(digests) == 1
