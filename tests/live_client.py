@@ -32,3 +32,20 @@ def wait_until_finished(base_url: str, session_id: str, timeout_seconds: float =
             return body
         time.sleep(0.2)
     raise AssertionError(f"{session_id} is still {body['status']}")
+
+
+def upload_recording(base_urls: list[str], chunks: list[bytes], *, mime_type: str = "video/webm") -> tuple[str, dict]:
+    """Start a recording, post chunk i to base_urls[i % n] and finalize on the next one, as a client
+    behind a load balancer without sticky sessions would; (session_id, the finalize answer)."""
+    session_id, upload_token = start_session(base_urls[0])
+    auth = {"Authorization": f"Bearer {upload_token}"}
+    for index, chunk in enumerate(chunks):
+        base_url = base_urls[index % len(base_urls)]
+        url = f"{base_url}/api/receive-video-chunk/?session_id={session_id}&chunk_index={index}"
+        status, body = call("POST", url, chunk, {**auth, "Content-Type": mime_type})
+        assert status == 201, body
+    finalize_url = f"{base_urls[len(chunks) % len(base_urls)]}/api/finalize-recording/"
+    body = json.dumps({"session_id": session_id, "is_final": True, "total_chunks": len(chunks)}).encode()
+    status, finalized = call("POST", finalize_url, body, {**auth, "Content-Type": "application/json"})
+    assert status in (200, 202), finalized
+    return session_id, finalized

@@ -5,7 +5,6 @@ from an `internal` location that no client can reach directly.
 """
 
 import hashlib
-import json
 import os
 import pwd
 import shutil
@@ -19,7 +18,7 @@ import pytest
 
 from bench.harness import free_port, gunicorn
 from tests.conftest import load_chrome_set, skip_or_fail
-from tests.live_client import call, start_session, wait_until_finished
+from tests.live_client import upload_recording, wait_until_finished
 
 pytestmark = pytest.mark.live_server_process
 
@@ -101,13 +100,7 @@ def nginx_in_front(tmp_path_factory):
 def test_nginx_sends_the_file_and_its_ranges_named_by_the_service(nginx_in_front):
     base_url, server, media_root = nginx_in_front
     recording = load_chrome_set("vp8_opus")
-    session_id, upload_token = start_session(base_url)
-    auth = {"Authorization": f"Bearer {upload_token}"}
-    for index, chunk in enumerate(recording.chunks):
-        url = f"{base_url}/api/receive-video-chunk/?session_id={session_id}&chunk_index={index}"
-        assert call("POST", url, chunk, {**auth, "Content-Type": "video/webm"})[0] == 201
-    body = json.dumps({"session_id": session_id, "is_final": True}).encode()
-    call("POST", f"{base_url}/api/finalize-recording/", body, {**auth, "Content-Type": "application/json"})
+    session_id, _ = upload_recording([base_url], recording.chunks)
     finished = wait_until_finished(base_url, session_id)
     assert finished["status"] == "ready", finished["error"]
     video = (media_root / "recordings" / session_id / "video.webm").read_bytes()

@@ -11,50 +11,20 @@ test module gets a database of its own, dropped afterwards.
 
 import hashlib
 import json
-import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from bench.harness import PROJECT_DIR, gunicorn, service_environment
-from tests.conftest import load_chrome_set, skip_or_fail
-from tests.live_client import call, start_session, wait_until_finished
+from tests.conftest import db_workers, load_chrome_set
+from tests.live_client import call, start_session, upload_recording, wait_until_finished
 
 pytestmark = [pytest.mark.live_server_process, pytest.mark.postgres]
-
-POSTGRES_URL = os.environ.get("RECORDER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    """A fresh, empty database on the PostgreSQL server; dropped after the module."""
-    import psycopg
-
-    name = f"recorder_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as error:
-        skip_or_fail(f"PostgreSQL is not reachable at {POSTGRES_URL} ({error}); set RECORDER_TEST_POSTGRES_URL")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield _with_database(POSTGRES_URL, name)
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")
@@ -152,43 +122,10 @@ def worker_server(postgres_url, tmp_path_factory):
         yield running, {**service_environment(work_dir), **environment}
 
 
-@contextmanager
-def db_workers(environment: dict, log_dir, count: int):
-    processes = []
-    for number in range(count):
-        log = open(log_dir / f"worker-{number}.log", "wb")  # noqa: SIM115 - closed below
-        command = [sys.executable, "manage.py", "db_worker", "--interval", "0.2", "--worker-id", f"test-{number}"]
-        process = subprocess.Popen(command, cwd=PROJECT_DIR, env=environment, stdout=log, stderr=subprocess.STDOUT)
-        processes.append((process, log))
-    try:
-        yield
-    finally:
-        for process, log in processes:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            log.close()
-
-
-def upload_and_finalize(base_url: str, recording) -> tuple[str, dict]:
-    session_id, auth = start(base_url)
-    for index, chunk in enumerate(recording.chunks):
-        url = f"{base_url}/api/receive-video-chunk/?session_id={session_id}&chunk_index={index}"
-        assert call("POST", url, chunk, {**auth, "Content-Type": "video/webm"})[0] == 201
-    body = json.dumps({"session_id": session_id, "is_final": True}).encode()
-    status, finalized = call(
-        "POST", f"{base_url}/api/finalize-recording/", body, {**auth, "Content-Type": "application/json"}
-    )
-    assert status == 202, finalized
-    return session_id, finalized
-
-
 def test_processing_runs_on_db_workers_not_in_the_web_process(worker_server):
     server, environment = worker_server
     recordings = [load_chrome_set(name) for name in ("vp8_opus", "h264_opus_webm", "vp9_opus_mp4")]
-    sessions = [upload_and_finalize(server.base_url, recording) for recording in recordings]
+    sessions = [upload_recording([server.base_url], recording.chunks) for recording in recordings]
     assert [finalized["status"] for _, finalized in sessions] == ["processing"] * 3
     time.sleep(1.0)  # no worker yet: nothing may process them
     for session_id, _ in sessions:
@@ -227,7 +164,7 @@ def test_a_worker_killed_mid_run_leaves_no_recording_stuck(postgres_url, tmp_pat
     recording = load_chrome_set("vp8_opus_60s")
     with gunicorn(tmp_path, extra_env=environment_overrides) as server:
         environment = {**service_environment(tmp_path), **environment_overrides}
-        session_id, _ = upload_and_finalize(server.base_url, recording)
+        session_id, _ = upload_recording([server.base_url], recording.chunks)
         first_log = open(tmp_path / "doomed-worker.log", "wb")  # noqa: SIM115 - closed below
         doomed = subprocess.Popen(
             [sys.executable, "manage.py", "db_worker", "--interval", "0.05", "--no-startup-delay"],

@@ -5,7 +5,6 @@ and the media URLs answer 302 to presigned URLs that serve Range themselves.
 """
 
 import hashlib
-import json
 import urllib.error
 import urllib.request
 from email.message import Message
@@ -15,7 +14,7 @@ import pytest
 
 from bench.harness import gunicorn
 from tests.conftest import load_chrome_set
-from tests.live_client import call, start_session, wait_until_finished
+from tests.live_client import upload_recording, wait_until_finished
 
 pytestmark = pytest.mark.live_server_process
 
@@ -51,22 +50,10 @@ def s3_service(s3_server, tmp_path_factory):
         yield server, bucket
 
 
-def upload_recording(base_url: str, recording) -> str:
-    session_id, upload_token = start_session(base_url)
-    auth = {"Authorization": f"Bearer {upload_token}"}
-    for index, chunk in enumerate(recording.chunks):
-        url = f"{base_url}/api/receive-video-chunk/?session_id={session_id}&chunk_index={index}"
-        status, body = call("POST", url, chunk, {**auth, "Content-Type": "video/webm"})
-        assert status == 201, body
-    body = json.dumps({"session_id": session_id, "is_final": True}).encode()
-    call("POST", f"{base_url}/api/finalize-recording/", body, {**auth, "Content-Type": "application/json"})
-    return session_id
-
-
 def test_chunks_and_outputs_are_objects_and_nothing_stays_on_local_disk(s3_service, s3_server):
     server, bucket = s3_service
     recording = load_chrome_set("vp8_opus")
-    session_id = upload_recording(server.base_url, recording)
+    session_id, _ = upload_recording([server.base_url], recording.chunks)
     body = wait_until_finished(server.base_url, session_id)
     assert body["status"] == "ready", body["error"]
     assert body["source_sha256"] == recording.joined_sha256
@@ -89,7 +76,7 @@ def test_chunks_and_outputs_are_objects_and_nothing_stays_on_local_disk(s3_servi
 
 def test_media_urls_redirect_to_presigned_urls_that_serve_ranges(s3_service, s3_server):
     server, bucket = s3_service
-    session_id = upload_recording(server.base_url, load_chrome_set("vp9_opus"))
+    session_id, _ = upload_recording([server.base_url], load_chrome_set("vp9_opus").chunks)
     body = wait_until_finished(server.base_url, session_id)
     assert body["video_url"].startswith(server.base_url)  # the JSON is the same as with local files
     video = s3_server.objects(bucket)[f"recordings/{session_id}/video.webm"]

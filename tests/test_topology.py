@@ -1,0 +1,92 @@
+"""The scaled-out topology, for real, on one machine: PostgreSQL, an S3 API server, two gunicorn
+processes on different ports (two "hosts" with their own local disks) and two db_worker processes.
+
+Each recording's chunks alternate between the two web processes, as behind a load balancer
+without sticky sessions; every recording must end `ready` with exactly the outputs (bytes and
+metadata) that the embedded mode (SQLite, local files, processing in-process) makes of it.
+"""
+
+import hashlib
+import urllib.request
+from contextlib import ExitStack
+
+import pytest
+
+from bench.harness import gunicorn, service_environment
+from tests.conftest import db_workers, load_chrome_set
+from tests.live_client import upload_recording, wait_until_finished
+
+pytestmark = [pytest.mark.live_server_process, pytest.mark.postgres]
+
+RECORDINGS = ("vp8_opus", "vp9_opus", "h264_opus_webm", "vp9_opus_mp4", "audio_opus_webm", "vp8_opus_60s")
+COMPARED_FIELDS = (
+    "status",
+    "container",
+    "received_chunks",
+    "received_bytes",
+    "duration",
+    "width",
+    "height",
+    "fps",
+    "video_codec",
+    "audio_codec",
+    "has_audio",
+    "has_video",
+    "size",
+    "source_sha256",
+)
+
+
+def fetch_sha256(url: str | None) -> str | None:
+    """The sha256 of what a client gets at `url`, following a redirect to object storage."""
+    if url is None:
+        return None
+    with urllib.request.urlopen(url, timeout=60) as response:
+        digest = hashlib.sha256()
+        while block := response.read(1 << 20):
+            digest.update(block)
+        return digest.hexdigest()
+
+
+def outputs(body: dict) -> dict:
+    return {
+        **{field: body[field] for field in COMPARED_FIELDS},
+        **{kind: fetch_sha256(body[f"{kind}_url"]) for kind in ("video", "audio", "thumbnail")},
+    }
+
+
+def process_everywhere(base_urls: list[str]) -> dict[str, dict]:
+    sessions = {name: upload_recording(base_urls, load_chrome_set(name).chunks)[0] for name in RECORDINGS}
+    return {name: outputs(wait_until_finished(base_urls[0], session_id)) for name, session_id in sessions.items()}
+
+
+def test_two_web_processes_two_workers_postgresql_and_s3_make_what_the_embedded_mode_makes(
+    postgres_url, s3_server, tmp_path
+):
+    with gunicorn(tmp_path / "embedded") as embedded:
+        expected = process_everywhere([embedded.base_url])
+    assert {name: result["status"] for name, result in expected.items()} == dict.fromkeys(RECORDINGS, "ready")
+
+    bucket, s3_environment = s3_server.new_bucket()
+    shared = {
+        **s3_environment,
+        "DATABASE_URL": postgres_url,
+        "RECORDER_TASKS_BACKEND": "database",
+        "RECORDER_LOG_LEVEL": "INFO",
+    }
+    with ExitStack() as stack:
+        web = [stack.enter_context(gunicorn(tmp_path / f"web-{number}", extra_env=shared)) for number in (1, 2)]
+        worker_dir = tmp_path / "workers"
+        worker_dir.mkdir()
+        stack.enter_context(db_workers({**service_environment(worker_dir), **shared}, worker_dir, count=2))
+        scaled = process_everywhere([server.base_url for server in web])
+        web_logs = "".join((server.work_dir / "gunicorn.log").read_text() for server in web)
+    worker_logs = "".join(path.read_text() for path in worker_dir.glob("worker-*.log"))
+
+    assert scaled == expected
+    objects = s3_server.objects(bucket)
+    assert sum("/chunks/" in key for key in objects) == sum(len(load_chrome_set(name).chunks) for name in RECORDINGS)
+    for server in web:  # the web hosts kept nothing on their own disks
+        assert not (server.work_dir / "media" / "recordings").exists()
+    assert worker_logs.count(" ready in ") == len(RECORDINGS)
+    assert " ready in " not in web_logs
