@@ -9,7 +9,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: run serve worker test lint format migrate clean
+.PHONY: run serve worker rq-worker test lint format migrate clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit("Recorder needs Python 3.11 or newer" if sys.version_info < (3, 11) else 0)'
@@ -20,7 +20,7 @@ $(VENV)/.runtime-installed: requirements.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	@touch $@
 
-$(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(BIN)/python
+$(VENV)/.dev-installed: requirements.txt requirements-rq.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	@touch $@ $(VENV)/.runtime-installed
 
@@ -38,6 +38,11 @@ serve: $(VENV)/.runtime-installed
 # A processing worker for RECORDER_TASKS_BACKEND=database; run as many as you like, anywhere.
 worker: $(VENV)/.runtime-installed
 	exec $(BIN)/python manage.py db_worker
+
+# The alternative: RECORDER_TASKS_BACKEND=rq (Redis at REDIS_URL); needs requirements-rq.txt.
+rq-worker: $(VENV)/.runtime-installed
+	$(BIN)/python -m pip install --quiet -r requirements-rq.txt
+	exec $(BIN)/python manage.py rqworker --job-class django_tasks_rq.Job --with-scheduler default
 
 migrate: $(VENV)/.runtime-installed
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py migrate --noinput
@@ -57,9 +62,9 @@ clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
 # Benchmarks (bench/, see docs/performance.md): each writes bench/results/<name>.json.
-.PHONY: bench bench-ingest bench-finalize bench-range bench-profile bench-report
+.PHONY: bench bench-ingest bench-finalize bench-range bench-workers bench-profile bench-report
 
-bench: bench-ingest bench-finalize bench-range bench-report
+bench: bench-ingest bench-finalize bench-range bench-workers bench-report
 
 bench-ingest: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.ingest $(BENCH_ARGS)
@@ -69,6 +74,10 @@ bench-finalize: $(VENV)/.dev-installed
 
 bench-range: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.range $(BENCH_ARGS)
+
+# Needs PostgreSQL (BENCH_POSTGRES_URL, default the local server).
+bench-workers: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.workers $(BENCH_ARGS)
 
 bench-profile: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.profile_chunks $(BENCH_ARGS)

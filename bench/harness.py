@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 # BENCH_RESULTS_DIR lets the test suite's smoke runs write somewhere throw-away.
@@ -249,3 +249,48 @@ def machine_description() -> dict:
         "python": sys.version.split()[0],
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+class PostgresUnreachable(RuntimeError):
+    pass
+
+
+@contextmanager
+def throwaway_postgres_database(server_url: str, *, prefix: str) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server at `server_url`; its URL; dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(server_url, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as error:
+        raise PostgresUnreachable(f"PostgreSQL is not reachable at {server_url} ({error})") from error
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def db_workers(environment: dict, log_dir: Path, count: int, *, interval_seconds: float = 0.2) -> Iterator[list]:
+    """`count` processes of `manage.py db_worker`, logging to log_dir/worker-<n>.log; stopped with SIGTERM."""
+    processes = []
+    for number in range(count):
+        log = open(log_dir / f"worker-{number}.log", "wb")  # noqa: SIM115 - closed below
+        command = [PYTHON, "manage.py", "db_worker", "--interval", str(interval_seconds), "--no-startup-delay"]
+        process = subprocess.Popen(command, cwd=PROJECT_DIR, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        processes.append((process, log))
+    try:
+        yield [process for process, _ in processes]
+    finally:
+        for process, log in processes:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            log.close()

@@ -213,6 +213,7 @@ _TASK_BACKENDS = {
     "immediate": "django_tasks.backends.immediate.ImmediateBackend",
     "dummy": "django_tasks.backends.dummy.DummyBackend",
     "database": "django_tasks_db.DatabaseBackend",  # run `python manage.py db_worker` processes
+    "rq": "django_tasks_rq.RQBackend",  # Redis at REDIS_URL; pip install -r requirements-rq.txt (docs/deploy.md)
 }
 RECORDER_TASKS_BACKEND = env_str("RECORDER_TASKS_BACKEND", "immediate")
 if RECORDER_TASKS_BACKEND not in _TASK_BACKENDS:
@@ -220,6 +221,16 @@ if RECORDER_TASKS_BACKEND not in _TASK_BACKENDS:
         f"RECORDER_TASKS_BACKEND={RECORDER_TASKS_BACKEND!r}; choose one of {sorted(_TASK_BACKENDS)}."
     )
 TASKS = {"default": {"BACKEND": _TASK_BACKENDS[RECORDER_TASKS_BACKEND]}}
+if RECORDER_TASKS_BACKEND == "rq":
+    INSTALLED_APPS += ["django_rq", "django_tasks_rq"]
+    RQ_QUEUES = {
+        "default": {
+            "URL": env_str("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            # RQ kills a job after DEFAULT_TIMEOUT (180 s by default); processing bounds each ffmpeg
+            # step itself, and a recording has four of them.
+            "DEFAULT_TIMEOUT": 4 * RECORDER_FFMPEG_TIMEOUT_SECONDS,
+        }
+    }
 # A processing run stamps a heartbeat every STALE/4 seconds; a run silent for STALE seconds (its
 # worker was killed) is run again, at most MAX_ATTEMPTS runs in all, then the recording fails.
 RECORDER_PROCESSING_STALE_SECONDS = env_int("RECORDER_PROCESSING_STALE_SECONDS", 60)

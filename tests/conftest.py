@@ -11,7 +11,6 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from rest_framework.test import APIClient
@@ -231,7 +230,6 @@ class LiveServer:
 @contextmanager
 def make_target_server(target: str, work: Path, extra_env: dict[str, str], *, ready_path: str = "/swagger.json"):
     """`make <target>` on a free port with `extra_env`; yields its base URL once `ready_path` answers 200."""
-    import signal
     import time
     import urllib.request
 
@@ -309,7 +307,6 @@ class S3Server:
 
     def new_bucket(self) -> tuple[str, dict[str, str]]:
         """A fresh bucket, and the environment that points the service at it."""
-        import uuid
 
         bucket = f"recorder-test-{uuid.uuid4().hex[:12]}"
         self.client().create_bucket(Bucket=bucket)
@@ -332,7 +329,6 @@ class S3Server:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """moto's S3 server, a separate process speaking the real S3 HTTP API; stopped after the session."""
-    import sys
     import time
     import urllib.request
 
@@ -368,44 +364,13 @@ def s3_server(tmp_path_factory):
 POSTGRES_URL = os.environ.get("RECORDER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
 @pytest.fixture(scope="module")
 def postgres_url():
     """A fresh, empty database on the PostgreSQL server; dropped after the module."""
-    import psycopg
+    from bench.harness import PostgresUnreachable, throwaway_postgres_database
 
-    name = f"recorder_test_{uuid.uuid4().hex[:12]}"
     try:
-        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as error:
-        skip_or_fail(f"PostgreSQL is not reachable at {POSTGRES_URL} ({error}); set RECORDER_TEST_POSTGRES_URL")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield _with_database(POSTGRES_URL, name)
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextmanager
-def db_workers(environment: dict, log_dir: Path, count: int):
-    processes = []
-    for number in range(count):
-        log = open(log_dir / f"worker-{number}.log", "wb")  # noqa: SIM115 - closed below
-        command = [sys.executable, "manage.py", "db_worker", "--interval", "0.2", "--worker-id", f"test-{number}"]
-        process = subprocess.Popen(command, cwd=PROJECT_DIR, env=environment, stdout=log, stderr=subprocess.STDOUT)
-        processes.append((process, log))
-    try:
-        yield
-    finally:
-        for process, log in processes:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            log.close()
+        with throwaway_postgres_database(POSTGRES_URL, prefix="recorder_test") as url:
+            yield url
+    except PostgresUnreachable as error:
+        skip_or_fail(f"{error}; set RECORDER_TEST_POSTGRES_URL")

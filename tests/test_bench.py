@@ -18,8 +18,10 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.live_server_process]
 
 
-def run_bench(module: str, results_dir: Path, *arguments: str, timeout: float = 240) -> str:
-    environment = {**os.environ, "BENCH_RESULTS_DIR": str(results_dir)}
+def run_bench(
+    module: str, results_dir: Path, *arguments: str, timeout: float = 240, extra_env: dict | None = None
+) -> str:
+    environment = {**os.environ, "BENCH_RESULTS_DIR": str(results_dir), **(extra_env or {})}
     completed = subprocess.run(
         [sys.executable, "-m", f"bench.{module}", *arguments],
         cwd=PROJECT_DIR,
@@ -103,3 +105,26 @@ def test_report_draws_both_plots(ingest_result, finalize_result, results_dir, tm
     run_bench("report", results_dir, "--results", str(results_dir), "--images", str(tmp_path), "--suffix=-smoke")
     assert png_size(tmp_path / "ingest-latency.png") == (770, 462)
     assert png_size(tmp_path / "finalize-time.png") == (770, 462)
+
+
+@pytest.mark.postgres
+def test_workers_bench_processes_every_recording_with_each_pool_size(results_dir):
+    from bench.harness import PostgresUnreachable, throwaway_postgres_database
+    from tests.conftest import POSTGRES_URL, skip_or_fail
+
+    try:
+        with throwaway_postgres_database(POSTGRES_URL, prefix="recorder_probe"):
+            pass
+    except PostgresUnreachable as error:
+        skip_or_fail(str(error))
+    output = run_bench("workers", results_dir, "--smoke", extra_env={"BENCH_POSTGRES_URL": POSTGRES_URL})
+    result = json.loads((results_dir / "workers-smoke.json").read_text())
+    assert [run["workers"] for run in result["runs"]] == [1, 2]
+    for run in result["runs"]:
+        assert run["recordings"] == 2 and run["seconds"] > 0
+        assert run["recordings_per_minute"] == pytest.approx(2 * 60 / run["seconds"], rel=0.01)
+    assert [(row["workers"], row["rounds"]) for row in result["summary"]] == [(1, 1), (2, 1)]
+    assert result["summary"][0]["ratio_to_fewest"] == 1.0
+    expected_ratio = result["runs"][1]["recordings_per_minute"] / result["runs"][0]["recordings_per_minute"]
+    assert result["summary"][1]["ratio_to_fewest"] == pytest.approx(expected_ratio, abs=0.011)
+    assert "recordings/minute" in output

@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bench.harness import PROJECT_DIR, gunicorn, service_environment
-from tests.conftest import db_workers, load_chrome_set
+from bench.harness import PROJECT_DIR, db_workers, gunicorn, service_environment
+from tests.conftest import load_chrome_set
 from tests.live_client import call, start_session, upload_recording, wait_until_finished
 
 pytestmark = [pytest.mark.live_server_process, pytest.mark.postgres]

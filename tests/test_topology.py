@@ -12,8 +12,8 @@ from contextlib import ExitStack
 
 import pytest
 
-from bench.harness import gunicorn, service_environment
-from tests.conftest import db_workers, load_chrome_set
+from bench.harness import db_workers, gunicorn, service_environment
+from tests.conftest import load_chrome_set
 from tests.live_client import upload_recording, wait_until_finished
 
 pytestmark = [pytest.mark.live_server_process, pytest.mark.postgres]
