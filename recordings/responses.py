@@ -122,12 +122,9 @@ def offload_stored_file(
     request: HttpRequest, stored: StoredFile, *, as_attachment: bool, storage: Storage, header: str
 ) -> HttpResponse:
     """An empty response naming the file for the front proxy to send (it answers Range itself)."""
-    validators = _validators(stored)
-    conditional = get_conditional_response(
-        request, etag=stored.etag, last_modified=stored.last_modified, response=validators
-    )
-    if conditional is not validators:
-        return conditional
+    validators, decided = _check_conditionals(request, stored)
+    if decided is not None:
+        return decided
     response = HttpResponse(content_type=stored.content_type)
     if header == "x-accel-redirect":
         response["X-Accel-Redirect"] = settings.RECORDER_MEDIA_ACCEL_PREFIX + quote(stored.storage_name)
@@ -139,25 +136,26 @@ def offload_stored_file(
     return response
 
 
-def _validators(stored: StoredFile) -> HttpResponse:
+def _check_conditionals(request: HttpRequest, stored: StoredFile) -> tuple[HttpResponse, HttpResponse | None]:
+    """The validator headers of `stored`, and the 304/412 answer when the request's conditionals decide."""
     validators = HttpResponse(status=200)
     validators["ETag"] = stored.etag
     validators["Last-Modified"] = http_date(stored.last_modified)
     validators["Accept-Ranges"] = "bytes"
     validators["Cache-Control"] = "no-cache"
-    return validators
+    conditional = get_conditional_response(
+        request, etag=stored.etag, last_modified=stored.last_modified, response=validators
+    )
+    return validators, (None if conditional is validators else conditional)
 
 
 def serve_stored_file(
     request: HttpRequest, stored: StoredFile, *, as_attachment: bool, storage: Storage = default_storage
 ) -> HttpResponse:
     """200, 206, 304, 412 or 416 for GET/HEAD of `stored`, streamed from storage, never read whole."""
-    validators = _validators(stored)
-    conditional = get_conditional_response(
-        request, etag=stored.etag, last_modified=stored.last_modified, response=validators
-    )
-    if conditional is not validators:
-        return conditional
+    validators, decided = _check_conditionals(request, stored)
+    if decided is not None:
+        return decided
 
     byte_range = None
     range_header = request.headers.get("Range")
