@@ -174,3 +174,17 @@ def test_media_answers_a_video_elements_accept_header(api, ready):
     body, _, _ = ready
     response = api.get(body["video_url"], headers={"Accept": "video/webm,video/ogg,video/*;q=0.9", "Range": "bytes=0-"})
     assert response.status_code == 206
+
+
+def test_x_sendfile_names_the_stored_file_and_sends_no_body(api, ready, settings, media_root):
+    body, _, _ = ready
+    settings.RECORDER_MEDIA_DELIVERY = "x-sendfile"
+    response = api.get(f"{body['audio_url']}?download=1")
+    assert (response.status_code, response.content) == (200, b"")
+    sendfile_path = response["X-Sendfile"]
+    assert sendfile_path == str(media_root / "recordings" / body["session_id"] / "audio.mp3")
+    with open(sendfile_path, "rb") as audio:
+        assert len(audio.read()) > 0
+    assert response["Content-Type"] == "audio/mpeg"
+    assert response["Content-Disposition"].startswith("attachment;")
+    assert api.get(body["audio_url"], headers={"If-None-Match": response["ETag"]}).status_code == 304
