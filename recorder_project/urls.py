@@ -1,13 +1,17 @@
-"""Root routes: the API, its schema and docs, and the admin."""
+"""Root routes: the recorder and watch pages, the API, its schema and docs, and the admin."""
 
 from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_yasg.views import get_schema_view
 from rest_framework.permissions import AllowAny
 
+from recordings import pages
+
 schema_view = get_schema_view(public=True, permission_classes=[AllowAny])
 
 urlpatterns = [
+    path("", pages.recorder_page, name="recorder"),
+    re_path(r"^r/(?P<session_id>[^/]+)/?$", pages.watch_page, name="watch"),
     path("api/", include("recordings.urls")),
     re_path(r"^swagger\.(?P<format>json|yaml)$", schema_view.without_ui(cache_timeout=0), name="schema-json"),
     re_path(r"^swagger/?$", schema_view.with_ui("swagger", cache_timeout=0), name="schema-swagger-ui"),

@@ -3,27 +3,16 @@
 import hashlib
 import json
 import random
-import shutil
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import load_chrome_set, skip_or_fail
+from tests.browser import CHROMIUM, CHROMIUM_FLAGS, chromium_playwright
+from tests.conftest import load_chrome_set
 from tests.live_client import call, start_session, wait_until_finished
 
 pytestmark = pytest.mark.live_server_process
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-]
 
 
 def test_many_clients_with_shuffled_duplicated_late_chunks(make_run_server):
@@ -60,12 +49,6 @@ def test_many_clients_with_shuffled_duplicated_late_chunks(make_run_server):
         assert body["status"] == "ready", body["error"]
         assert body["source_sha256"] == recording.joined_sha256
         assert body["received_chunks"] == len(recording.chunks)
-
-
-def chromium_playwright():
-    if not shutil.which(CHROMIUM):
-        skip_or_fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    return pytest.importorskip("playwright.sync_api").sync_playwright
 
 
 def test_swagger_ui_try_it_out_uploads_a_file(make_run_server, tmp_path):
