@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import skip_or_fail
-
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--headless",
@@ -27,6 +25,8 @@ ARTIFACTS_DIR = Path(
 
 def chromium_playwright():
     """Playwright's sync API, or a skip (a failure under CI=true) when Chromium is missing."""
+    from tests.conftest import skip_or_fail  # here: the fixture recorder script imports this module bare
+
     if not shutil.which(CHROMIUM):
         skip_or_fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     return pytest.importorskip("playwright.sync_api").sync_playwright
