@@ -3,7 +3,8 @@
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -11,7 +12,7 @@ from typing import BinaryIO
 from django.core.files import File
 from django.core.files.storage import Storage, default_storage
 
-from .errors import RecorderError
+from .errors import RecorderError, storage_error
 
 BLOCK_BYTES = 1024 * 1024
 SNIFF_BYTES = 64
@@ -42,6 +43,18 @@ class StagedChunk(File):
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+@contextmanager
+def storage_errors() -> Iterator[None]:
+    """Turns a full disk or an unreachable store into a retryable 507/503 RecorderError."""
+    try:
+        yield
+    except Exception as error:
+        failure = storage_error(error)
+        if failure is None:
+            raise
+        raise failure from error
 
 
 def chunk_too_large(max_bytes: int) -> RecorderError:

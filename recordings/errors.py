@@ -1,5 +1,6 @@
 """The one error type of the service and the one handler that turns errors into JSON responses."""
 
+import errno
 import logging
 
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
@@ -14,12 +15,21 @@ logger = logging.getLogger("recordings.errors")
 class RecorderError(Exception):
     """A failure a client can act on: a stable machine `code`, a human `detail`, an HTTP status."""
 
-    def __init__(self, *, code: str, detail: str, status: int = 400, extra: dict | None = None):
+    def __init__(
+        self,
+        *,
+        code: str,
+        detail: str,
+        status: int = 400,
+        extra: dict | None = None,
+        retry_after_seconds: int | None = None,
+    ):
         super().__init__(detail)
         self.code = code
         self.detail = detail
         self.status = status
         self.extra = extra or {}
+        self.retry_after_seconds = retry_after_seconds
 
     def as_dict(self) -> dict:
         return {"code": self.code, "detail": self.detail, **self.extra}
@@ -38,9 +48,40 @@ _DRF_CODES: dict[type[exceptions.APIException], str] = {
 }
 
 
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_STORAGE_DOWN = frozenset({errno.EROFS, errno.EIO, errno.ENXIO})
+
+
+def storage_error(exc: BaseException) -> RecorderError | None:
+    """A storage failure the client can retry later, or None when `exc` is not one.
+
+    No space → 507 `storage_full`; a read-only or failing disk, or an object store that does not
+    answer → 503 `storage_unavailable`. Whatever failed, nothing was stored.
+    """
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+        return RecorderError(
+            code="storage_full",
+            detail="The server has no room to store this upload right now; nothing was stored. Retry later.",
+            status=status.HTTP_507_INSUFFICIENT_STORAGE,
+            retry_after_seconds=30,
+        )
+    is_object_store_error = type(exc).__module__.split(".")[0] in ("botocore", "boto3", "s3transfer")
+    if (isinstance(exc, OSError) and exc.errno in _STORAGE_DOWN) or is_object_store_error:
+        return RecorderError(
+            code="storage_unavailable",
+            detail="The storage is not answering; nothing was stored. Retry later.",
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            retry_after_seconds=10,
+        )
+    return None
+
+
 def _translate(exc: Exception) -> RecorderError | None:
     if isinstance(exc, RecorderError):
         return exc
+    if (failure := storage_error(exc)) is not None:
+        logger.error("storage failure: %r", exc)
+        return failure
     if isinstance(exc, RequestDataTooBig):
         return RecorderError(
             code="request_too_large",
@@ -77,6 +118,8 @@ def handle_api_exception(exc: Exception, context: dict) -> Response | None:
         headers["WWW-Authenticate"] = 'Bearer realm="recorder"'
     if isinstance(exc, exceptions.Throttled) and exc.wait:
         headers["Retry-After"] = str(int(exc.wait))
+    if error.retry_after_seconds:
+        headers["Retry-After"] = str(error.retry_after_seconds)
     set_rollback()
     return Response(error.as_dict(), status=error.status, headers=headers)
 

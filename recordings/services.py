@@ -136,9 +136,10 @@ def receive_chunk(
     bytes) and the rename into place happen under the recording's row lock, so two uploads of
     the same index can never both be written.
     """
-    staged = chunks.stage_upload(
-        stream, max_bytes=settings.RECORDER_MAX_CHUNK_BYTES, staging_dir=settings.RECORDER_TEMP_DIR
-    )
+    with chunks.storage_errors():
+        staged = chunks.stage_upload(
+            stream, max_bytes=settings.RECORDER_MAX_CHUNK_BYTES, staging_dir=settings.RECORDER_TEMP_DIR
+        )
     try:
         if checksum is not None and checksum != staged.sha256:
             raise RecorderError(
@@ -159,7 +160,8 @@ def receive_chunk(
                 return ChunkReceipt(existing, False, locked, locked.received_chunks, locked.received_bytes)
             _check_chunk_accepted(locked, index, staged)
             container = _sniff_if_first(locked, index, staged)
-            chunks.store_chunk(staged, chunk_storage_name(locked.id, index))
+            with chunks.storage_errors():
+                chunks.store_chunk(staged, chunk_storage_name(locked.id, index))
             chunk = Chunk.objects.create(session=locked, index=index, size=staged.size, sha256=staged.sha256)
             _count_chunk(locked, chunk, container)
             if locked.status == Status.FINALIZING:

@@ -23,7 +23,11 @@ class HashingTemporaryFileUploadHandler(TemporaryFileUploadHandler):
         self._digest.update(raw_data)
         if len(self._head) < SNIFF_BYTES:
             self._head += raw_data[: SNIFF_BYTES - len(self._head)]
-        return super().receive_data_chunk(raw_data, start)
+        try:
+            return super().receive_data_chunk(raw_data, start)
+        except OSError:  # a full disk: delete the partial spool file now, not whenever it is collected
+            self.file.close()
+            raise
 
     def file_complete(self, file_size: int):
         uploaded = super().file_complete(file_size)

@@ -12,9 +12,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from bench.harness import gunicorn
+from bench.harness import free_port, gunicorn
 from tests.conftest import load_chrome_set
-from tests.live_client import upload_recording, wait_until_finished
+from tests.live_client import call, start_session, upload_recording, wait_until_finished
 
 pytestmark = pytest.mark.live_server_process
 
@@ -102,3 +102,19 @@ def test_media_urls_redirect_to_presigned_urls_that_serve_ranges(s3_service, s3_
     assert status == 200
     assert audio == s3_server.objects(bucket)[f"recordings/{session_id}/audio.mp3"]
     assert headers["Content-Disposition"].startswith("attachment;")
+
+
+def test_an_unreachable_object_store_answers_503_and_stores_nothing(s3_server, tmp_path):
+    _, environment = s3_server.new_bucket()
+    environment["AWS_S3_ENDPOINT_URL"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    recording = load_chrome_set("vp8_opus")
+    with gunicorn(tmp_path, extra_env=environment) as server:
+        session_id, upload_token = start_session(server.base_url)
+        url = f"{server.base_url}/api/receive-video-chunk/?session_id={session_id}&chunk_index=0"
+        status, body = call(
+            "POST", url, recording.chunks[0], {"Authorization": f"Bearer {upload_token}", "Content-Type": "video/webm"}
+        )
+        _, progress = call("GET", f"{server.base_url}/api/get-recorded-data/{session_id}/")
+    assert (status, body["code"]) == (503, "storage_unavailable")
+    assert progress["received_chunks"] == 0
+    assert [path for path in (tmp_path / "media" / ".tmp").rglob("*") if path.is_file()] == []

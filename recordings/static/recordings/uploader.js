@@ -23,7 +23,7 @@
 // - `finish()` waits for every chunk, finalizes with `total_chunks` and polls until the recording
 //   is `ready` or `failed`.
 
-const RETRYABLE_STATUSES = new Set([408, 429, 500, 502, 503, 504]);
+const RETRYABLE_STATUSES = new Set([408, 429, 500, 502, 503, 504, 507]);
 
 export class UploadError extends Error {
   constructor(message, { status = 0, code = "", detail = "" } = {}) {
