@@ -42,6 +42,20 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name}={raw!r} is not an integer.") from error
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def env_duration_seconds(name: str, default: str) -> int:
+    """A duration such as `90`, `90s`, `15m`, `24h` or `7d`, in seconds."""
+    raw = os.environ.get(name, default).strip().lower()
+    unit = _DURATION_UNITS.get(raw[-1:], None)
+    number = raw[:-1] if unit else raw
+    try:
+        return int(float(number) * (unit or 1))
+    except ValueError as error:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a duration (e.g. 3600, 90m, 24h, 7d).") from error
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     raw = os.environ.get(name)
     if raw is None:
@@ -206,6 +220,18 @@ RECORDER_MAX_CHUNK_BYTES = env_int("RECORDER_MAX_CHUNK_BYTES", 64 * MiB)
 RECORDER_MAX_RECORDING_BYTES = env_int("RECORDER_MAX_RECORDING_BYTES", 4 * GiB)
 RECORDER_AUDIO_FORMAT = env_str("RECORDER_AUDIO_FORMAT", "mp3")
 RECORDER_FFMPEG_TIMEOUT_SECONDS = env_int("RECORDER_FFMPEG_TIMEOUT_SECONDS", 3600)
+# Checked once the recording is probed: longer ones fail with `recording_too_long`. 0: no limit.
+RECORDER_MAX_DURATION_SECONDS = env_duration_seconds("RECORDER_MAX_DURATION_SECONDS", "4h")
+
+# --- Lifecycle (manage.py expire_recordings, from cron) -------------------------------------------
+
+# An upload with no chunk for this long (still recording or finalizing) expires and its chunks go.
+RECORDER_SESSION_TTL = env_duration_seconds("RECORDER_SESSION_TTL", "24h")
+# Ready and failed recordings are kept for ever, unless this many days after they finished. 0: for ever.
+RECORDER_RETENTION_DAYS = env_int("RECORDER_RETENTION_DAYS", 0)
+# Chunks are deleted once a recording is ready (the video holds the same streams) unless this is on;
+# keep them to be able to run `manage.py process_recording` again later.
+RECORDER_KEEP_CHUNKS = env_bool("RECORDER_KEEP_CHUNKS", False)
 
 # --- Background tasks -------------------------------------------------------------------------
 

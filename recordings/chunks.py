@@ -157,8 +157,22 @@ def join_chunks(names: Iterable[str], destination: Path, *, storage: Storage = d
 
 
 def delete_stored_files(names: Iterable[str], *, storage: Storage = default_storage) -> None:
+    """Delete `names`; a name already gone is fine (deleting again after a crash must work)."""
     for name in names:
         storage.delete(name)
+
+
+def remove_empty_folders(prefix: str, *, storage: Storage = default_storage) -> None:
+    """On a file system, remove the folders left empty under `prefix` (object stores have none)."""
+    try:
+        root = storage.path(prefix)
+    except NotImplementedError:
+        return
+    for folder, _, _ in sorted(os.walk(root), key=lambda entry: -len(entry[0])):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass  # not empty, or already gone
 
 
 def sniff_container(head: bytes) -> str | None:

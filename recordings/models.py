@@ -17,6 +17,7 @@ class RecordingSession(models.Model):
         PROCESSING = "processing"
         READY = "ready"
         FAILED = "failed"
+        EXPIRED = "expired"  # abandoned, or past its retention: its files are gone, its id answers 410
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     title = models.CharField(max_length=200, blank=True)
@@ -29,6 +30,10 @@ class RecordingSession(models.Model):
     last_chunk_at = models.DateTimeField(null=True, blank=True)
     finalized_at = models.DateTimeField(null=True, blank=True)
     ready_at = models.DateTimeField(null=True, blank=True)
+    expired_at = models.DateTimeField(null=True, blank=True)
+    # Set once the chunk files are deleted (after processing, unless RECORDER_KEEP_CHUNKS): the
+    # recording can no longer be processed again.
+    chunks_deleted_at = models.DateTimeField(null=True, blank=True)
 
     expected_chunks = models.PositiveIntegerField(null=True, blank=True)
     # Running totals of the stored chunks, kept under the recording's row lock, so taking a chunk
@@ -80,16 +85,19 @@ class RecordingSession(models.Model):
 
 
 Status = RecordingSession.Status
-CLOSED_STATUSES = frozenset({Status.PROCESSING, Status.READY, Status.FAILED})
+CLOSED_STATUSES = frozenset({Status.PROCESSING, Status.READY, Status.FAILED, Status.EXPIRED})
 
 # recording → finalizing → processing → ready | failed. A failed or ready recording may be
 # processed again (by `manage.py process_recording`, or a finalize once its chunks are complete).
+# An upload abandoned for RECORDER_SESSION_TTL, or a finished one past RECORDER_RETENTION_DAYS,
+# expires; nothing leaves `expired`.
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
-    Status.RECORDING: frozenset({Status.FINALIZING}),
-    Status.FINALIZING: frozenset({Status.PROCESSING}),
+    Status.RECORDING: frozenset({Status.FINALIZING, Status.EXPIRED}),
+    Status.FINALIZING: frozenset({Status.PROCESSING, Status.EXPIRED}),
     Status.PROCESSING: frozenset({Status.READY, Status.FAILED}),
-    Status.FAILED: frozenset({Status.PROCESSING}),
-    Status.READY: frozenset({Status.PROCESSING}),
+    Status.FAILED: frozenset({Status.PROCESSING, Status.EXPIRED}),
+    Status.READY: frozenset({Status.PROCESSING, Status.EXPIRED}),
+    Status.EXPIRED: frozenset(),
 }
 
 

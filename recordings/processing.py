@@ -83,6 +83,8 @@ def process_recording(session_id: uuid.UUID | str) -> RecordingSession:
             **results,
         )
         logger.info("recording %s ready in %.2f s: %s", session.id, timer.total_seconds, timer.seconds)
+        if not settings.RECORDER_KEEP_CHUNKS:
+            drop_chunk_files(session)
     except IllegalTransition:
         logger.warning("recording %s: run %d was overtaken by another run; its result is dropped", session.id, attempt)
         session.refresh_from_db()
@@ -259,6 +261,7 @@ def _build_outputs(session: RecordingSession, timer: StepTimer) -> dict:
                 info = utils.probe(video_path)
             if not info.duration_seconds:
                 raise utils.MediaError("media_undecodable", "The recording has no measurable duration.")
+            _check_duration(info.duration_seconds)
             outputs = {"video": (video_path, plan.output.content_type)}
             if info.has_video:
                 thumbnail_path = work_dir / "thumbnail.jpg"
@@ -290,6 +293,16 @@ def _build_outputs(session: RecordingSession, timer: StepTimer) -> dict:
         "has_audio": info.has_audio,
         **stored,
     }
+
+
+def _check_duration(duration_seconds: float) -> None:
+    limit_seconds = settings.RECORDER_MAX_DURATION_SECONDS
+    if limit_seconds and duration_seconds > limit_seconds:
+        raise utils.MediaError(
+            "recording_too_long",
+            f"The recording lasts {duration_seconds:.0f} s; at most {limit_seconds} s are processed "
+            "(RECORDER_MAX_DURATION_SECONDS).",
+        )
 
 
 def _extract_audio(source_path: Path, work_dir: Path, timer: StepTimer, timeout_seconds: float) -> tuple[Path, str]:
@@ -338,6 +351,32 @@ def _delete_stale_outputs(session: RecordingSession, *, keep: set[str]) -> None:
     for name in (session.video_name, session.audio_name, session.thumbnail_name):
         if name and name not in keep:
             default_storage.delete(name)
+
+
+def drop_chunk_files(session: RecordingSession) -> None:
+    """Delete a recording's chunk files (their rows stay, as the record of what was received)."""
+    chunks.delete_stored_files(_stored_chunk_names(session))
+    chunks.remove_empty_folders(media_storage_name(session.id, "chunks"))
+    RecordingSession.objects.filter(pk=session.pk).update(chunks_deleted_at=timezone.now())
+    session.chunks_deleted_at = timezone.now()
+
+
+def _stored_chunk_names(session: RecordingSession) -> list[str]:
+    indices = Chunk.objects.filter(session=session).values_list("index", flat=True)
+    return [chunk_storage_name(session.id, index) for index in indices]
+
+
+def output_names(session: RecordingSession) -> list[str]:
+    return [name for name in (session.video_name, session.audio_name, session.thumbnail_name) if name]
+
+
+def delete_all_files(session: RecordingSession) -> None:
+    """Every file a recording has: its chunks (if still there) and its outputs."""
+    names = output_names(session)
+    if session.chunks_deleted_at is None:
+        names += _stored_chunk_names(session)
+    chunks.delete_stored_files(names)
+    chunks.remove_empty_folders(media_storage_name(session.id, ""))
 
 
 def current_status(session_id: uuid.UUID | str) -> str | None:

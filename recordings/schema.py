@@ -172,6 +172,11 @@ _AUTH_ERRORS = {
         "The upload token does not match this recording.",
     ),
     "404": _error("`session_not_found`.", "session_not_found", f"No recording has the id {EXAMPLE_SESSION_ID}."),
+    "410": _error(
+        "`recording_expired`: abandoned for RECORDER_SESSION_TTL, or past RECORDER_RETENTION_DAYS; its files are gone.",
+        "recording_expired",
+        f"Recording {EXAMPLE_SESSION_ID} expired on 2026-11-25 10:00 UTC; its files are gone.",
+    ),
 }
 
 _CHUNK_ERRORS = {
@@ -298,8 +303,23 @@ get_recorded_data = swagger_auto_schema(
     responses={
         "200": openapi.Response("The recording.", RecordingOutput, examples={"application/json": _RECORDING_EXAMPLE}),
         "404": _AUTH_ERRORS["404"],
+        "410": _AUTH_ERRORS["410"],
     },
     security=[],
+)
+
+delete_recording = swagger_auto_schema(
+    operation_id="delete_recording",
+    tags=["results"],
+    operation_summary="Delete a recording and every file it has",
+    operation_description="With the recording's upload token. Chunks, video, audio and thumbnail are deleted, then "
+    "the recording; its id answers 404 afterwards. Refused (409 `recording_busy`) while it is processing.",
+    responses={
+        "204": openapi.Response("Deleted."),
+        **{code: _AUTH_ERRORS[code] for code in ("401", "403", "404", "410")},
+        "409": _error("`recording_busy`: it is being processed.", "recording_busy", "Recording … is being processed."),
+    },
+    security=UPLOAD_SECURITY,
 )
 
 get_media = swagger_auto_schema(

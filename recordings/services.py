@@ -1,5 +1,6 @@
 """What happens on start / chunk / finalize / read: transactions, row locks, task enqueueing."""
 
+import datetime
 import hashlib
 import hmac
 import logging
@@ -48,6 +49,12 @@ def get_session(*, session_id: str | uuid.UUID) -> RecordingSession:
         session = None
     if session is None:
         raise RecorderError(code="session_not_found", detail=f"No recording has the id {session_id!s:.64}.", status=404)
+    if session.status == Status.EXPIRED:
+        raise RecorderError(
+            code="recording_expired",
+            detail=f"Recording {session.id} expired on {session.expired_at:%Y-%m-%d %H:%M} UTC; its files are gone.",
+            status=410,
+        )
     return session
 
 
@@ -330,9 +337,89 @@ def reprocess_recording(*, session_id: str) -> RecordingSession:
     """Run processing again (e.g. `manage.py process_recording`): for failed or ready recordings."""
     with transaction.atomic():
         locked = _lock(get_session(session_id=session_id))
+        if locked.chunks_deleted_at is not None:
+            raise RecorderError(
+                code="chunks_deleted",
+                detail=f"Recording {locked.id}'s chunks were deleted after processing (RECORDER_KEEP_CHUNKS is off); "
+                "it cannot be processed again.",
+                status=409,
+            )
         if locked.status != Status.PROCESSING:
             transition(locked, Status.PROCESSING, **_processing_request())
     return processing.process_recording(locked.id)  # a direct, synchronous run, whatever the backend
+
+
+# --- Lifecycle: delete, expire ---------------------------------------------------------------------------
+
+
+def delete_recording(*, session: RecordingSession) -> None:
+    """Delete a recording and every file it has; afterwards its id answers 404. Safe to repeat."""
+    with database_write_lock(), transaction.atomic():
+        locked = _lock(session)
+        if locked.status == Status.PROCESSING:
+            raise RecorderError(
+                code="recording_busy",
+                detail=f"Recording {locked.id} is being processed; delete it once it is ready or failed.",
+                status=409,
+            )
+        # Files first, under the row lock (no chunk can land meanwhile): if the process dies here,
+        # the row is still there and the DELETE can be sent again.
+        with chunks.storage_errors():
+            processing.delete_all_files(locked)
+        locked.delete()
+    logger.info("recording %s deleted by its owner", session.id)
+
+
+@dataclass(frozen=True)
+class ExpiryReport:
+    abandoned: list[uuid.UUID]
+    past_retention: list[uuid.UUID]
+
+
+def expire_recordings(*, now: datetime.datetime | None = None) -> ExpiryReport:
+    """Expire uploads idle for RECORDER_SESSION_TTL, and finished recordings past
+    RECORDER_RETENTION_DAYS; their files are deleted, their ids answer 410. Idempotent."""
+    now = now or timezone.now()
+    idle_since = now - datetime.timedelta(seconds=settings.RECORDER_SESSION_TTL)
+    abandoned = Q(status__in=[Status.RECORDING, Status.FINALIZING]) & (
+        Q(last_chunk_at__lt=idle_since) | Q(last_chunk_at__isnull=True, created_at__lt=idle_since)
+    )
+    report = ExpiryReport(abandoned=_expire_each(abandoned, now, reason="idle upload"), past_retention=[])
+    if settings.RECORDER_RETENTION_DAYS:
+        finished_before = now - datetime.timedelta(days=settings.RECORDER_RETENTION_DAYS)
+        past_retention = Q(status__in=[Status.READY, Status.FAILED]) & (
+            Q(ready_at__lt=finished_before)
+            | Q(ready_at__isnull=True, finalized_at__lt=finished_before)
+            | Q(ready_at__isnull=True, finalized_at__isnull=True, created_at__lt=finished_before)
+        )
+        report.past_retention.extend(_expire_each(past_retention, now, reason="past retention"))
+    return report
+
+
+def _expire_each(condition: Q, now: datetime.datetime, *, reason: str) -> list[uuid.UUID]:
+    expired = []
+    for session_id in RecordingSession.objects.filter(condition).values_list("id", flat=True):
+        with database_write_lock(), transaction.atomic():
+            # checked again under the lock: a chunk may have arrived since the query
+            locked = RecordingSession.objects.select_for_update().filter(condition, pk=session_id).first()
+            if locked is None:
+                continue
+            with chunks.storage_errors():
+                processing.delete_all_files(locked)
+            transition(
+                locked,
+                Status.EXPIRED,
+                expired_at=now,
+                chunks_deleted_at=locked.chunks_deleted_at or now,
+                video_name="",
+                audio_name="",
+                thumbnail_name="",
+            )
+        logger.info(
+            "recording %s expired (%s)", session_id, "idle upload" if locked.finalized_at is None else "retention"
+        )
+        expired.append(session_id)
+    return expired
 
 
 # --- Media ------------------------------------------------------------------------------------------------------------

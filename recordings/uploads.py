@@ -113,6 +113,11 @@ def _raw_body_stream(request: Request, data) -> BinaryIO:
     return DeclaredLengthStream(data.stream, int(request.META.get("CONTENT_LENGTH") or 0))
 
 
+def read_upload_token(request: Request) -> str | None:
+    """The upload token of a request without a body (DELETE): from the headers only."""
+    return _upload_token(request, None)
+
+
 def _upload_token(request: Request, field_value) -> str | None:
     authorization = request.headers.get("Authorization", "")
     scheme, _, credentials = authorization.partition(" ")

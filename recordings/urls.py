@@ -16,6 +16,7 @@ urlpatterns = [
     *with_and_without_slash("receive-video-chunk/", views.ReceiveChunkView.as_view(), "receive-video-chunk"),
     *with_and_without_slash("finalize-recording/", views.FinalizeRecordingView.as_view(), "finalize-recording"),
     *with_and_without_slash("get-recorded-data/<str:session_id>/", views.RecordingView.as_view(), "get-recorded-data"),
+    *with_and_without_slash("recordings/<str:session_id>/", views.RecordingResourceView.as_view(), "recording"),
     *with_and_without_slash(
         "recordings/<str:session_id>/<str:kind>/", views.RecordingMediaView.as_view(), "recording-media"
     ),

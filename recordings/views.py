@@ -21,7 +21,7 @@ from .serializers import (
     StartRecordingInput,
     StartRecordingOutput,
 )
-from .uploads import ChunkUpload, read_chunk_upload, require_chunk
+from .uploads import ChunkUpload, read_chunk_upload, read_upload_token, require_chunk
 
 UPLOAD_PARSERS = [MultiPartParser, FormParser, JSONParser, RawChunkParser]
 
@@ -159,6 +159,17 @@ class RecordingView(APIView):
     def get(self, request: Request, session_id: str) -> Response:
         session = services.get_session(session_id=session_id)
         return Response(RecordingOutput(_recording_payload(request, session)).data)
+
+
+class RecordingResourceView(APIView):
+    """/api/recordings/<session_id>/: DELETE, for the recording's owner (its upload token)."""
+
+    @schema.delete_recording
+    def delete(self, request: Request, session_id: str) -> Response:
+        upload_token = read_upload_token(request)
+        session = services.authorize_upload(session_id=session_id, upload_token=upload_token)
+        services.delete_recording(session=session)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class AnyAcceptNegotiation(DefaultContentNegotiation):

@@ -282,6 +282,7 @@ def make_run_server(tmp_path_factory):
         "DJANGO_DEBUG": "1",
         "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}",
         "MEDIA_ROOT": str(work / "media"),
+        "RECORDER_KEEP_CHUNKS": "1",  # the tests compare the stored chunks with what clients sent
     }
     with make_target_server("run", work, environment) as (base_url, log_path):
         yield LiveServer(base_url=base_url, media_root=work / "media", log_path=log_path)
@@ -318,6 +319,7 @@ class S3Server:
             "AWS_SECRET_ACCESS_KEY": "recorder-test-secret",
             "AWS_S3_REGION_NAME": "us-east-1",
             "AWS_S3_ADDRESSING_STYLE": "path",
+            "RECORDER_KEEP_CHUNKS": "1",  # so the tests can compare the chunk objects once processed
         }
 
     def objects(self, bucket: str) -> dict[str, bytes]:

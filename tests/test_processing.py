@@ -46,9 +46,10 @@ def test_ready_recording_has_its_files_and_step_times(api, media_root):
     upload_all(api, started, recording.chunks)
     finalize(api, started)
     session = RecordingSession.objects.get(pk=started.session_id)
-    assert recording_files(media_root, started.session_id) == sorted(
-        [*[f"chunks/{index}" for index in range(8)], "audio.mp3", "thumbnail.jpg", "video.webm"]
-    )
+    # the chunks are deleted once the video holds their streams (RECORDER_KEEP_CHUNKS is off)
+    assert recording_files(media_root, started.session_id) == ["audio.mp3", "thumbnail.jpg", "video.webm"]
+    assert not (media_root / "recordings" / started.session_id / "chunks").exists()
+    assert session.chunks_deleted_at is not None
     assert set(session.processing_steps) == {"join", "probe", "remux", "audio", "thumbnail", "store"}
     # audio runs beside remux and thumbnail, so the wall-clock total is at most the sum of the steps
     assert max(session.processing_steps.values()) <= session.processing_seconds
@@ -92,7 +93,8 @@ def test_a_lost_chunk_file_fails_and_a_later_finalize_processes_again(api, media
     assert retried.json()["source_sha256"] == recording.joined_sha256
 
 
-def test_process_recording_command_rebuilds_outputs_in_place(api, media_root, capsys):
+def test_process_recording_command_rebuilds_outputs_in_place(api, media_root, capsys, settings):
+    settings.RECORDER_KEEP_CHUNKS = True
     recording = load_chrome_set("mp4_avc1_opus")
     started = start(api)
     upload_all(api, started, recording.chunks)

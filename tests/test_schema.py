@@ -11,6 +11,7 @@ ENDPOINTS = {
     "/receive-video-chunk/": "post",
     "/finalize-recording/": "post",
     "/get-recorded-data/{session_id}/": "get",
+    "/recordings/{session_id}/": "delete",
     "/recordings/{session_id}/{kind}/": "get",
 }
 
