@@ -278,6 +278,25 @@ REST_FRAMEWORK = {
         "recordings.parsers.RawChunkParser",
     ],
     "EXCEPTION_HANDLER": "recordings.errors.handle_api_exception",
+    "DEFAULT_THROTTLE_CLASSES": ["recordings.throttling.ScopedThrottle"],
+    # Behind a proxy, the client is the address it appends to X-Forwarded-For; set to the number
+    # of proxies in front (1 behind one nginx), or every client shares the proxy's throttle.
+    "NUM_PROXIES": env_int("DJANGO_NUM_PROXIES", 0) or None,
+}
+
+
+def _throttle_rate(name: str, default: str) -> str | None:
+    """`<n>/<second|minute|hour|day>`, or `off`."""
+    rate = env_str(name, default).strip().lower()
+    return None if rate in ("", "off", "0", "none") else rate
+
+
+# Per client address. A browser recording posts one chunk a second and polls a few times after Stop.
+RECORDER_THROTTLE_RATES = {
+    "start": _throttle_rate("RECORDER_THROTTLE_START", "60/minute"),
+    "chunk": _throttle_rate("RECORDER_THROTTLE_CHUNK", "1800/minute"),
+    "finalize": _throttle_rate("RECORDER_THROTTLE_FINALIZE", "120/minute"),
+    "read": _throttle_rate("RECORDER_THROTTLE_READ", "1200/minute"),
 }
 
 SWAGGER_USE_COMPAT_RENDERERS = False

@@ -98,6 +98,7 @@ def _receive(session: RecordingSession, upload: ChunkUpload) -> services.ChunkRe
 
 class StartRecordingView(APIView):
     parser_classes = [JSONParser, FormParser, MultiPartParser]
+    throttle_scope = "start"
 
     @schema.start_recording
     def post(self, request: Request) -> Response:
@@ -122,6 +123,7 @@ class StartRecordingView(APIView):
 
 class ReceiveChunkView(APIView):
     parser_classes = UPLOAD_PARSERS
+    throttle_scope = "chunk"
 
     @schema.receive_chunk
     def post(self, request: Request) -> Response:
@@ -132,6 +134,7 @@ class ReceiveChunkView(APIView):
 
 class FinalizeRecordingView(APIView):
     parser_classes = UPLOAD_PARSERS
+    throttle_scope = "finalize"
 
     @schema.finalize_recording
     def post(self, request: Request) -> Response:
@@ -155,6 +158,8 @@ class FinalizeRecordingView(APIView):
 
 
 class RecordingView(APIView):
+    throttle_scope = "read"
+
     @schema.get_recorded_data
     def get(self, request: Request, session_id: str) -> Response:
         session = services.get_session(session_id=session_id)
@@ -163,6 +168,8 @@ class RecordingView(APIView):
 
 class RecordingResourceView(APIView):
     """/api/recordings/<session_id>/: DELETE, for the recording's owner (its upload token)."""
+
+    throttle_scope = "finalize"
 
     @schema.delete_recording
     def delete(self, request: Request, session_id: str) -> Response:
@@ -181,6 +188,7 @@ class AnyAcceptNegotiation(DefaultContentNegotiation):
 
 class RecordingMediaView(APIView):
     content_negotiation_class = AnyAcceptNegotiation
+    throttle_scope = "read"
 
     @schema.get_media
     def get(self, request: Request, session_id: str, kind: str):

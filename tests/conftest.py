@@ -283,6 +283,16 @@ def make_run_server(tmp_path_factory):
         "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}",
         "MEDIA_ROOT": str(work / "media"),
         "RECORDER_KEEP_CHUNKS": "1",  # the tests compare the stored chunks with what clients sent
+        # the whole run's clients share one address; tests/test_throttling.py tests the limits
+        **dict.fromkeys(
+            [
+                "RECORDER_THROTTLE_START",
+                "RECORDER_THROTTLE_CHUNK",
+                "RECORDER_THROTTLE_FINALIZE",
+                "RECORDER_THROTTLE_READ",
+            ],
+            "off",
+        ),
     }
     with make_target_server("run", work, environment) as (base_url, log_path):
         yield LiveServer(base_url=base_url, media_root=work / "media", log_path=log_path)

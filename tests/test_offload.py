@@ -46,7 +46,6 @@ http {{
         location / {{
             proxy_pass http://127.0.0.1:{upstream_port};
             proxy_set_header Host $http_host;
-            proxy_request_buffering off;
         }}
     }}
 }}
