@@ -345,6 +345,16 @@ SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# Exposure: the API docs (/swagger/, /redoc/, /swagger.json) and the admin (/admin/) can be left out.
+RECORDER_API_DOCS = env_bool("RECORDER_API_DOCS", True)
+DJANGO_ADMIN = env_bool("DJANGO_ADMIN", True)
+# The recorder and watch pages' Content-Security-Policy: scripts and styles from this origin only;
+# media may come from anywhere (presigned object-storage URLs) and from blob: (the live preview).
+RECORDER_PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob: https: http:; "
+    "media-src 'self' blob: https: http:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
 
 LOGGING = {
     "version": 1,

@@ -1,5 +1,6 @@
 """Root routes: the recorder and watch pages, the API, its schema and docs, and the admin."""
 
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_yasg.views import get_schema_view
@@ -13,11 +14,15 @@ urlpatterns = [
     path("", pages.recorder_page, name="recorder"),
     re_path(r"^r/(?P<session_id>[^/]+)/?$", pages.watch_page, name="watch"),
     path("api/", include("recordings.urls")),
-    re_path(r"^swagger\.(?P<format>json|yaml)$", schema_view.without_ui(cache_timeout=0), name="schema-json"),
-    re_path(r"^swagger/?$", schema_view.with_ui("swagger", cache_timeout=0), name="schema-swagger-ui"),
-    re_path(r"^redoc/?$", schema_view.with_ui("redoc", cache_timeout=0), name="schema-redoc"),
-    path("admin/", admin.site.urls),
 ]
+if settings.RECORDER_API_DOCS:
+    urlpatterns += [
+        re_path(r"^swagger\.(?P<format>json|yaml)$", schema_view.without_ui(cache_timeout=0), name="schema-json"),
+        re_path(r"^swagger/?$", schema_view.with_ui("swagger", cache_timeout=0), name="schema-swagger-ui"),
+        re_path(r"^redoc/?$", schema_view.with_ui("redoc", cache_timeout=0), name="schema-redoc"),
+    ]
+if settings.DJANGO_ADMIN:
+    urlpatterns += [path("admin/", admin.site.urls)]
 
 handler400 = "recordings.errors.bad_request_view"
 handler404 = "recordings.errors.not_found_view"

@@ -4,6 +4,9 @@ Thin like the API views: the pages are shells that their scripts fill from the J
 stays the one source of what a recording is.
 """
 
+from functools import wraps
+
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -13,18 +16,35 @@ from . import services
 from .errors import RecorderError
 
 
+def with_content_security_policy(view):
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        response = view(request, *args, **kwargs)
+        response["Content-Security-Policy"] = settings.RECORDER_PAGE_CSP
+        return response
+
+    return wrapped
+
+
+def _common() -> dict:
+    return {"api_docs": settings.RECORDER_API_DOCS}
+
+
 @require_safe
+@with_content_security_policy
 def recorder_page(request: HttpRequest) -> HttpResponse:
-    return render(request, "recordings/recorder.html")
+    return render(request, "recordings/recorder.html", _common())
 
 
 @require_safe
+@with_content_security_policy
 def watch_page(request: HttpRequest, session_id: str) -> HttpResponse:
     try:
         session = services.get_session(session_id=session_id)
     except RecorderError as error:
-        return render(request, "recordings/not_found.html", {"detail": error.detail}, status=error.status)
+        return render(request, "recordings/not_found.html", {**_common(), "detail": error.detail}, status=error.status)
     context = {
+        **_common(),
         "session_id": session.id,
         "title": session.title,
         "status_url": reverse("get-recorded-data", kwargs={"session_id": session.id}),

@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import shutil
 import threading
+import time
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -36,15 +37,24 @@ def chromium(viewport: dict | None = None):
             browser.close()
 
 
+def wait_until(page, expression: str, timeout_seconds: float = 30) -> None:
+    """Poll `expression` in the page. Playwright's wait_for_function evaluates its predicate with
+    eval, which the pages' Content-Security-Policy (rightly) forbids; evaluate() does not need it."""
+    deadline = time.monotonic() + timeout_seconds
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"still not true after {timeout_seconds} s: {expression}"
+        time.sleep(0.05)
+
+
 def record_on_the_page(page, base_url: str, seconds: float) -> dict:
     """Record `seconds` from the fake camera on the recorder page; the page's state once finished."""
     page.goto(f"{base_url}/")
     page.get_by_label("Camera and microphone").check()
     page.get_by_role("button", name="Record").click()
-    page.wait_for_function("window.recorderPage.phase === 'recording'")
+    wait_until(page, "window.recorderPage.phase === 'recording'")
     page.wait_for_timeout(seconds * 1000)
     page.get_by_role("button", name="Stop").click()
-    page.wait_for_function(FINISHED, timeout=90_000)
+    wait_until(page, FINISHED, timeout_seconds=90)
     return page.evaluate(
         """() => ({
             phase: window.recorderPage.phase,
@@ -132,7 +142,7 @@ def test_uploads_that_fail_for_a_while_are_retried_until_the_recording_is_comple
         page.goto(f"{base_url}/")
         page.get_by_label("Camera and microphone").check()
         page.get_by_role("button", name="Record").click()
-        page.wait_for_function("window.recorderPage.phase === 'recording'")
+        wait_until(page, "window.recorderPage.phase === 'recording'")
         page.wait_for_timeout(2500)
         context.set_offline(True)  # the connection drops mid-recording ...
         page.wait_for_timeout(2000)
@@ -140,7 +150,7 @@ def test_uploads_that_fail_for_a_while_are_retried_until_the_recording_is_comple
         context.set_offline(False)  # ... and comes back: the queue asks the server and resumes
         page.wait_for_timeout(1500)
         page.get_by_role("button", name="Stop").click()
-        page.wait_for_function(FINISHED, timeout=90_000)
+        wait_until(page, FINISHED, timeout_seconds=90)
         recorded = page.evaluate(
             """() => ({phase: window.recorderPage.phase, sessionId: window.recorderPage.sessionId,
                        chunkDigests: window.recorderPage.uploader.chunkDigests,
@@ -206,7 +216,7 @@ def test_a_page_on_another_origin_records_through_the_api_with_cors(make_run_ser
     with static_site(site) as site_url, chromium() as context:
         page = context.new_page()
         page.goto(f"{site_url}/index.html")
-        page.wait_for_function("window.pageReady === true")
+        wait_until(page, "window.pageReady === true")
         result = page.evaluate("(api) => window.recordFor(api, 3)", make_run_server.base_url)
 
     assert result["origin"] == site_url != make_run_server.base_url
@@ -234,14 +244,14 @@ def test_the_recorder_works_from_the_keyboard_and_fits_a_phone(make_run_server):
                 break
         assert page.evaluate("document.activeElement.id") == "record"
         page.keyboard.press("Enter")
-        page.wait_for_function("window.recorderPage.phase === 'recording'")
+        wait_until(page, "window.recorderPage.phase === 'recording'")
         assert "Recording" in page.locator("#status").inner_text()
         page.wait_for_timeout(2000)
         page.keyboard.press("Tab")  # Pause
         page.keyboard.press("Tab")  # Stop
         assert page.evaluate("document.activeElement.id") == "stop"
         page.keyboard.press("Enter")
-        page.wait_for_function(FINISHED, timeout=90_000)
+        wait_until(page, FINISHED, timeout_seconds=90)
         assert page.evaluate("window.recorderPage.phase") == "done"
         assert page.evaluate("document.documentElement.scrollWidth") <= 360
         page.screenshot(path=ARTIFACTS_DIR / "recorder-360px.png", full_page=True)
