@@ -148,7 +148,7 @@ def gunicorn(work_dir: Path, *, app: str | None = None, extra_env: dict | None =
     command = [PYTHON, "-m", "gunicorn", "-c", str(PROJECT_DIR / "gunicorn.conf.py")]
     if app is not None:
         command.append(app)
-    log = open(work_dir / "gunicorn.log", "wb")  # noqa: SIM115 - closed below
+    log = open(work_dir / "gunicorn.log", "ab")  # noqa: SIM115 - closed below; a restart appends
     process = subprocess.Popen(
         command, cwd=PROJECT_DIR, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -165,9 +165,11 @@ def gunicorn(work_dir: Path, *, app: str | None = None, extra_env: dict | None =
     try:
         yield Server(base_url=base_url, pid=process.pid, work_dir=work_dir)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
         try:
+            os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
+        except ProcessLookupError:
+            pass  # already gone: a test killed it
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
         log.close()

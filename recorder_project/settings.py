@@ -232,6 +232,9 @@ RECORDER_RETENTION_DAYS = env_int("RECORDER_RETENTION_DAYS", 0)
 # Chunks are deleted once a recording is ready (the video holds the same streams) unless this is on;
 # keep them to be able to run `manage.py process_recording` again later.
 RECORDER_KEEP_CHUNKS = env_bool("RECORDER_KEEP_CHUNKS", False)
+# Staged uploads and processing directories a killed process left in RECORDER_TEMP_DIR are removed
+# by expire_recordings once untouched this long: far longer than a request or a run leaves one idle.
+RECORDER_TEMP_MAX_AGE = env_duration_seconds("RECORDER_TEMP_MAX_AGE", "1h")
 
 # --- Background tasks -------------------------------------------------------------------------
 

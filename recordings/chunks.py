@@ -2,7 +2,9 @@
 
 import hashlib
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -95,6 +97,39 @@ def stage_upload(stream: BinaryIO, *, max_bytes: int, staging_dir: Path) -> Stag
         os.unlink(path)
         raise
     return StagedChunk(path, size=size, sha256=digest.hexdigest(), head=head)
+
+
+def remove_stale_temp_entries(temp_dir: Path, *, older_than_seconds: int, now: float | None = None) -> int:
+    """Delete what killed processes left in the temporary directory: staged uploads and processing
+    directories untouched (newest mtime inside) for longer than any live request or run leaves one.
+    The number of entries removed."""
+    cutoff = (time.time() if now is None else now) - older_than_seconds
+    removed = 0
+    try:
+        entries = list(os.scandir(temp_dir))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            if _newest_mtime(entry) >= cutoff:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except FileNotFoundError:
+            continue  # its owner finished and removed it meanwhile
+        removed += 1
+    return removed
+
+
+def _newest_mtime(entry: os.DirEntry) -> float:
+    newest = entry.stat(follow_symlinks=False).st_mtime
+    if entry.is_dir(follow_symlinks=False):
+        for folder, _, file_names in os.walk(entry.path):
+            for name in file_names:
+                newest = max(newest, os.stat(os.path.join(folder, name), follow_symlinks=False).st_mtime)
+    return newest
 
 
 def _adopt_spooled_file(uploaded, path: str, *, max_bytes: int) -> StagedChunk:

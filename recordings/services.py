@@ -1,5 +1,6 @@
 """What happens on start / chunk / finalize / read: transactions, row locks, task enqueueing."""
 
+import dataclasses
 import datetime
 import hashlib
 import hmac
@@ -374,11 +375,13 @@ def delete_recording(*, session: RecordingSession) -> None:
 class ExpiryReport:
     abandoned: list[uuid.UUID]
     past_retention: list[uuid.UUID]
+    temp_entries_removed: int = 0
 
 
 def expire_recordings(*, now: datetime.datetime | None = None) -> ExpiryReport:
     """Expire uploads idle for RECORDER_SESSION_TTL, and finished recordings past
-    RECORDER_RETENTION_DAYS; their files are deleted, their ids answer 410. Idempotent."""
+    RECORDER_RETENTION_DAYS; their files are deleted, their ids answer 410. Temporary files that
+    killed processes left behind go too. Idempotent."""
     now = now or timezone.now()
     idle_since = now - datetime.timedelta(seconds=settings.RECORDER_SESSION_TTL)
     abandoned = Q(status__in=[Status.RECORDING, Status.FINALIZING]) & (
@@ -393,7 +396,10 @@ def expire_recordings(*, now: datetime.datetime | None = None) -> ExpiryReport:
             | Q(ready_at__isnull=True, finalized_at__isnull=True, created_at__lt=finished_before)
         )
         report.past_retention.extend(_expire_each(past_retention, now, reason="past retention"))
-    return report
+    temp_entries_removed = chunks.remove_stale_temp_entries(
+        settings.RECORDER_TEMP_DIR, older_than_seconds=settings.RECORDER_TEMP_MAX_AGE, now=now.timestamp()
+    )
+    return dataclasses.replace(report, temp_entries_removed=temp_entries_removed)
 
 
 def _expire_each(condition: Q, now: datetime.datetime, *, reason: str) -> list[uuid.UUID]:

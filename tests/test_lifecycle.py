@@ -3,6 +3,8 @@ and chunks go once a recording is ready unless RECORDER_KEEP_CHUNKS. Expired ids
 deleted ones 404."""
 
 import datetime
+import os
+import time
 
 import pytest
 from django.core.management import call_command
@@ -129,3 +131,26 @@ def test_a_recording_longer_than_the_limit_fails_with_a_code(api, settings):
     body = finalize(api, started).json()
     assert (body["status"], body["error"]["code"]) == ("failed", "recording_too_long")
     assert "RECORDER_MAX_DURATION_SECONDS" in body["error"]["detail"]
+
+
+def test_expire_recordings_sweeps_what_killed_processes_left_in_the_temporary_directory(settings, capsys):
+    temp_dir = settings.RECORDER_TEMP_DIR
+    two_hours_ago = time.time() - 7200
+    stale_upload = temp_dir / "chunk-abc.upload"
+    fresh_upload = temp_dir / "chunk-def.upload"
+    stale_run = temp_dir / "process-1-xyz"
+    busy_run = temp_dir / "process-2-xyz"  # an old directory that a live run is still writing into
+    for path in (stale_upload, fresh_upload):
+        path.write_bytes(b"x" * 100)
+    for folder in (stale_run, busy_run):
+        folder.mkdir()
+        (folder / "source.webm").write_bytes(b"x" * 100)
+    os.utime(stale_upload, (two_hours_ago, two_hours_ago))
+    for path in (stale_run / "source.webm", stale_run, busy_run):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+
+    call_command("expire_recordings")
+    assert "2 stale temporary file(s) removed" in capsys.readouterr().out
+    assert sorted(path.name for path in temp_dir.iterdir()) == ["chunk-def.upload", "process-2-xyz"]
+    call_command("expire_recordings")
+    assert "0 stale temporary file(s) removed" in capsys.readouterr().out

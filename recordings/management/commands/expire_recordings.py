@@ -10,7 +10,8 @@ class Command(BaseCommand):
     help = (
         "Expire uploads with no chunk for RECORDER_SESSION_TTL (their chunks are deleted) and, when "
         "RECORDER_RETENTION_DAYS is set, ready or failed recordings older than that (all their files are "
-        "deleted). Expired ids answer 410. Idempotent: safe to run from cron at any time."
+        "deleted). Expired ids answer 410. Temporary files left by killed processes and untouched for "
+        "RECORDER_TEMP_MAX_AGE are removed. Idempotent: safe to run from cron at any time."
     )
 
     def handle(self, *args, **options):
@@ -20,5 +21,6 @@ class Command(BaseCommand):
         for session_id in report.past_retention:
             self.stdout.write(f"{session_id}: expired, older than {settings.RECORDER_RETENTION_DAYS} days")
         self.stdout.write(
-            f"{len(report.abandoned)} idle upload(s) and {len(report.past_retention)} old recording(s) expired"
+            f"{len(report.abandoned)} idle upload(s) and {len(report.past_retention)} old recording(s) expired, "
+            f"{report.temp_entries_removed} stale temporary file(s) removed"
         )
