@@ -9,7 +9,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: run serve worker rq-worker test lint format migrate clean
+.PHONY: run serve worker rq-worker test fuzz lint format migrate clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit("Recorder needs Python 3.11 or newer" if sys.version_info < (3, 11) else 0)'
@@ -49,6 +49,13 @@ migrate: $(VENV)/.runtime-installed
 
 test: $(VENV)/.dev-installed lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# schemathesis against /swagger.json: 100 cases per operation, a random seed, 1,000 cases at least
+# (tests/test_fuzz.py; `make test` runs it with 10 and a fixed seed). RECORDER_FUZZ_SEED=<n> replays.
+fuzz: $(VENV)/.dev-installed
+	RECORDER_FUZZ_EXAMPLES=$${RECORDER_FUZZ_EXAMPLES:-100} RECORDER_FUZZ_SEED=$${RECORDER_FUZZ_SEED:-random} \
+	RECORDER_FUZZ_MIN_CASES=1000 $(BIN)/python -m pytest tests/test_fuzz.py --timeout=3600 $(PYTEST_ARGS)
+	@cat test-artifacts/fuzz.json
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .

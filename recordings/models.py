@@ -85,6 +85,9 @@ class RecordingSession(models.Model):
 
 
 Status = RecordingSession.Status
+# The most chunks a recording holds: far past any real one (4 h at a 10 ms timeslice is 1.44 million).
+MAX_CHUNKS = 10_000_000
+
 CLOSED_STATUSES = frozenset({Status.PROCESSING, Status.READY, Status.FAILED, Status.EXPIRED})
 
 # recording → finalizing → processing → ready | failed. A failed or ready recording may be

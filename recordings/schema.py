@@ -5,9 +5,11 @@ from drf_yasg.generators import OpenAPISchemaGenerator
 from drf_yasg.inspectors import SwaggerAutoSchema
 from drf_yasg.utils import swagger_auto_schema
 
+from .models import MAX_CHUNKS
 from .serializers import (
     ChunkReceiptOutput,
     ErrorOutput,
+    FinalizeOutput,
     RecordingOutput,
     StartRecordingInput,
     StartRecordingOutput,
@@ -26,6 +28,7 @@ API_INFO = openapi.Info(
 )
 
 UPLOAD_SECURITY = [{"UploadToken": []}]
+_CHECKSUM = "^((sha256:)?[0-9a-fA-F]{64})?$"  # what serializers.ChunkUploadInput accepts; empty means none
 _BINARY = openapi.Schema(type=openapi.TYPE_STRING, format=openapi.FORMAT_BINARY)
 
 EXAMPLE_SESSION_ID = "8d7f2b8e-4c1a-4f5e-9a57-2f0b7c1d9e21"
@@ -52,12 +55,21 @@ class CanonicalPathsGenerator(OpenAPISchemaGenerator):
         return {path: endpoint for path, endpoint in endpoints.items() if path.endswith("/")}
 
 
+class OptionalBodySchema(SwaggerAutoSchema):
+    """drf-yasg marks every request body required; start-recording works without one (`curl -X POST`)."""
+
+    def make_body_parameter(self, schema):
+        parameter = super().make_body_parameter(schema)
+        parameter.required = False
+        return parameter
+
+
 class MultipartUploadSchema(SwaggerAutoSchema):
     """OpenAPI 2 allows one body form per operation: document the multipart one, which lets
     Swagger UI's "Try it out" send a file; the JSON and raw forms are described in words."""
 
     def get_consumes(self):
-        return ["multipart/form-data", "application/x-www-form-urlencoded"]
+        return ["multipart/form-data"]
 
     def get_operation(self, operation_keys=None):
         operation = super().get_operation(operation_keys)
@@ -102,8 +114,10 @@ def _error(description: str, code: str, detail: str) -> openapi.Response:
     return openapi.Response(description, ErrorOutput, examples={"application/json": {"code": code, "detail": detail}})
 
 
-def _header(name: str, description: str) -> openapi.Parameter:
-    return openapi.Parameter(name, openapi.IN_HEADER, type=openapi.TYPE_STRING, required=False, description=description)
+def _header(name: str, description: str, **extra) -> openapi.Parameter:
+    return openapi.Parameter(
+        name, openapi.IN_HEADER, type=openapi.TYPE_STRING, required=False, description=description, **extra
+    )
 
 
 def _form(name: str, type_: str, description: str, *, required: bool = False, **extra) -> openapi.Parameter:
@@ -112,10 +126,16 @@ def _form(name: str, type_: str, description: str, *, required: bool = False, **
 
 _UPLOAD_PARAMETERS = [
     _form("session_id", openapi.TYPE_STRING, "The recording's id.", required=True, format=openapi.FORMAT_UUID),
-    _form("chunk_index", openapi.TYPE_INTEGER, "0-based index; omit to append after the highest received.", minimum=0),
-    _form("checksum", openapi.TYPE_STRING, "Optional `sha256:<64 hex digits>` of the chunk."),
+    _form(
+        "chunk_index",
+        openapi.TYPE_INTEGER,
+        "0-based index; omit to append after the highest received.",
+        minimum=0,
+        maximum=MAX_CHUNKS,
+    ),
+    _form("checksum", openapi.TYPE_STRING, "Optional `sha256:<64 hex digits>` of the chunk.", pattern=_CHECKSUM),
     _form("upload_token", openapi.TYPE_STRING, "The upload token, for clients that cannot set headers."),
-    _header("X-Chunk-SHA256", "Same as the `checksum` field."),
+    _header("X-Chunk-SHA256", "Like the `checksum` field; when both are sent, both are verified.", pattern=_CHECKSUM),
 ]
 
 _CHUNK_EXAMPLE = {
@@ -182,7 +202,8 @@ _AUTH_ERRORS = {
 _CHUNK_ERRORS = {
     "400": _error(
         "`invalid_request` (see `fields`), `chunk_missing`, `chunk_not_a_file`, `invalid_base64`, "
-        "`checksum_mismatch`, `unsupported_media` (the first chunk is not WebM/Matroska/MP4), "
+        "`checksum_mismatch` (the `checksum` field or the `X-Chunk-SHA256` header is not the chunk's), "
+        "`unsupported_media` (the first chunk is not WebM/Matroska/MP4), "
         "`malformed_body`.",
         "unsupported_media",
         "The first chunk must start with a WebM/Matroska (EBML) or MP4 (ftyp) header; it starts with b'undefined'.",
@@ -190,7 +211,7 @@ _CHUNK_ERRORS = {
     **_AUTH_ERRORS,
     "409": _error(
         "`chunk_conflict` (same index, different bytes), `recording_closed` (already processing, ready "
-        "or failed), `chunk_index_out_of_range` (past the finalized count).",
+        "or failed), `chunk_index_out_of_range` (past the finalized count, or 10,000,000).",
         "chunk_conflict",
         "Chunk 3 was already received with different bytes.",
     ),
@@ -209,6 +230,7 @@ start_recording = swagger_auto_schema(
     operation_description="Creates a recording and returns its id and a secret upload token (shown once). "
     "The body is optional: JSON or form with `title` and `mime_type` (as MediaRecorder reported it).",
     request_body=StartRecordingInput,
+    auto_schema=OptionalBodySchema,
     responses={
         "201": openapi.Response(
             "Created.",
@@ -268,13 +290,16 @@ finalize_recording = swagger_auto_schema(
     manual_parameters=[
         *_UPLOAD_PARAMETERS,
         _form("is_final", openapi.TYPE_BOOLEAN, "true/false, 1/0, yes/no, on/off."),
-        _form("total_chunks", openapi.TYPE_INTEGER, "How many chunks the recording has.", minimum=1),
+        _form(
+            "total_chunks", openapi.TYPE_INTEGER, "How many chunks the recording has.", minimum=1, maximum=MAX_CHUNKS
+        ),
         _form("video_chunk", openapi.TYPE_FILE, "Optional last chunk."),
     ],
     responses={
         "200": openapi.Response(
-            "Finished (`ready` or `failed`), or a chunk retry when `is_final` is false.",
-            RecordingOutput,
+            "Finished (`ready` or `failed`): the recording. With `is_final` false and a chunk already "
+            "stored with the same bytes: its receipt, as from receive-video-chunk.",
+            FinalizeOutput,
             examples={"application/json": _RECORDING_EXAMPLE},
         ),
         "201": openapi.Response("`is_final` false: the chunk was stored.", ChunkReceiptOutput),

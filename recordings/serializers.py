@@ -2,14 +2,31 @@
 
 import re
 
+from django.core.validators import RegexValidator
 from rest_framework import serializers
+
+from .models import MAX_CHUNKS
 
 _CHECKSUM = re.compile(r"^(?:sha256:)?([0-9a-fA-F]{64})$")
 
 
+class TextField(serializers.CharField):
+    """Text in, text out: a JSON number or boolean is refused rather than turned into a string, and
+    the no-NUL rule (DRF's, which PostgreSQL needs) is a pattern the API schema can show."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("validators", []).append(RegexValidator(r"^[^\x00]*$", "Null characters are not allowed."))
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class StartRecordingInput(serializers.Serializer):
-    title = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
-    mime_type = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+    title = TextField(max_length=200, required=False, allow_blank=True, default="")
+    mime_type = TextField(max_length=255, required=False, allow_blank=True, default="")
 
 
 class ChunkUploadInput(serializers.Serializer):
@@ -18,17 +35,26 @@ class ChunkUploadInput(serializers.Serializer):
     session_id = serializers.UUIDField(help_text="The id returned by start-recording.")
     chunk_index = serializers.IntegerField(
         min_value=0,
-        max_value=10_000_000,
+        max_value=MAX_CHUNKS,
         required=False,
         allow_null=True,
         default=None,
         help_text="0-based position of the chunk. Omitted: the next index after the highest received.",
     )
-    checksum = serializers.CharField(
+    checksum = TextField(
         required=False,
         allow_null=True,
+        allow_blank=True,
         default=None,
         help_text="Optional `sha256:<hex>` of the chunk's bytes; a mismatch discards the chunk.",
+    )
+
+    checksum_header = TextField(
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        default=None,
+        help_text="X-Chunk-SHA256, verified the same way.",
     )
 
     def validate_checksum(self, value: str | None) -> str | None:
@@ -39,6 +65,8 @@ class ChunkUploadInput(serializers.Serializer):
             raise serializers.ValidationError("Use `sha256:` followed by 64 hexadecimal digits.")
         return match.group(1).lower()
 
+    validate_checksum_header = validate_checksum
+
 
 class FinalizeInput(ChunkUploadInput):
     is_final = serializers.BooleanField(
@@ -48,7 +76,7 @@ class FinalizeInput(ChunkUploadInput):
     )
     total_chunks = serializers.IntegerField(
         min_value=1,
-        max_value=10_000_000,
+        max_value=MAX_CHUNKS,
         required=False,
         allow_null=True,
         default=None,
@@ -59,7 +87,11 @@ class FinalizeInput(ChunkUploadInput):
 class ErrorOutput(serializers.Serializer):
     code = serializers.CharField(help_text="Stable snake_case machine code, e.g. `chunk_conflict`.")
     detail = serializers.CharField(help_text="A sentence for a human.")
-    fields = serializers.DictField(required=False, help_text="Per-field messages, for `invalid_request`.")
+    fields = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        required=False,
+        help_text="Per-field messages, for `invalid_request`.",
+    )
 
 
 class StartRecordingOutput(serializers.Serializer):
@@ -89,13 +121,13 @@ class RecordingErrorOutput(serializers.Serializer):
 
 class RecordingOutput(serializers.Serializer):
     session_id = serializers.UUIDField()
-    title = serializers.CharField()
+    title = serializers.CharField(allow_blank=True)
     status = serializers.ChoiceField(choices=["recording", "finalizing", "processing", "ready", "failed"])
     created_at = serializers.DateTimeField()
     finalized_at = serializers.DateTimeField(allow_null=True)
     ready_at = serializers.DateTimeField(allow_null=True)
-    mime_type = serializers.CharField()
-    container = serializers.CharField()
+    mime_type = serializers.CharField(allow_blank=True, help_text="As the client reported it; may be empty.")
+    container = serializers.CharField(allow_blank=True, help_text="`webm` or `mp4` once the first chunk is in.")
     expected_chunks = serializers.IntegerField(allow_null=True)
     received_chunks = serializers.IntegerField()
     received_bytes = serializers.IntegerField()
@@ -106,7 +138,10 @@ class RecordingOutput(serializers.Serializer):
     missing_chunks = serializers.ListField(
         child=serializers.IntegerField(),
         allow_null=True,
-        help_text="Indices not yet received, once the chunk count is known (after finalize).",
+        help_text="Indices not yet received, once the chunk count is known (after finalize); the first 1,000.",
+    )
+    missing_chunks_count = serializers.IntegerField(
+        allow_null=True, help_text="How many indices are not yet received, once the chunk count is known."
     )
     duration = serializers.FloatField(allow_null=True, help_text="Seconds.")
     width = serializers.IntegerField(allow_null=True)
@@ -126,3 +161,18 @@ class RecordingOutput(serializers.Serializer):
     audio_url = serializers.URLField(allow_null=True)
     thumbnail_url = serializers.URLField(allow_null=True)
     error = RecordingErrorOutput(allow_null=True)
+
+
+class FinalizeOutput(RecordingOutput):
+    """finalize-recording's 200: the recording, or, when `is_final` is false and the chunk was a
+    retry, that chunk's receipt. OpenAPI 2 has no oneOf, so only what both carry is required."""
+
+    chunk_index = serializers.IntegerField(required=False, help_text="Receipts only.")
+    sha256 = serializers.CharField(required=False, help_text="Receipts only.")
+
+    def get_fields(self):
+        fields = super().get_fields()
+        shared = set(ChunkReceiptOutput().fields) & set(RecordingOutput().fields)
+        for name, field in fields.items():
+            field.required = name in shared
+        return fields

@@ -7,6 +7,7 @@ import hmac
 import logging
 import secrets
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -19,7 +20,7 @@ from django.utils.text import slugify
 from . import chunks, processing
 from .errors import RecorderError
 from .locks import database_write_lock
-from .models import Chunk, RecordingSession, Status, chunk_storage_name, transition
+from .models import MAX_CHUNKS, Chunk, RecordingSession, Status, chunk_storage_name, transition
 from .tasks import enqueue_processing
 
 logger = logging.getLogger("recordings.services")
@@ -94,12 +95,18 @@ def start_recording(*, title: str = "", mime_type: str = "") -> StartedRecording
 # --- Progress ---------------------------------------------------------------------------------------------
 
 
+# A finalize may claim up to 10,000,000 chunks; listing every missing index would make each status
+# poll megabytes long. The first ones are what a resuming client needs; the count says how many.
+MISSING_CHUNKS_LISTED = 1000
+
+
 @dataclass(frozen=True)
 class ChunkProgress:
     received_chunks: int
     received_bytes: int
     received_ranges: list[list[int]]
     missing_chunks: list[int] | None
+    missing_chunks_count: int | None
 
 
 def chunk_progress(session: RecordingSession) -> ChunkProgress:
@@ -111,16 +118,32 @@ def chunk_progress(session: RecordingSession) -> ChunkProgress:
             ranges[-1][1] = index
         else:
             ranges.append([index, index])
-    missing = None
+    missing = missing_count = None
     if session.expected_chunks is not None:
-        present = {index for index, _ in rows}
-        missing = [index for index in range(session.expected_chunks) if index not in present]
+        missing, missing_count = _first_missing(ranges, session.expected_chunks, limit=MISSING_CHUNKS_LISTED)
     return ChunkProgress(
         received_chunks=len(rows),
         received_bytes=sum(size for _, size in rows),
         received_ranges=ranges,
         missing_chunks=missing,
+        missing_chunks_count=missing_count,
     )
+
+
+def _first_missing(ranges: list[list[int]], expected: int, *, limit: int) -> tuple[list[int], int]:
+    """The first `limit` indices below `expected` outside the received ranges, and how many there are."""
+    gaps = []
+    start = 0
+    for first, last in [*ranges, [expected, expected]]:
+        if first > start and start < expected:
+            gaps.append((start, min(first, expected)))
+        start = max(start, last + 1)
+    listed: list[int] = []
+    for first, end in gaps:
+        listed.extend(range(first, min(end, first + limit - len(listed))))
+        if len(listed) >= limit:
+            break
+    return listed, sum(end - first for first, end in gaps)
 
 
 # --- Chunks ---------------------------------------------------------------------------------------------------
@@ -136,9 +159,10 @@ class ChunkReceipt:
 
 
 def receive_chunk(
-    *, session: RecordingSession, chunk_index: int | None, stream: BinaryIO, checksum: str | None = None
+    *, session: RecordingSession, chunk_index: int | None, stream: BinaryIO, checksums: Iterable[str | None] = ()
 ) -> ChunkReceipt:
-    """Store one chunk durably before returning; an identical retry changes nothing.
+    """Store one chunk durably before returning; an identical retry changes nothing. Every checksum
+    given (the form field, the header: None when absent) must be the chunk's SHA-256.
 
     The bytes are staged outside any transaction; the decision (conflict, closed, limits, first
     bytes) and the rename into place happen under the recording's row lock, so two uploads of
@@ -149,11 +173,12 @@ def receive_chunk(
             stream, max_bytes=settings.RECORDER_MAX_CHUNK_BYTES, staging_dir=settings.RECORDER_TEMP_DIR
         )
     try:
-        if checksum is not None and checksum != staged.sha256:
-            raise RecorderError(
-                code="checksum_mismatch",
-                detail=f"The chunk's SHA-256 is {staged.sha256}, not {checksum}; it was discarded.",
-            )
+        for checksum in checksums:
+            if checksum is not None and checksum != staged.sha256:
+                raise RecorderError(
+                    code="checksum_mismatch",
+                    detail=f"The chunk's SHA-256 is {staged.sha256}, not {checksum}; it was discarded.",
+                )
         with database_write_lock(), transaction.atomic():
             locked = _lock(session)
             index = chunk_index if chunk_index is not None else _next_index(locked)
@@ -213,6 +238,12 @@ def _check_chunk_accepted(session: RecordingSession, index: int, staged: chunks.
         raise RecorderError(
             code="recording_closed",
             detail=f"Recording {session.id} is {session.status}; it takes no more chunks.",
+            status=409,
+        )
+    if index >= MAX_CHUNKS:
+        raise RecorderError(
+            code="chunk_index_out_of_range",
+            detail=f"A recording holds at most {MAX_CHUNKS} chunks; index {index} is past that.",
             status=409,
         )
     if session.expected_chunks is not None and index >= session.expected_chunks:

@@ -23,7 +23,7 @@ _DATA_URL_PREFIX = re.compile(r"^data:[^\s;]*(?:;[^\s;]*)*?;base64,", re.IGNOREC
 
 @dataclass(frozen=True)
 class ChunkUpload:
-    fields: dict  # validated scalars: session_id, chunk_index, checksum (and is_final, total_chunks)
+    fields: dict  # validated scalars: session_id, chunk_index, checksum, checksum_header (is_final, total_chunks)
     upload_token: str | None
     stream: BinaryIO | None  # None when the request carries no chunk
 
@@ -52,9 +52,7 @@ def read_chunk_upload(request: Request, input_serializer: type[serializers.Seria
     upload_token = _upload_token(request, body_fields.pop("upload_token", None))
     query_fields = {key: value for key, value in request.query_params.dict().items() if key != "upload_token"}
     values = {**query_fields, **body_fields}
-    checksum_header = request.headers.get("X-Chunk-SHA256")
-    if checksum_header and not values.get("checksum"):
-        values["checksum"] = checksum_header
+    values["checksum_header"] = request.headers.get("X-Chunk-SHA256")
     validated = input_serializer(data=values)
     validated.is_valid(raise_exception=True)
     return ChunkUpload(fields=dict(validated.validated_data), upload_token=upload_token, stream=stream)

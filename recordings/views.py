@@ -53,6 +53,7 @@ def _recording_payload(request: Request, session: RecordingSession) -> dict:
         "received_bytes": progress.received_bytes,
         "received_ranges": progress.received_ranges,
         "missing_chunks": progress.missing_chunks,
+        "missing_chunks_count": progress.missing_chunks_count,
         "duration": session.duration_seconds,
         "width": session.width,
         "height": session.height,
@@ -92,7 +93,7 @@ def _receive(session: RecordingSession, upload: ChunkUpload) -> services.ChunkRe
         session=session,
         chunk_index=upload.fields["chunk_index"],
         stream=require_chunk(upload),
-        checksum=upload.fields["checksum"],
+        checksums=[upload.fields["checksum"], upload.fields["checksum_header"]],
     )
 
 

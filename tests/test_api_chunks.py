@@ -311,6 +311,30 @@ def test_malformed_checksum_is_a_validation_error(api, vp8):
     assert "checksum" in response.json()["fields"]
 
 
+def test_a_checksum_header_and_field_are_both_verified_and_a_wrong_one_stores_nothing(api, vp8, media_root):
+    started = start(api)
+    digest = hashlib.sha256(vp8.chunks[0]).hexdigest()
+    both = {"extra": {"checksum": digest}}
+    agreeing = post_chunk(
+        api, started, vp8.chunks[0], index=0, headers={"X-Chunk-SHA256": f"sha256:{digest.upper()}"}, **both
+    )
+    assert agreeing.status_code == 201
+    for header in ("not-a-checksum", "0" * 64):
+        response = post_chunk(api, started, vp8.chunks[1], index=1, headers={"X-Chunk-SHA256": header}, **both)
+        code = "invalid_request" if header == "not-a-checksum" else "checksum_mismatch"
+        assert (response.status_code, response.json()["code"]) == (400, code)
+    assert stored_files(media_root) == [f"recordings/{started.session_id}/chunks/0"]
+
+
+def test_an_index_past_ten_million_is_out_of_range_even_when_appended(api, vp8):
+    started = start(api)
+    assert post_chunk(api, started, vp8.chunks[0], index=0).status_code == 201
+    assert post_chunk(api, started, vp8.chunks[1], index=9_999_999).status_code == 201
+    appended = post_chunk(api, started, vp8.chunks[2], index=None)
+    assert (appended.status_code, appended.json()["code"]) == (409, "chunk_index_out_of_range")
+    assert finalize(api, started).json()["missing_chunks_count"] == 10_000_000 - 2
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_oversized_chunk_is_413(api, vp8, transport, settings, media_root):
     settings.RECORDER_MAX_CHUNK_BYTES = 10_000
@@ -424,7 +448,20 @@ def test_a_gap_keeps_the_recording_finalizing(api, vp8):
     assert body["status"] == "finalizing"
     assert body["received_ranges"] == [[0, 2], [4, 7]]
     assert body["missing_chunks"] == [3]
+    assert body["missing_chunks_count"] == 1
     assert body["video_url"] is None
+
+
+def test_a_huge_total_chunks_lists_the_first_thousand_missing_and_counts_the_rest(api, vp8):
+    started = start(api)
+    upload_all(api, started, vp8.chunks[:6], order=[0, 1, 2, 4, 5])
+    response = finalize(api, started, total_chunks=10_000_000)
+    assert response.status_code == 202
+    assert len(response.content) < 20_000  # not 10 million indices on every poll
+    body = status_of(api, started.session_id)
+    assert body["missing_chunks"] == [3, *range(6, 1005)]
+    assert body["missing_chunks_count"] == 10_000_000 - 5
+    assert body["received_ranges"] == [[0, 2], [4, 5]]
 
 
 def test_finalize_twice_answers_the_state_without_a_second_run(api, vp8):
