@@ -357,8 +357,8 @@ def drop_chunk_files(session: RecordingSession) -> None:
     """Delete a recording's chunk files (their rows stay, as the record of what was received)."""
     chunks.delete_stored_files(_stored_chunk_names(session))
     chunks.remove_empty_folders(media_storage_name(session.id, "chunks"))
-    RecordingSession.objects.filter(pk=session.pk).update(chunks_deleted_at=timezone.now())
     session.chunks_deleted_at = timezone.now()
+    RecordingSession.objects.filter(pk=session.pk).update(chunks_deleted_at=session.chunks_deleted_at)
 
 
 def _stored_chunk_names(session: RecordingSession) -> list[str]:

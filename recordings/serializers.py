@@ -29,6 +29,10 @@ class StartRecordingInput(serializers.Serializer):
     mime_type = TextField(max_length=255, required=False, allow_blank=True, default="")
 
 
+def _checksum_field(help_text: str) -> TextField:
+    return TextField(required=False, allow_null=True, allow_blank=True, default=None, help_text=help_text)
+
+
 class ChunkUploadInput(serializers.Serializer):
     """The scalar fields of a chunk upload, from the body (form or JSON) or the query string."""
 
@@ -41,21 +45,8 @@ class ChunkUploadInput(serializers.Serializer):
         default=None,
         help_text="0-based position of the chunk. Omitted: the next index after the highest received.",
     )
-    checksum = TextField(
-        required=False,
-        allow_null=True,
-        allow_blank=True,
-        default=None,
-        help_text="Optional `sha256:<hex>` of the chunk's bytes; a mismatch discards the chunk.",
-    )
-
-    checksum_header = TextField(
-        required=False,
-        allow_null=True,
-        allow_blank=True,
-        default=None,
-        help_text="X-Chunk-SHA256, verified the same way.",
-    )
+    checksum = _checksum_field("Optional `sha256:<hex>` of the chunk's bytes; a mismatch discards the chunk.")
+    checksum_header = _checksum_field("X-Chunk-SHA256, verified the same way.")
 
     def validate_checksum(self, value: str | None) -> str | None:
         if value in (None, ""):

@@ -1,6 +1,5 @@
 """What happens on start / chunk / finalize / read: transactions, row locks, task enqueueing."""
 
-import dataclasses
 import datetime
 import hashlib
 import hmac
@@ -406,7 +405,7 @@ def delete_recording(*, session: RecordingSession) -> None:
 class ExpiryReport:
     abandoned: list[uuid.UUID]
     past_retention: list[uuid.UUID]
-    temp_entries_removed: int = 0
+    temp_entries_removed: int
 
 
 def expire_recordings(*, now: datetime.datetime | None = None) -> ExpiryReport:
@@ -418,7 +417,8 @@ def expire_recordings(*, now: datetime.datetime | None = None) -> ExpiryReport:
     abandoned = Q(status__in=[Status.RECORDING, Status.FINALIZING]) & (
         Q(last_chunk_at__lt=idle_since) | Q(last_chunk_at__isnull=True, created_at__lt=idle_since)
     )
-    report = ExpiryReport(abandoned=_expire_each(abandoned, now, reason="idle upload"), past_retention=[])
+    expired_idle = _expire_each(abandoned, now, reason="idle upload")
+    expired_old = []
     if settings.RECORDER_RETENTION_DAYS:
         finished_before = now - datetime.timedelta(days=settings.RECORDER_RETENTION_DAYS)
         past_retention = Q(status__in=[Status.READY, Status.FAILED]) & (
@@ -426,11 +426,11 @@ def expire_recordings(*, now: datetime.datetime | None = None) -> ExpiryReport:
             | Q(ready_at__isnull=True, finalized_at__lt=finished_before)
             | Q(ready_at__isnull=True, finalized_at__isnull=True, created_at__lt=finished_before)
         )
-        report.past_retention.extend(_expire_each(past_retention, now, reason="past retention"))
+        expired_old = _expire_each(past_retention, now, reason="past retention")
     temp_entries_removed = chunks.remove_stale_temp_entries(
         settings.RECORDER_TEMP_DIR, older_than_seconds=settings.RECORDER_TEMP_MAX_AGE, now=now.timestamp()
     )
-    return dataclasses.replace(report, temp_entries_removed=temp_entries_removed)
+    return ExpiryReport(abandoned=expired_idle, past_retention=expired_old, temp_entries_removed=temp_entries_removed)
 
 
 def _expire_each(condition: Q, now: datetime.datetime, *, reason: str) -> list[uuid.UUID]:
@@ -452,9 +452,7 @@ def _expire_each(condition: Q, now: datetime.datetime, *, reason: str) -> list[u
                 audio_name="",
                 thumbnail_name="",
             )
-        logger.info(
-            "recording %s expired (%s)", session_id, "idle upload" if locked.finalized_at is None else "retention"
-        )
+        logger.info("recording %s expired (%s)", session_id, reason)
         expired.append(session_id)
     return expired
 

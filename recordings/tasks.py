@@ -11,6 +11,7 @@ from django_tasks_db import DatabaseBackend
 
 from . import processing
 from .locks import after_write_lock
+from .models import Status
 
 
 @task()
@@ -28,7 +29,7 @@ def watch_processing_task(session_id: str) -> str:
     """
     retried = processing.retry_or_give_up(session_id, include_unstarted=False, enqueue=enqueue_processing)
     status = processing.current_status(session_id)
-    if status == processing.Status.PROCESSING and not retried:
+    if status == Status.PROCESSING and not retried:
         _schedule_watch(session_id)
     return status or "gone"
 

@@ -178,15 +178,20 @@ def generated_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("generated-media")
 
 
-@pytest.fixture(autouse=True)
-def media_root(tmp_path, settings) -> Path:
-    """Each test gets its own MEDIA_ROOT and temporary directory; nothing leaks between tests."""
-    root = tmp_path / "media"
+def use_media_root(settings, root: Path) -> Path:
+    """Point MEDIA_ROOT, and the temporary directory inside it, at `root` for this test."""
     temp_dir = root / ".tmp"
     temp_dir.mkdir(parents=True)
     settings.MEDIA_ROOT = root
     settings.RECORDER_TEMP_DIR = temp_dir
     settings.FILE_UPLOAD_TEMP_DIR = str(temp_dir)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def media_root(tmp_path, settings) -> Path:
+    """Each test gets its own MEDIA_ROOT and temporary directory; nothing leaks between tests."""
+    root = use_media_root(settings, tmp_path / "media")
     yield root
     shutil.rmtree(root, ignore_errors=True)
 

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from recordings.models import Chunk
-from tests.conftest import load_chrome_set, skip_or_fail
+from tests.conftest import load_chrome_set, skip_or_fail, use_media_root
 from tests.recorder_client import post_chunk, start
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -25,12 +25,7 @@ def tiny_media_root(media_root, tmp_path, settings):
     )
     if mounted.returncode != 0:
         skip_or_fail(f"cannot mount a 2 MiB tmpfs to fill up (needs root): {mounted.stderr.strip()}")
-    root = mount_point / "media"
-    temp_dir = root / ".tmp"
-    temp_dir.mkdir(parents=True)
-    settings.MEDIA_ROOT = root
-    settings.RECORDER_TEMP_DIR = temp_dir
-    settings.FILE_UPLOAD_TEMP_DIR = str(temp_dir)
+    root = use_media_root(settings, mount_point / "media")
     try:
         yield root
     finally:
