@@ -69,9 +69,9 @@ clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
 # Benchmarks (bench/, see docs/performance.md): each writes bench/results/<name>.json.
-.PHONY: bench bench-ingest bench-finalize bench-range bench-workers bench-profile bench-report
+.PHONY: bench bench-ingest bench-finalize bench-range bench-workers bench-json-memory bench-profile bench-report
 
-bench: bench-ingest bench-finalize bench-range bench-workers bench-report
+bench: bench-ingest bench-finalize bench-range bench-workers bench-json-memory bench-report
 
 bench-ingest: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.ingest $(BENCH_ARGS)
@@ -85,6 +85,9 @@ bench-range: $(VENV)/.dev-installed
 # Needs PostgreSQL (BENCH_POSTGRES_URL, default the local server).
 bench-workers: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.workers $(BENCH_ARGS)
+
+bench-json-memory: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.json_memory $(BENCH_ARGS)
 
 bench-profile: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.profile_chunks $(BENCH_ARGS)

@@ -1,14 +1,16 @@
 """gunicorn settings for the service (`make serve`) and the benchmarks, each overridable from the environment.
 
 gthread workers: uploads are I/O-bound (network in, fsync out), so a few processes with several
-threads each keep many recorders' chunks moving without one process per connection.
+threads each keep many recorders' chunks moving without one process per connection. Ours reads
+each request whole in the event loop first (recorder_project/buffering_worker.py), so a slow or
+silent client never holds one of those threads.
 """
 
 import os
 
 wsgi_app = "recorder_project.wsgi:application"
 bind = os.environ.get("GUNICORN_BIND", f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}")
-worker_class = "gthread"
+worker_class = "recorder_project.buffering_worker.BufferingThreadWorker"
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 # gthread workers heartbeat from their main loop, so a long processing request in a thread does

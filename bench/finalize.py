@@ -134,7 +134,8 @@ def peak_rss_for(server, http: Http, work_dir: Path, recording: Path, label: str
 def _remuxed_copy(recording: Path, work_dir: Path) -> Path:
     remuxed = work_dir / f"{recording.stem}-probe.webm"
     utils.run_ffmpeg(
-        ["-i", str(recording), "-map", "0", "-c", "copy", "-f", "webm", str(remuxed)], timeout_seconds=1800
+        ["-i", str(recording), "-map", "0", "-c", "copy", "-f", "webm", str(remuxed)],
+        limits=utils.Limits(timeout_seconds=1800),
     )
     return remuxed
 

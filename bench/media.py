@@ -39,7 +39,7 @@ def generate_base(path: Path, *, seconds: int, size: str = "640x360", fps: int =
                 *LIVE_WEBM,
                 str(path),
             ],
-            timeout_seconds=1800,
+            limits=utils.Limits(timeout_seconds=1800),
         )
     return path
 
@@ -49,7 +49,7 @@ def loop_recording(base: Path, path: Path, *, times: int) -> Path:
     if not path.exists():
         utils.run_ffmpeg(
             ["-stream_loop", str(times - 1), "-i", str(base), "-map", "0", "-c", "copy", *LIVE_WEBM[4:], str(path)],
-            timeout_seconds=1800,
+            limits=utils.Limits(timeout_seconds=1800),
         )
     return path
 

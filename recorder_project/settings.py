@@ -212,14 +212,26 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 0
 FILE_UPLOAD_HANDLERS = ["recordings.upload_handlers.HashingTemporaryFileUploadHandler"]
 FILE_UPLOAD_TEMP_DIR = str(RECORDER_TEMP_DIR)
 FILE_UPLOAD_PERMISSIONS = 0o644
-# JSON bodies carry the chunk as base64 and are read whole: this caps them (16 MiB holds a 12 MiB
-# chunk). Multipart and raw bodies are streamed and are limited by RECORDER_MAX_CHUNK_BYTES only.
-DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE", 16 * MiB)
+# Bodies read whole into memory: urlencoded forms, multipart text fields and small JSON bodies
+# (start-recording). Chunk uploads are streamed in every form (a JSON chunk is decoded block by
+# block to disk) and limited by RECORDER_MAX_CHUNK_BYTES only.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE", 1 * MiB)
+# What all the JSON bodies a process is reading may hold in memory at once; past it, 503 with Retry-After.
+RECORDER_JSON_MEMORY_BUDGET_BYTES = env_int("RECORDER_JSON_MEMORY_BUDGET_BYTES", 64 * MiB)
 
 RECORDER_MAX_CHUNK_BYTES = env_int("RECORDER_MAX_CHUNK_BYTES", 64 * MiB)
+# The largest request body of all: a chunk as base64 in JSON (4/3 of its bytes) and its fields.
+RECORDER_MAX_REQUEST_BYTES = RECORDER_MAX_CHUNK_BYTES * 4 // 3 + 64 * 1024
 RECORDER_MAX_RECORDING_BYTES = env_int("RECORDER_MAX_RECORDING_BYTES", 4 * GiB)
 RECORDER_AUDIO_FORMAT = env_str("RECORDER_AUDIO_FORMAT", "mp3")
+# What one ffmpeg step of one recording may cost. Its wall-clock time: 60 s plus this many seconds
+# per MiB uploaded, at most the timeout (CPU time: twice that, across its threads). Its memory
+# (RLIMIT_DATA: heap and thread stacks; 0: no limit). The largest frame any decoder accepts
+# (8K UHD; 0: no limit). Output sizes are bounded by the input's size (docs/processing.md).
 RECORDER_FFMPEG_TIMEOUT_SECONDS = env_int("RECORDER_FFMPEG_TIMEOUT_SECONDS", 3600)
+RECORDER_FFMPEG_SECONDS_PER_MIB = env_int("RECORDER_FFMPEG_SECONDS_PER_MIB", 10)
+RECORDER_FFMPEG_MAX_MEMORY_BYTES = env_int("RECORDER_FFMPEG_MAX_MEMORY_BYTES", 2 * GiB)
+RECORDER_MAX_FRAME_PIXELS = env_int("RECORDER_MAX_FRAME_PIXELS", 7680 * 4320)
 # Checked once the recording is probed: longer ones fail with `recording_too_long`. 0: no limit.
 RECORDER_MAX_DURATION_SECONDS = env_duration_seconds("RECORDER_MAX_DURATION_SECONDS", "4h")
 
@@ -239,12 +251,13 @@ RECORDER_TEMP_MAX_AGE = env_duration_seconds("RECORDER_TEMP_MAX_AGE", "1h")
 # --- Background tasks -------------------------------------------------------------------------
 
 _TASK_BACKENDS = {
-    "immediate": "django_tasks.backends.immediate.ImmediateBackend",
+    "embedded": "recordings.backends.EmbeddedBackend",  # threads of the web process; nothing to run beside it
+    "immediate": "django_tasks.backends.immediate.ImmediateBackend",  # inside the request (tests, scripts)
     "dummy": "django_tasks.backends.dummy.DummyBackend",
     "database": "django_tasks_db.DatabaseBackend",  # run `python manage.py db_worker` processes
     "rq": "django_tasks_rq.RQBackend",  # Redis at REDIS_URL; pip install -r requirements-rq.txt (docs/deploy.md)
 }
-RECORDER_TASKS_BACKEND = env_str("RECORDER_TASKS_BACKEND", "immediate")
+RECORDER_TASKS_BACKEND = env_str("RECORDER_TASKS_BACKEND", "embedded")
 if RECORDER_TASKS_BACKEND not in _TASK_BACKENDS:
     raise ImproperlyConfigured(
         f"RECORDER_TASKS_BACKEND={RECORDER_TASKS_BACKEND!r}; choose one of {sorted(_TASK_BACKENDS)}."
@@ -264,6 +277,24 @@ if RECORDER_TASKS_BACKEND == "rq":
 # worker was killed) is run again, at most MAX_ATTEMPTS runs in all, then the recording fails.
 RECORDER_PROCESSING_STALE_SECONDS = env_int("RECORDER_PROCESSING_STALE_SECONDS", 60)
 RECORDER_PROCESSING_MAX_ATTEMPTS = env_int("RECORDER_PROCESSING_MAX_ATTEMPTS", 3)
+# Processing runs one process does at once (the embedded backend's threads; any backend waits for a
+# slot). Each run uses up to two ffmpeg processes, each bounded as below.
+RECORDER_PROCESSING_CONCURRENCY = env_int("RECORDER_PROCESSING_CONCURRENCY", 1)
+
+# --- Slow clients (`make serve`: recorder_project/buffering_worker.py) ------------------------------
+# The server reads every request whole before a thread takes it, within these bounds; a client
+# past them gets 408/413/431/503 and its connection is closed (docs/security.md).
+RECORDER_REQUEST_HEADER_TIMEOUT_SECONDS = env_int("RECORDER_REQUEST_HEADER_TIMEOUT_SECONDS", 10)
+RECORDER_REQUEST_BODY_IDLE_SECONDS = env_int("RECORDER_REQUEST_BODY_IDLE_SECONDS", 20)
+# A body may take the idle time plus its size at this rate (a 1 MiB chunk: 20 + 64 s).
+RECORDER_REQUEST_BODY_MIN_BYTES_PER_SECOND = env_int("RECORDER_REQUEST_BODY_MIN_BYTES_PER_SECOND", 16 * 1024)
+RECORDER_REQUEST_MAX_HEADER_BYTES = env_int("RECORDER_REQUEST_MAX_HEADER_BYTES", 64 * 1024)
+# Per worker process: bodies held in memory while they arrive (the rest spool to RECORDER_TEMP_DIR),
+# bodies held in all, and requests one address may have unfinished at once (0: no limit; ignored
+# behind proxies, where every connection comes from the proxy).
+RECORDER_REQUEST_BUFFER_MEMORY_BYTES = env_int("RECORDER_REQUEST_BUFFER_MEMORY_BYTES", 64 * MiB)
+RECORDER_REQUEST_BUFFER_BYTES = env_int("RECORDER_REQUEST_BUFFER_BYTES", 2 * GiB)
+RECORDER_MAX_UNREAD_REQUESTS_PER_CLIENT = env_int("RECORDER_MAX_UNREAD_REQUESTS_PER_CLIENT", 32)
 
 # --- HTTP API -----------------------------------------------------------------------------------
 
@@ -274,18 +305,14 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
-        "rest_framework.parsers.MultiPartParser",
-        "rest_framework.parsers.FormParser",
-        "recordings.parsers.RawChunkParser",
-    ],
+    # Views that take a body name their own parsers (recordings/views.py); the rest read none.
+    "DEFAULT_PARSER_CLASSES": ["recordings.parsers.BoundedJSONParser"],
     "EXCEPTION_HANDLER": "recordings.errors.handle_api_exception",
     "DEFAULT_THROTTLE_CLASSES": ["recordings.throttling.ScopedThrottle"],
-    # Behind a proxy, the client is the address it appends to X-Forwarded-For; set to the number
-    # of proxies in front (1 behind one nginx), or every client shares the proxy's throttle.
-    "NUM_PROXIES": env_int("DJANGO_NUM_PROXIES", 0) or None,
 }
+# Proxies in front that append to X-Forwarded-For (1 behind one nginx). 0: the client is the
+# socket's peer and X-Forwarded-For is ignored; it is only ever as trustworthy as the proxies.
+RECORDER_NUM_PROXIES = env_int("DJANGO_NUM_PROXIES", 0)
 
 
 def _throttle_rate(name: str, default: str) -> str | None:
@@ -366,5 +393,12 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
         "recordings": {"handlers": ["console"], "level": env_str("RECORDER_LOG_LEVEL", "INFO")},
+        # Every 500 with its traceback, whatever DEBUG says (Django's own handler prints only under
+        # DEBUG, and mails ADMINS, which nobody sets); 4xx answers are the access log's business.
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+        "django_tasks": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        # A bad Host header is already a 400 in the access log; its traceback is noise a scanner
+        # can produce at will.
+        "django.security.DisallowedHost": {"handlers": [], "level": "CRITICAL", "propagate": False},
     },
 }

@@ -1,5 +1,6 @@
 from django.apps import AppConfig
 from django.conf import settings
+from django.core.signals import request_started
 
 
 class RecordingsConfig(AppConfig):
@@ -12,3 +13,14 @@ class RecordingsConfig(AppConfig):
 
         # Django spools multipart uploads here and fails if it does not exist.
         settings.RECORDER_TEMP_DIR.mkdir(parents=True, exist_ok=True)
+
+        if settings.RECORDER_TASKS_BACKEND == "embedded":
+            # A serving process (any WSGI server) sweeps for runs a killed process lost; management
+            # commands, which serve no request, do not.
+            request_started.connect(_start_recovery_sweep, dispatch_uid="recorder-recovery-sweep")
+
+
+def _start_recovery_sweep(**kwargs) -> None:
+    from .tasks import keep_recovering
+
+    keep_recovering()

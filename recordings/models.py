@@ -18,6 +18,7 @@ class RecordingSession(models.Model):
         READY = "ready"
         FAILED = "failed"
         EXPIRED = "expired"  # abandoned, or past its retention: its files are gone, its id answers 410
+        DELETING = "deleting"  # deleted by its owner: answers 404 from that moment while its files go
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     title = models.CharField(max_length=200, blank=True)
@@ -68,6 +69,9 @@ class RecordingSession(models.Model):
     processing_requested_at = models.DateTimeField(null=True, blank=True)
     processing_heartbeat_at = models.DateTimeField(null=True, blank=True)
     processing_attempts = models.PositiveIntegerField(default=0)
+    # Every run ever started, never reset: a finalize restarts a failed recording only while this is
+    # below RECORDER_PROCESSING_MAX_ATTEMPTS, so no client can make the service process it for ever.
+    processing_runs_total = models.PositiveIntegerField(default=0)
     processing_seconds = models.FloatField(null=True, blank=True)
     processing_steps = models.JSONField(default=dict, blank=True, help_text="Seconds per step.")
 
@@ -88,19 +92,24 @@ Status = RecordingSession.Status
 # The most chunks a recording holds: far past any real one (4 h at a 10 ms timeslice is 1.44 million).
 MAX_CHUNKS = 10_000_000
 
-CLOSED_STATUSES = frozenset({Status.PROCESSING, Status.READY, Status.FAILED, Status.EXPIRED})
+CLOSED_STATUSES = frozenset({Status.PROCESSING, Status.READY, Status.FAILED, Status.EXPIRED, Status.DELETING})
+# Statuses under which the recording is gone for every reader and writer (404): its row only
+# waits for its files to be deleted.
+GONE_STATUSES = frozenset({Status.DELETING})
 
 # recording → finalizing → processing → ready | failed. A failed or ready recording may be
 # processed again (by `manage.py process_recording`, or a finalize once its chunks are complete).
 # An upload abandoned for RECORDER_SESSION_TTL, or a finished one past RECORDER_RETENTION_DAYS,
-# expires; nothing leaves `expired`.
+# expires; nothing leaves `expired`. A DELETE moves any recording not being processed to
+# `deleting`, whose row goes once its files are gone.
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
-    Status.RECORDING: frozenset({Status.FINALIZING, Status.EXPIRED}),
-    Status.FINALIZING: frozenset({Status.PROCESSING, Status.EXPIRED}),
+    Status.RECORDING: frozenset({Status.FINALIZING, Status.EXPIRED, Status.DELETING}),
+    Status.FINALIZING: frozenset({Status.PROCESSING, Status.EXPIRED, Status.DELETING}),
     Status.PROCESSING: frozenset({Status.READY, Status.FAILED}),
-    Status.FAILED: frozenset({Status.PROCESSING, Status.EXPIRED}),
-    Status.READY: frozenset({Status.PROCESSING, Status.EXPIRED}),
+    Status.FAILED: frozenset({Status.PROCESSING, Status.EXPIRED, Status.DELETING}),
+    Status.READY: frozenset({Status.PROCESSING, Status.EXPIRED, Status.DELETING}),
     Status.EXPIRED: frozenset(),
+    Status.DELETING: frozenset(),
 }
 
 

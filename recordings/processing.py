@@ -1,12 +1,9 @@
-"""The pipeline for one recording: join → probe → remux → audio → thumbnail → save, and its status."""
+"""The pipeline for one recording: join → check → probe → remux → audio → thumbnail → save, and its status."""
 
-import datetime
 import logging
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,12 +11,9 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import DatabaseError, connections, transaction
-from django.db.models import Q
 from django.utils import timezone
 
-from . import chunks, utils
-from .locks import database_write_lock
+from . import chunks, ebml, files, runs, utils
 from .models import (
     Chunk,
     IllegalTransition,
@@ -32,6 +26,8 @@ from .models import (
 from .storage import MovableFile
 
 logger = logging.getLogger("recordings.processing")
+
+MiB = 1024 * 1024
 
 
 @dataclass
@@ -55,21 +51,29 @@ class StepTimer:
         return round(time.perf_counter() - self.started, 3)
 
 
-def process_recording(session_id: uuid.UUID | str) -> RecordingSession:
+def process_recording(session_id: uuid.UUID | str) -> RecordingSession | None:
     """Build the playable video, audio and thumbnail of a recording whose status is `processing`.
 
     Idempotent: outputs are written under fixed names through an atomic storage, so a second run
     replaces them whole. A failure leaves the chunks untouched and the status `failed` with a code.
     A run claims the recording first: while another run's heartbeat is fresh, this one does nothing.
+    None when the recording no longer exists.
     """
-    attempt = _claim(session_id)
-    session = RecordingSession.objects.get(pk=session_id)
-    if attempt is None:
-        return session
+    with runs.run_slot():
+        attempt = runs.claim(session_id)
+        session = RecordingSession.objects.filter(pk=session_id).first()
+        if attempt is None or session is None:
+            return session
+        return _run(session, attempt)
+
+
+def _run(session: RecordingSession, attempt: int) -> RecordingSession:
     timer = StepTimer()
     this_run = {"processing_attempts": attempt}
     try:
-        with _Heartbeat(session.id, attempt):
+        with runs.Heartbeat(session.id, attempt):
+            if attempt > 1:  # the dead run's work folder, if it died on this machine
+                files.remove_work_dirs(session, settings.RECORDER_TEMP_DIR)
             results = _build_outputs(session, timer)
         transition(
             session,
@@ -84,7 +88,7 @@ def process_recording(session_id: uuid.UUID | str) -> RecordingSession:
         )
         logger.info("recording %s ready in %.2f s: %s", session.id, timer.total_seconds, timer.seconds)
         if not settings.RECORDER_KEEP_CHUNKS:
-            drop_chunk_files(session)
+            files.drop_chunk_files(session)
     except IllegalTransition:
         logger.warning("recording %s: run %d was overtaken by another run; its result is dropped", session.id, attempt)
         session.refresh_from_db()
@@ -100,118 +104,6 @@ def process_recording(session_id: uuid.UUID | str) -> RecordingSession:
             only_if=this_run,
         )
     return session
-
-
-# --- Claims, heartbeats and stale runs ---------------------------------------------------------------
-
-
-def _stale_cutoff(now: datetime.datetime | None = None) -> datetime.datetime:
-    return (now or timezone.now()) - datetime.timedelta(seconds=settings.RECORDER_PROCESSING_STALE_SECONDS)
-
-
-def _claim(session_id: uuid.UUID | str) -> int | None:
-    """Take the recording for this run: its attempt number, or None when there is nothing to do.
-
-    Nothing to do: it is not `processing`, or another run's heartbeat is fresh. A recording whose
-    runs all died (RECORDER_PROCESSING_MAX_ATTEMPTS of them) becomes `failed` here instead.
-    """
-    with database_write_lock(), transaction.atomic():
-        session = RecordingSession.objects.select_for_update().filter(pk=session_id).first()
-        if session is None or session.status != Status.PROCESSING:
-            logger.info("recording %s is %s, not processing: nothing to do", session_id, session and session.status)
-            return None
-        heartbeat = session.processing_heartbeat_at
-        if heartbeat is not None and heartbeat > _stale_cutoff():
-            logger.info(
-                "recording %s is being processed by another run (attempt %d)", session_id, session.processing_attempts
-            )
-            return None
-        if session.processing_attempts >= settings.RECORDER_PROCESSING_MAX_ATTEMPTS:
-            _give_up(session)
-            return None
-        session.processing_attempts += 1
-        session.processing_heartbeat_at = timezone.now()
-        session.save(update_fields=["processing_attempts", "processing_heartbeat_at"])
-        if session.processing_attempts > 1:
-            logger.warning("recording %s: processing again, attempt %d", session_id, session.processing_attempts)
-        return session.processing_attempts
-
-
-def _give_up(session: RecordingSession) -> None:
-    attempts = session.processing_attempts
-    logger.error("recording %s: %d processing runs were interrupted; giving up", session.id, attempts)
-    transition(
-        session,
-        Status.FAILED,
-        error_code="processing_interrupted",
-        error_detail=f"Processing was interrupted {attempts} times (a worker stopped mid-run); "
-        "run `manage.py process_recording` to try again.",
-    )
-
-
-class _Heartbeat:
-    """Stamps `processing_heartbeat_at` every stale/4 seconds from a thread while a run works."""
-
-    def __init__(self, session_id: uuid.UUID, attempt: int):
-        self._session_id = session_id
-        self._attempt = attempt
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{session_id}", daemon=True)
-
-    def __enter__(self) -> "_Heartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stopped.set()
-        self._thread.join()
-
-    def _beat(self) -> None:
-        interval_seconds = settings.RECORDER_PROCESSING_STALE_SECONDS / 4
-        try:
-            while not self._stopped.wait(interval_seconds):
-                try:
-                    RecordingSession.objects.filter(
-                        pk=self._session_id, status=Status.PROCESSING, processing_attempts=self._attempt
-                    ).update(processing_heartbeat_at=timezone.now())
-                except DatabaseError:  # a missed beat is retried; only a stopped process stops beating
-                    logger.warning("recording %s: heartbeat failed", self._session_id, exc_info=True)
-        finally:
-            connections.close_all()  # this thread's connections only
-
-
-def stale_recording_ids(*, include_unstarted: bool, now: datetime.datetime | None = None) -> list[uuid.UUID]:
-    """Recordings in `processing` whose run stopped beating (and, with `include_unstarted`, whose
-    requested run never started: lost with an in-process backend when the process was killed)."""
-    stale = RecordingSession.objects.filter(_is_stale(include_unstarted, now))
-    return list(stale.values_list("id", flat=True))
-
-
-def _is_stale(include_unstarted: bool, now: datetime.datetime | None = None) -> Q:
-    cutoff = _stale_cutoff(now)
-    stale = Q(processing_heartbeat_at__lt=cutoff)
-    if include_unstarted:
-        stale |= Q(processing_heartbeat_at__isnull=True, processing_requested_at__lt=cutoff)
-    return stale & Q(status=Status.PROCESSING)
-
-
-def retry_or_give_up(session_id: uuid.UUID | str, *, include_unstarted: bool, enqueue: Callable[[str], None]) -> bool:
-    """For a stale recording: call `enqueue` for a new run (inside the transaction that records it)
-    and return True; False when it has moved on, or its attempts are used up and it is `failed`."""
-    with database_write_lock(), transaction.atomic():
-        stale = RecordingSession.objects.select_for_update().filter(_is_stale(include_unstarted), pk=session_id)
-        session = stale.first()
-        if session is None:
-            return False
-        if session.processing_attempts >= settings.RECORDER_PROCESSING_MAX_ATTEMPTS:
-            _give_up(session)
-            return False
-        session.processing_requested_at = timezone.now()
-        session.processing_heartbeat_at = None  # until the new run claims it: not stale, not running
-        session.save(update_fields=["processing_requested_at", "processing_heartbeat_at"])
-        logger.warning("recording %s: its processing run stopped; queued again", session.id)
-        enqueue(str(session.id))
-        return True
 
 
 def _fail(session: RecordingSession, code: str, detail: str, timer: StepTimer, *, only_if: dict) -> None:
@@ -231,10 +123,65 @@ def _fail(session: RecordingSession, code: str, detail: str, timer: StepTimer, *
         session.refresh_from_db()
 
 
+# --- What a run may cost -----------------------------------------------------------------------------
+# Every bound grows with what the client uploaded, never with what the file claims about itself.
+
+STEP_BASE_SECONDS = 60
+# A stream copy barely changes the size (and a re-encode shrinks what browsers do not send); the
+# audio is re-encoded at a fixed bitrate, WAV uncompressed; a thumbnail is one JPEG at most 1280 wide.
+VIDEO_GROWTH = 2
+AUDIO_GROWTH = {"wav": 64}
+DEFAULT_AUDIO_GROWTH = 16
+OUTPUT_SLACK_BYTES = 16 * MiB
+THUMBNAIL_MAX_BYTES = 16 * MiB
+
+
+def step_limits(source_bytes: int, *, output_bytes: int | None) -> utils.Limits:
+    """The limits of one ffmpeg step of a recording of `source_bytes` that may write `output_bytes`."""
+    timeout_seconds = min(
+        settings.RECORDER_FFMPEG_TIMEOUT_SECONDS,
+        STEP_BASE_SECONDS + settings.RECORDER_FFMPEG_SECONDS_PER_MIB * source_bytes / MiB,
+    )
+    return utils.Limits(
+        timeout_seconds=timeout_seconds,
+        memory_bytes=settings.RECORDER_FFMPEG_MAX_MEMORY_BYTES or None,
+        output_bytes=output_bytes,
+        max_frame_pixels=settings.RECORDER_MAX_FRAME_PIXELS or None,
+    )
+
+
+def _check_structure(container: str, source_path: Path) -> None:
+    """Refuse Matroska files whose frames ffmpeg would inflate (ContentEncoding) before it reads them."""
+    if container not in ("webm", "matroska"):
+        return
+    try:
+        with open(source_path, "rb") as source:
+            layout = ebml.read_layout(source)
+    except ebml.NotMatroska as error:
+        raise utils.MediaError("media_undecodable", f"The recording's Matroska header cannot be read: {error}.")
+    if not layout.has_tracks:
+        raise utils.MediaError("media_undecodable", "The recording declares no tracks before its first cluster.")
+    if layout.encoded_tracks:
+        raise utils.MediaError(
+            "unsupported_media",
+            f"Track {layout.encoded_tracks[0]} declares a ContentEncoding (compressed or encrypted frames), "
+            "which no browser writes; such recordings are not processed.",
+        )
+
+
+def _check_frame_size(info: utils.MediaInfo) -> None:
+    limit = settings.RECORDER_MAX_FRAME_PIXELS
+    if limit and info.width and info.height and info.width * info.height > limit:
+        raise utils.MediaError(
+            "frame_too_large",
+            f"The video is {info.width}x{info.height}; at most {limit} pixels a frame are processed "
+            "(RECORDER_MAX_FRAME_PIXELS).",
+        )
+
+
 def _build_outputs(session: RecordingSession, timer: StepTimer) -> dict:
-    timeout_seconds = settings.RECORDER_FFMPEG_TIMEOUT_SECONDS
     settings.RECORDER_TEMP_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=settings.RECORDER_TEMP_DIR, prefix=f"process-{session.id}-") as work:
+    with tempfile.TemporaryDirectory(dir=settings.RECORDER_TEMP_DIR, prefix=files.work_dir_prefix(session)) as work:
         work_dir = Path(work)
         with timer.step("join"):
             source_path = work_dir / "source"
@@ -244,21 +191,24 @@ def _build_outputs(session: RecordingSession, timer: StepTimer) -> dict:
             raise utils.MediaError(
                 "unsupported_media", "The recording does not start with a WebM, Matroska, MP4 or Ogg header."
             )
+        _check_structure(container, source_path)
         with timer.step("probe"):
-            source_info = utils.probe(source_path)
+            source_info = utils.probe(source_path, limits=step_limits(source.size, output_bytes=None))
+        _check_frame_size(source_info)
         plan = utils.plan_remux(container, source_info)
         video_path = work_dir / f"video.{plan.output.extension}"
+        video_limits = step_limits(source.size, output_bytes=int(VIDEO_GROWTH * source.size) + OUTPUT_SLACK_BYTES)
         # The audio comes from the source, not the remuxed file, so it runs on the other core while
         # the remux, probe and thumbnail run here.
         with ThreadPoolExecutor(max_workers=1) as audio_worker:
             audio_job = (
-                audio_worker.submit(_extract_audio, source_path, work_dir, timer, timeout_seconds)
+                audio_worker.submit(_extract_audio, source_path, source.size, work_dir, timer)
                 if source_info.has_audio
                 else None
             )
             with timer.step("remux"):
-                utils.remux(source_path, video_path, plan, timeout_seconds=timeout_seconds)
-                info = utils.probe(video_path)
+                utils.remux(source_path, video_path, plan, limits=video_limits)
+                info = utils.probe(video_path, limits=video_limits)
             if not info.duration_seconds:
                 raise utils.MediaError("media_undecodable", "The recording has no measurable duration.")
             _check_duration(info.duration_seconds)
@@ -270,7 +220,7 @@ def _build_outputs(session: RecordingSession, timer: StepTimer) -> dict:
                         video_path,
                         thumbnail_path,
                         at_seconds=utils.thumbnail_time(info.duration_seconds),
-                        timeout_seconds=timeout_seconds,
+                        limits=step_limits(source.size, output_bytes=THUMBNAIL_MAX_BYTES),
                     )
                 outputs["thumbnail"] = (thumbnail_path, "image/jpeg")
             if audio_job is not None:
@@ -305,11 +255,13 @@ def _check_duration(duration_seconds: float) -> None:
         )
 
 
-def _extract_audio(source_path: Path, work_dir: Path, timer: StepTimer, timeout_seconds: float) -> tuple[Path, str]:
+def _extract_audio(source_path: Path, source_bytes: int, work_dir: Path, timer: StepTimer) -> tuple[Path, str]:
     audio_format = settings.RECORDER_AUDIO_FORMAT
     audio_path = work_dir / f"audio.{utils.AUDIO_FORMATS[audio_format].extension}"
+    growth = AUDIO_GROWTH.get(audio_format, DEFAULT_AUDIO_GROWTH)
+    limits = step_limits(source_bytes, output_bytes=int(growth * source_bytes) + OUTPUT_SLACK_BYTES)
     with timer.step("audio"):
-        output = utils.extract_audio(source_path, audio_path, audio_format, timeout_seconds=timeout_seconds)
+        output = utils.extract_audio(source_path, audio_path, audio_format, limits=limits)
     return audio_path, output.content_type
 
 
@@ -351,33 +303,3 @@ def _delete_stale_outputs(session: RecordingSession, *, keep: set[str]) -> None:
     for name in (session.video_name, session.audio_name, session.thumbnail_name):
         if name and name not in keep:
             default_storage.delete(name)
-
-
-def drop_chunk_files(session: RecordingSession) -> None:
-    """Delete a recording's chunk files (their rows stay, as the record of what was received)."""
-    chunks.delete_stored_files(_stored_chunk_names(session))
-    chunks.remove_empty_folders(media_storage_name(session.id, "chunks"))
-    session.chunks_deleted_at = timezone.now()
-    RecordingSession.objects.filter(pk=session.pk).update(chunks_deleted_at=session.chunks_deleted_at)
-
-
-def _stored_chunk_names(session: RecordingSession) -> list[str]:
-    indices = Chunk.objects.filter(session=session).values_list("index", flat=True)
-    return [chunk_storage_name(session.id, index) for index in indices]
-
-
-def output_names(session: RecordingSession) -> list[str]:
-    return [name for name in (session.video_name, session.audio_name, session.thumbnail_name) if name]
-
-
-def delete_all_files(session: RecordingSession) -> None:
-    """Every file a recording has: its chunks (if still there) and its outputs."""
-    names = output_names(session)
-    if session.chunks_deleted_at is None:
-        names += _stored_chunk_names(session)
-    chunks.delete_stored_files(names)
-    chunks.remove_empty_folders(media_storage_name(session.id, ""))
-
-
-def current_status(session_id: uuid.UUID | str) -> str | None:
-    return RecordingSession.objects.filter(pk=session_id).values_list("status", flat=True).first()

@@ -18,8 +18,13 @@ from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRed
 from django.utils.cache import get_conditional_response
 from django.utils.http import content_disposition_header, http_date, parse_http_date_safe
 
+from .errors import RecorderError
+
 _SINGLE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 BLOCK_BYTES = 64 * 1024
+# Positions past any file: longer digit strings are read as this, not handed to int() (whose
+# 4,300-digit limit raises, and whose cost grows with the length).
+_FAR_BEYOND = 10**18
 
 
 class StoredFile(Protocol):
@@ -47,17 +52,22 @@ class ByteRange:
         if not first and not last:
             return None
         if not first:  # suffix: the last N bytes
-            suffix_length = int(last)
+            suffix_length = _position(last)
             if suffix_length == 0 or size == 0:
                 return ByteRange.UNSATISFIABLE
             return max(0, size - suffix_length), size - 1
-        start = int(first)
-        if last and int(last) < start:
+        start = _position(first)
+        if last and _position(last) < start:
             return None  # syntactically invalid: ignored
         if start >= size:
             return ByteRange.UNSATISFIABLE
-        end = int(last) if last else size - 1
+        end = _position(last) if last else size - 1
         return start, min(end, size - 1)
+
+
+def _position(digits: str) -> int:
+    stripped = digits.lstrip("0") or "0"
+    return int(stripped) if len(stripped) <= 18 else _FAR_BEYOND
 
 
 class _FileSlice:
@@ -149,6 +159,14 @@ def _check_conditionals(request: HttpRequest, stored: StoredFile) -> tuple[HttpR
     return validators, (None if conditional is validators else conditional)
 
 
+def _open_or_gone(storage: Storage, stored: StoredFile):
+    """The stored file, open; a 404 when it went between the lookup and now (a DELETE racing this read)."""
+    try:
+        return storage.open(stored.storage_name, "rb")
+    except FileNotFoundError as error:
+        raise RecorderError(code="session_not_found", detail="This recording was deleted.", status=404) from error
+
+
 def serve_stored_file(
     request: HttpRequest, stored: StoredFile, *, as_attachment: bool, storage: Storage = default_storage
 ) -> HttpResponse:
@@ -172,7 +190,7 @@ def serve_stored_file(
     if request.method == "HEAD":
         response = HttpResponse(status=206 if byte_range else 200, content_type=stored.content_type)
     else:
-        body = _FileSlice(storage.open(stored.storage_name, "rb"), start, length)
+        body = _FileSlice(_open_or_gone(storage, stored), start, length)
         response = FileResponse(
             body,
             status=206 if byte_range else 200,

@@ -199,6 +199,13 @@ _AUTH_ERRORS = {
     ),
 }
 
+_SERVER_BUSY = _error(
+    "`server_busy` (as many JSON bodies are being read as the process holds in memory) or `storage_unavailable`: "
+    "nothing was stored; retry after `Retry-After` seconds.",
+    "server_busy",
+    "The server is reading as many JSON uploads as it holds in memory at once; retry shortly.",
+)
+
 _CHUNK_ERRORS = {
     "400": _error(
         "`invalid_request` (see `fields`), `chunk_missing`, `chunk_not_a_file`, `invalid_base64`, "
@@ -215,12 +222,18 @@ _CHUNK_ERRORS = {
         "chunk_conflict",
         "Chunk 3 was already received with different bytes.",
     ),
+    "411": _error(
+        "`length_required`: the body was sent with chunked transfer encoding; send it with a Content-Length.",
+        "length_required",
+        "Send the body with a Content-Length (a Blob, file or FormData body), not chunked transfer encoding.",
+    ),
     "413": _error(
-        "`chunk_too_large`, `recording_too_large`, `request_too_large` (JSON body).",
+        "`chunk_too_large`, `recording_too_large`, `request_too_large`.",
         "chunk_too_large",
         "A chunk may hold at most 67108864 bytes (RECORDER_MAX_CHUNK_BYTES).",
     ),
     "415": _error("`unsupported_content_type`.", "unsupported_content_type", "Unsupported content type 'text/plain'."),
+    "503": _SERVER_BUSY,
 }
 
 start_recording = swagger_auto_schema(
@@ -252,6 +265,12 @@ start_recording = swagger_auto_schema(
             "invalid_request",
             "Some fields are missing or invalid; see `fields`.",
         ),
+        "413": _error(
+            "`request_too_large`: a body past DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE.",
+            "request_too_large",
+            "This JSON body may hold at most 1048576 bytes (DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE).",
+        ),
+        "503": _SERVER_BUSY,
     },
     security=[],
 )
@@ -281,8 +300,9 @@ finalize_recording = swagger_auto_schema(
     tags=["upload"],
     operation_summary="Finalize a recording (optionally with its last chunk)",
     operation_description="With `is_final=true`, fixes the chunk count (`total_chunks`, else the last chunk's "
-    "index + 1, else the highest received + 1). When every chunk is stored, processing starts: 202, or "
-    "200 if it already finished (the default in-process task backend finishes before answering). "
+    "index + 1, else the highest received + 1). When every chunk is stored, processing starts in the "
+    "background and the answer is 202 `processing` at once, whatever the recording's length: poll "
+    "get-recorded-data (200 if it had already finished). "
     "Missing chunks: 202 with status `finalizing` and `missing_chunks`; each late chunk that completes "
     "the set starts processing. Calling it again answers the current state and never starts a "
     "second run. With `is_final` false or missing, this is exactly a chunk upload." + _UPLOAD_FORMS,

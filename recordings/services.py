@@ -16,18 +16,18 @@ from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
-from . import chunks, processing
+from . import chunks, files, processing, tasks
 from .errors import RecorderError
 from .locks import database_write_lock
-from .models import MAX_CHUNKS, Chunk, RecordingSession, Status, chunk_storage_name, transition
+from .models import GONE_STATUSES, MAX_CHUNKS, Chunk, RecordingSession, Status, chunk_storage_name, transition
 from .tasks import enqueue_processing
 
 logger = logging.getLogger("recordings.services")
 
-# Failures that another run may not repeat; media errors (undecodable, unsupported) would.
-RETRYABLE_ERROR_CODES = frozenset(
-    {"chunks_missing", "processing_error", "processing_timeout", "processing_interrupted"}
-)
+# Failures a finalize may try again, a bounded number of times (processing_runs_total): those that
+# another run may not repeat. Media errors (undecodable, unsupported, too large) would, and so would
+# a timeout, which costs a whole timeout each time: `manage.py process_recording` reruns those.
+RETRYABLE_ERROR_CODES = frozenset({"chunks_missing", "processing_error", "processing_interrupted"})
 
 
 # --- Tokens and lookup ------------------------------------------------------------------------------
@@ -44,12 +44,9 @@ def get_session(*, session_id: str | uuid.UUID) -> RecordingSession:
         parsed_id = uuid.UUID(str(session_id))
     except ValueError:
         parsed_id = None
-    try:
-        session = RecordingSession.objects.get(pk=parsed_id) if parsed_id else None
-    except RecordingSession.DoesNotExist:
-        session = None
-    if session is None:
-        raise RecorderError(code="session_not_found", detail=f"No recording has the id {session_id!s:.64}.", status=404)
+    session = RecordingSession.objects.filter(pk=parsed_id).first() if parsed_id else None
+    if session is None or session.status in GONE_STATUSES:
+        raise session_not_found(session_id)
     if session.status == Status.EXPIRED:
         raise RecorderError(
             code="recording_expired",
@@ -57,6 +54,10 @@ def get_session(*, session_id: str | uuid.UUID) -> RecordingSession:
             status=410,
         )
     return session
+
+
+def session_not_found(session_id: str | uuid.UUID) -> RecorderError:
+    return RecorderError(code="session_not_found", detail=f"No recording has the id {session_id!s:.64}.", status=404)
 
 
 def authorize_upload(*, session_id: str | uuid.UUID, upload_token: str | None) -> RecordingSession:
@@ -204,7 +205,11 @@ def receive_chunk(
 
 
 def _lock(session: RecordingSession) -> RecordingSession:
-    return RecordingSession.objects.select_for_update().get(pk=session.pk)
+    """The recording, row-locked until the transaction ends; 404 if it was deleted meanwhile."""
+    locked = RecordingSession.objects.select_for_update().filter(pk=session.pk).first()
+    if locked is None or locked.status in GONE_STATUSES:
+        raise session_not_found(session.pk)
+    return locked
 
 
 def _existing_chunk(session: RecordingSession, index: int) -> Chunk | None:
@@ -308,12 +313,20 @@ def finalize_recording(
             expected = locked.expected_chunks
         if locked.status == Status.RECORDING:
             transition(locked, Status.FINALIZING, expected_chunks=expected, finalized_at=timezone.now())
-        if locked.status == Status.FINALIZING or (
-            locked.status == Status.FAILED and locked.error_code in RETRYABLE_ERROR_CODES
-        ):
+        if locked.status == Status.FINALIZING or _may_run_again(locked):
             _start_processing_if_complete(locked)
     locked.refresh_from_db()
     return locked
+
+
+def _may_run_again(session: RecordingSession) -> bool:
+    """A failed recording that a finalize may process again: the failure could pass on another run,
+    and it has not been run RECORDER_PROCESSING_MAX_ATTEMPTS times already."""
+    return (
+        session.status == Status.FAILED
+        and session.error_code in RETRYABLE_ERROR_CODES
+        and session.processing_runs_total < settings.RECORDER_PROCESSING_MAX_ATTEMPTS
+    )
 
 
 def _expected_chunk_count(session: RecordingSession, total_chunks: int | None, last_chunk_index: int | None) -> int:
@@ -357,11 +370,7 @@ def _processing_request() -> dict:
 def recover_stale_recordings() -> list[uuid.UUID]:
     """Queue again every recording whose processing run died (or, with an in-process backend, never
     ran); those out of attempts become `failed`. Safe to run from cron at any time."""
-    requeued = []
-    for session_id in processing.stale_recording_ids(include_unstarted=True):
-        if processing.retry_or_give_up(session_id, include_unstarted=True, enqueue=enqueue_processing):
-            requeued.append(session_id)
-    return requeued
+    return tasks.recover_stale_recordings()
 
 
 def reprocess_recording(*, session_id: str) -> RecordingSession:
@@ -377,14 +386,19 @@ def reprocess_recording(*, session_id: str) -> RecordingSession:
             )
         if locked.status != Status.PROCESSING:
             transition(locked, Status.PROCESSING, **_processing_request())
-    return processing.process_recording(locked.id)  # a direct, synchronous run, whatever the backend
+    processed = processing.process_recording(locked.id)  # a direct, synchronous run, whatever the backend
+    if processed is None:
+        raise session_not_found(session_id)
+    return processed
 
 
 # --- Lifecycle: delete, expire ---------------------------------------------------------------------------
 
 
 def delete_recording(*, session: RecordingSession) -> None:
-    """Delete a recording and every file it has; afterwards its id answers 404. Safe to repeat."""
+    """Delete a recording and every file it has. From the moment this returns, its id answers 404
+    to every reader and writer; the files go right after (or, if the storage fails meanwhile, at
+    the next `expire_recordings`)."""
     with database_write_lock(), transaction.atomic():
         locked = _lock(session)
         if locked.status == Status.PROCESSING:
@@ -393,12 +407,22 @@ def delete_recording(*, session: RecordingSession) -> None:
                 detail=f"Recording {locked.id} is being processed; delete it once it is ready or failed.",
                 status=409,
             )
-        # Files first, under the row lock (no chunk can land meanwhile): if the process dies here,
-        # the row is still there and the DELETE can be sent again.
-        with chunks.storage_errors():
-            processing.delete_all_files(locked)
-        locked.delete()
+        # The status first, files second: a reader that sees the old status still finds every file.
+        transition(locked, Status.DELETING)
     logger.info("recording %s deleted by its owner", session.id)
+    _delete_files_and_row(locked)
+
+
+def _delete_files_and_row(session: RecordingSession) -> bool:
+    """Finish a deletion: every file, then the row. False (and logged) when the storage failed."""
+    try:
+        with chunks.storage_errors():
+            files.delete_all_files(session)
+    except RecorderError:
+        logger.warning("recording %s: its files could not be deleted yet; expire_recordings retries", session.id)
+        return False
+    RecordingSession.objects.filter(pk=session.pk, status=Status.DELETING).delete()
+    return True
 
 
 @dataclass(frozen=True)
@@ -417,6 +441,8 @@ def expire_recordings(*, now: datetime.datetime | None = None) -> ExpiryReport:
     abandoned = Q(status__in=[Status.RECORDING, Status.FINALIZING]) & (
         Q(last_chunk_at__lt=idle_since) | Q(last_chunk_at__isnull=True, created_at__lt=idle_since)
     )
+    for session in RecordingSession.objects.filter(status=Status.DELETING):
+        _delete_files_and_row(session)  # deletions a crash or a storage outage left unfinished
     expired_idle = _expire_each(abandoned, now, reason="idle upload")
     expired_old = []
     if settings.RECORDER_RETENTION_DAYS:
@@ -442,7 +468,7 @@ def _expire_each(condition: Q, now: datetime.datetime, *, reason: str) -> list[u
             if locked is None:
                 continue
             with chunks.storage_errors():
-                processing.delete_all_files(locked)
+                files.delete_all_files(locked)
             transition(
                 locked,
                 Status.EXPIRED,

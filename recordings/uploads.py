@@ -1,9 +1,6 @@
 """Reads one chunk upload from any of its three request forms: multipart, JSON + base64, raw body."""
 
-import base64
-import binascii
 import io
-import re
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -13,12 +10,8 @@ from rest_framework.request import Request
 
 from .chunks import chunk_too_large
 from .errors import RecorderError
-from .parsers import RawBody, is_raw_media_type
-
-# `video_chunk` is ours; the others are what real recorder clients name the field.
-CHUNK_FIELD_NAMES = ("video_chunk", "chunk", "blob", "file", "videoChunk", "videoDataChunk")
-# The mime type may itself hold commas (`data:video/webm;codecs=vp8,opus;base64,`); base64 has no ';'.
-_DATA_URL_PREFIX = re.compile(r"^data:[^\s;]*(?:;[^\s;]*)*?;base64,", re.IGNORECASE)
+from .json_chunks import JsonChunkBody
+from .parsers import CHUNK_FIELD_NAMES, RawBody, is_raw_media_type
 
 
 @dataclass(frozen=True)
@@ -32,8 +25,16 @@ class ChunkUpload:
 _ENVELOPE_BYTES = 64 * 1024
 
 
-def read_chunk_upload(request: Request, input_serializer: type[serializers.Serializer]) -> ChunkUpload:
-    """Validate the scalars with `input_serializer` and find the chunk, whatever the transport."""
+def read_chunk_upload(
+    request: Request, input_serializer: type[serializers.Serializer], *, empty_body_is_a_chunk: bool = True
+) -> ChunkUpload:
+    """Validate the scalars with `input_serializer` and find the chunk, whatever the transport.
+
+    An empty raw body is an empty chunk (Chrome's MP4 recordings end with one), unless
+    `empty_body_is_a_chunk` is off and the call is final with no `chunk_index`: a finalize
+    without a last chunk.
+    """
+    _refuse_chunked_body(request)
     _refuse_oversized_body(request)
     data = request.data
     if isinstance(data, RawBody) or is_raw_media_type(request.content_type or ""):
@@ -42,9 +43,12 @@ def read_chunk_upload(request: Request, input_serializer: type[serializers.Seria
     elif hasattr(data, "getlist"):  # multipart or urlencoded form
         body_fields = {key: data.get(key) for key in data if key not in CHUNK_FIELD_NAMES}
         stream = _chunk_from_form(data)
-    elif isinstance(data, dict):  # JSON
-        body_fields = {key: value for key, value in data.items() if key not in CHUNK_FIELD_NAMES}
-        stream = _chunk_from_json(data)
+    elif isinstance(data, JsonChunkBody):  # JSON, the chunk already decoded to a temporary file
+        body_fields = data.fields
+        stream = data.chunk
+    elif isinstance(data, dict):  # an empty body with a JSON content type
+        body_fields = dict(data)
+        stream = None
     else:
         raise RecorderError(code="malformed_body", detail="A JSON body must be an object.")
 
@@ -55,7 +59,22 @@ def read_chunk_upload(request: Request, input_serializer: type[serializers.Seria
     values["checksum_header"] = request.headers.get("X-Chunk-SHA256")
     validated = input_serializer(data=values)
     validated.is_valid(raise_exception=True)
-    return ChunkUpload(fields=dict(validated.validated_data), upload_token=upload_token, stream=stream)
+    fields = dict(validated.validated_data)
+    is_empty_raw_body = is_raw_media_type(request.content_type or "") and not isinstance(data, RawBody)
+    if is_empty_raw_body and not empty_body_is_a_chunk and fields.get("is_final") and fields["chunk_index"] is None:
+        stream = None
+    return ChunkUpload(fields=fields, upload_token=upload_token, stream=stream)
+
+
+def _refuse_chunked_body(request: Request) -> None:
+    """Django reads a body without Content-Length as empty: say so rather than report missing fields."""
+    if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+        raise RecorderError(
+            code="length_required",
+            detail="Send the body with a Content-Length (a Blob, file or FormData body), not chunked transfer "
+            "encoding.",
+            status=411,
+        )
 
 
 def _refuse_oversized_body(request: Request) -> None:
@@ -100,12 +119,6 @@ class DeclaredLengthStream:
 
 
 def _raw_body_stream(request: Request, data) -> BinaryIO:
-    if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
-        raise RecorderError(
-            code="length_required",
-            detail="Send raw chunks with a Content-Length (a Blob or file body), not chunked transfer encoding.",
-            status=411,
-        )
     if not isinstance(data, RawBody):
         return io.BytesIO(b"")  # Content-Length: 0 is an empty chunk, which is valid
     return DeclaredLengthStream(data.stream, int(request.META.get("CONTENT_LENGTH") or 0))
@@ -138,22 +151,6 @@ def _chunk_from_form(data) -> BinaryIO | None:
                 detail=f"The form field {name!r} holds text ({str(value)[:32]!r}), not a file: append the "
                 "Blob itself, e.g. formData.append('video_chunk', event.data).",
             )
-    return None
-
-
-def _chunk_from_json(data: dict) -> BinaryIO | None:
-    for name in CHUNK_FIELD_NAMES:
-        if name in data:
-            encoded = data[name]
-            if not isinstance(encoded, str):
-                raise RecorderError(
-                    code="invalid_base64", detail=f"{name!r} must be a base64 string (optionally a data: URL)."
-                )
-            encoded = _DATA_URL_PREFIX.sub("", encoded.strip(), count=1)
-            try:
-                return io.BytesIO(base64.b64decode(encoded, validate=True))
-            except (binascii.Error, ValueError) as error:
-                raise RecorderError(code="invalid_base64", detail=f"{name!r} is not valid base64: {error}.") from error
     return None
 
 

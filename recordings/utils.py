@@ -3,12 +3,18 @@
 Everything here drives the ffmpeg that imageio-ffmpeg bundles (as resolved by moviepy), at the
 command level: no frame ever passes through Python, so memory stays flat whatever the length.
 moviepy's own `ffmpeg -i` parser reads the metadata. See docs/processing.md for why moviepy's
-clip classes are not used on the hot path.
+clip classes are not used on the hot path. Every ffmpeg runs under `Limits` the kernel enforces.
 """
 
+import ctypes
 import os
 import re
+import resource
+import signal
 import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,29 +69,122 @@ def ffmpeg_executable() -> str:
     return FFMPEG_BINARY
 
 
-def _run(command: list[str], *, timeout_seconds: float, timeout_detail: str) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            timeout=timeout_seconds,
-            check=False,
+# --- Running ffmpeg under limits ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one ffmpeg child may cost. The kernel enforces memory, CPU time and file size (setrlimit
+    in the child), so no file can talk ffmpeg past them; a decoder refuses larger pictures."""
+
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    memory_bytes: int | None = None  # RLIMIT_DATA: heap, thread stacks, anonymous mappings
+    output_bytes: int | None = None  # RLIMIT_FSIZE: the largest file it may write, its error report too
+    max_frame_pixels: int | None = None  # ffmpeg's -max_pixels, for every decoder, probing included
+
+    @property
+    def cpu_seconds(self) -> int:
+        """CPU time across all its threads: two busy cores for the whole wall-clock budget."""
+        return int(self.timeout_seconds * 2) + 1
+
+
+# Room for ffmpeg's error report, which goes to a file (never a pipe held in memory).
+_REPORT_BYTES = 1024 * 1024
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _limit_child(limits: Limits, parent_pid: int) -> Callable[[], None]:
+    """What the child runs between fork and exec: system calls only, nothing that takes a lock."""
+
+    def apply() -> None:
+        if _LIBC is not None:
+            # Die with the thread that started us: a SIGKILLed worker leaves no ffmpeg running.
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent_pid:
+                os._exit(1)  # the parent died before prctl took effect
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
+        if limits.memory_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_DATA, (limits.memory_bytes, limits.memory_bytes))
+        if limits.output_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limits.output_bytes, limits.output_bytes))
+
+    return apply
+
+
+@dataclass(frozen=True)
+class _Finished:
+    returncode: int
+    report: str  # what ffmpeg wrote to stderr, at most _REPORT_BYTES of it
+
+
+# What ffmpeg and its libraries print, or how they die, when an allocation (or a thread's stack)
+# fails under RLIMIT_DATA; anywhere in the report, since the last line is often a consequence.
+_OUT_OF_MEMORY_WORDS = ("Cannot allocate memory", "Resource temporarily unavailable", "malloc of size", "out of memory")
+# What a decoder says when -max_pixels refuses a picture (it then goes on without the stream).
+_OVERSIZED_PICTURE = re.compile(r"Picture size (\d+x\d+) exceeds specified max pixel count")
+_CRASH_SIGNALS = frozenset({-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS})
+
+
+def _run(command: list[str], *, limits: Limits, what: str) -> _Finished:
+    """Run `command` under `limits`. A limit that stopped it is a MediaError with its own code."""
+    with tempfile.TemporaryFile() as report_file:
+        try:
+            completed = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=report_file,
+                timeout=limits.timeout_seconds,
+                check=False,
+                preexec_fn=_limit_child(limits, os.getpid()),  # system calls only, safe beside threads
+            )
+        except subprocess.TimeoutExpired as error:
+            raise MediaError(
+                "processing_timeout", f"{what} took longer than {limits.timeout_seconds:.0f} s."
+            ) from error
+        report_file.seek(0)
+        report = report_file.read(_REPORT_BYTES).decode("utf-8", "replace")
+    finished = _Finished(completed.returncode, report)
+    if oversized := _OVERSIZED_PICTURE.search(report):
+        raise MediaError(
+            "frame_too_large",
+            f"The video has {oversized.group(1)} frames; at most {limits.max_frame_pixels} pixels a frame are "
+            "processed (RECORDER_MAX_FRAME_PIXELS).",
         )
-    except subprocess.TimeoutExpired as error:
-        raise MediaError("processing_timeout", timeout_detail) from error
+    if finished.returncode in (-signal.SIGKILL, -signal.SIGXCPU):
+        raise MediaError("processing_timeout", f"{what} was stopped after {limits.cpu_seconds} s of CPU time.")
+    if finished.returncode == -signal.SIGXFSZ:
+        raise MediaError(
+            "output_too_large", f"{what} wrote more than the {limits.output_bytes} bytes this recording may produce."
+        )
+    if finished.returncode != 0 and limits.memory_bytes is not None and _out_of_memory(finished):
+        raise MediaError(
+            "memory_limit_exceeded",
+            f"{what} needed more than {limits.memory_bytes} bytes of memory (RECORDER_FFMPEG_MAX_MEMORY_BYTES).",
+        )
+    return finished
 
 
-def run_ffmpeg(arguments: list[str], *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
-    """Run the bundled ffmpeg with an argument list (never a shell); MediaError when it fails."""
-    completed = _run(
-        [FFMPEG_BINARY, *_QUIET, *arguments],
-        timeout_seconds=timeout_seconds,
-        timeout_detail=f"ffmpeg took longer than {timeout_seconds:.0f} s.",
-    )
-    if completed.returncode != 0:
-        message = completed.stderr.decode("utf-8", "replace").strip().splitlines()
+def _frame_limit(limits: Limits) -> list[str]:
+    return ["-max_pixels", str(limits.max_frame_pixels)] if limits.max_frame_pixels else []
+
+
+def _out_of_memory(finished: _Finished) -> bool:
+    report = finished.report.lower()
+    return finished.returncode in _CRASH_SIGNALS or any(words.lower() in report for words in _OUT_OF_MEMORY_WORDS)
+
+
+def run_ffmpeg(arguments: list[str], *, limits: Limits) -> None:
+    """Run the bundled ffmpeg with an argument list (never a shell); MediaError when it fails.
+
+    The frame limit goes in front, so it binds the decoders of the first input. A failed run's
+    output is left to the caller's work directory, which goes with it; it is never served.
+    """
+    finished = _run([FFMPEG_BINARY, *_QUIET, *_frame_limit(limits), *arguments], limits=limits, what="ffmpeg")
+    if finished.returncode != 0:
+        message = finished.report.strip().splitlines()
         raise MediaError("media_undecodable", "ffmpeg failed: " + (message[-1] if message else "no message"))
 
 
@@ -96,17 +195,21 @@ _DURATION = re.compile(r"Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
 _AUDIO_CODEC = re.compile(r"Stream #0:\d+.*?: Audio: ([\w-]+)")
 
 
-def probe(path: Path, *, timeout_seconds: float = 60) -> MediaInfo:
+PROBE_LIMITS = Limits(timeout_seconds=60)
+
+
+def probe(path: Path, *, limits: Limits = PROBE_LIMITS) -> MediaInfo:
     """Read container, duration, codecs, size and fps with `ffmpeg -i` and moviepy's parser.
 
     Works on raw MediaRecorder files too, which have no Duration: `duration_seconds` is then None.
+    The probe writes no file, so its only file (the report) is capped at what is parsed.
     """
-    completed = _run(
-        [FFMPEG_BINARY, "-hide_banner", "-nostdin", "-i", str(path)],
-        timeout_seconds=timeout_seconds,
-        timeout_detail="Reading the media's metadata timed out.",
+    finished = _run(
+        [FFMPEG_BINARY, "-hide_banner", "-nostdin", *_frame_limit(limits), "-i", str(path)],
+        limits=Limits(limits.timeout_seconds, limits.memory_bytes, _REPORT_BYTES, limits.max_frame_pixels),
+        what="Reading the media's metadata",
     )
-    report = completed.stderr.decode("utf-8", "replace")
+    report = finished.report
     input_format = _INPUT_FORMAT.search(report)
     if input_format is None:
         last_line = report.strip().splitlines()[-1] if report.strip() else "no output"
@@ -196,7 +299,7 @@ def _output(family: tuple, info: MediaInfo, *, copy_audio: bool) -> OutputFormat
 BITEXACT_ARGS = ("-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact")
 
 
-def remux(source_path: Path, destination_path: Path, plan: RemuxPlan, *, timeout_seconds: float) -> None:
+def remux(source_path: Path, destination_path: Path, plan: RemuxPlan, *, limits: Limits) -> None:
     """Write `source_path` into `destination_path` per `plan`: first video and audio stream only."""
     run_ffmpeg(
         [
@@ -214,7 +317,7 @@ def remux(source_path: Path, destination_path: Path, plan: RemuxPlan, *, timeout
             plan.output.muxer,
             str(destination_path),
         ],
-        timeout_seconds=timeout_seconds,
+        limits=limits,
     )
 
 
@@ -228,9 +331,7 @@ AUDIO_FORMATS: dict[str, OutputFormat] = {
 }
 
 
-def extract_audio(
-    source_path: Path, destination_path: Path, audio_format: str, *, timeout_seconds: float
-) -> OutputFormat:
+def extract_audio(source_path: Path, destination_path: Path, audio_format: str, *, limits: Limits) -> OutputFormat:
     """Encode the first audio track of `source_path` alone (`-vn`) into `audio_format`."""
     output = AUDIO_FORMATS[audio_format]
     run_ffmpeg(
@@ -248,7 +349,7 @@ def extract_audio(
             output.muxer,
             str(destination_path),
         ],
-        timeout_seconds=timeout_seconds,
+        limits=limits,
     )
     return output
 
@@ -265,7 +366,7 @@ def thumbnail_time(duration_seconds: float | None) -> float:
     return min(1.0, duration_seconds / 2)
 
 
-def make_thumbnail(video_path: Path, destination_path: Path, *, at_seconds: float, timeout_seconds: float) -> None:
+def make_thumbnail(video_path: Path, destination_path: Path, *, at_seconds: float, limits: Limits) -> None:
     """A JPEG of the frame at `at_seconds` (the first frame if that lands past the end)."""
     for seek_seconds in (at_seconds, 0.0):
         run_ffmpeg(
@@ -289,7 +390,7 @@ def make_thumbnail(video_path: Path, destination_path: Path, *, at_seconds: floa
                 "1",
                 str(destination_path),
             ],
-            timeout_seconds=timeout_seconds,
+            limits=limits,
         )
         if destination_path.exists() and destination_path.stat().st_size > 0:
             return

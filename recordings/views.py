@@ -3,7 +3,7 @@
 from django.urls import reverse
 from rest_framework import status
 from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 from . import schema, services
 from .errors import RecorderError
 from .models import RecordingSession, Status
-from .parsers import RawChunkParser
+from .parsers import BoundedJSONParser, JsonChunkParser, RawChunkParser
 from .responses import deliver_stored_file
 from .serializers import (
     ChunkReceiptOutput,
@@ -23,7 +23,7 @@ from .serializers import (
 )
 from .uploads import ChunkUpload, read_chunk_upload, read_upload_token, require_chunk
 
-UPLOAD_PARSERS = [MultiPartParser, FormParser, JSONParser, RawChunkParser]
+UPLOAD_PARSERS = [MultiPartParser, FormParser, JsonChunkParser, RawChunkParser]
 
 
 def _absolute(request: Request, url_name: str, **kwargs) -> str:
@@ -98,7 +98,7 @@ def _receive(session: RecordingSession, upload: ChunkUpload) -> services.ChunkRe
 
 
 class StartRecordingView(APIView):
-    parser_classes = [JSONParser, FormParser, MultiPartParser]
+    parser_classes = [BoundedJSONParser, FormParser, MultiPartParser]
     throttle_scope = "start"
 
     @schema.start_recording
@@ -139,7 +139,7 @@ class FinalizeRecordingView(APIView):
 
     @schema.finalize_recording
     def post(self, request: Request) -> Response:
-        upload = read_chunk_upload(request, FinalizeInput)
+        upload = read_chunk_upload(request, FinalizeInput, empty_body_is_a_chunk=False)
         session = services.authorize_upload(session_id=upload.fields["session_id"], upload_token=upload.upload_token)
         receipt = None
         if upload.stream is not None or not upload.fields["is_final"]:

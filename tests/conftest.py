@@ -154,7 +154,7 @@ def generate_media(
             *output_args,
             str(destination),
         ],
-        timeout_seconds=600,
+        limits=utils.Limits(timeout_seconds=600),
     )
 
 

@@ -364,12 +364,28 @@ def test_recording_over_its_size_limit_is_413(api, vp8, settings):
     assert post_chunk(api, started, b"", index=2).status_code == 201  # an empty chunk still fits
 
 
-def test_json_body_over_the_memory_limit_is_413(api, vp8, settings):
+def test_json_chunks_are_streamed_whatever_the_limit_on_bodies_read_whole(api, vp8, settings, media_root):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
     started = start(api)
     response = post_chunk(api, started, vp8.chunks[0], index=0, transport="json")
-    assert response.status_code == 413
-    assert response.json()["code"] == "request_too_large"
+    assert response.status_code == 201
+    stored = media_root / "recordings" / started.session_id / "chunks" / "0"
+    assert stored.read_bytes() == vp8.chunks[0]
+
+
+def test_a_json_chunk_over_the_chunk_limit_is_413_once_decoded(api, settings, media_root):
+    settings.RECORDER_MAX_CHUNK_BYTES = 100_000
+    started = start(api)
+    # 120,000 bytes: the body's length passes the early check (base64 is 4/3), the decoded size does not
+    response = post_chunk(api, started, b"\x1a\x45\xdf\xa3" + bytes(119_996), index=0, transport="json")
+    assert (response.status_code, response.json()["code"]) == (413, "chunk_too_large")
+    assert list((media_root / ".tmp").iterdir()) == []  # the part decoded so far is gone
+
+
+def test_a_start_body_over_the_memory_limit_is_413(api, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = api.post("/api/start-recording/", {"title": "x" * 2000}, format="json")
+    assert (response.status_code, response.json()["code"]) == (413, "request_too_large")
 
 
 def test_negative_chunk_index_is_rejected(api, vp8):

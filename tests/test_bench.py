@@ -87,6 +87,16 @@ def test_range_answers_from_the_middle(results_dir):
     assert result["pread_median_ms"] > 0
 
 
+def test_json_memory_sets_json_uploads_beside_raw_ones(results_dir):
+    run_bench("json_memory", results_dir, "--smoke")
+    (measured,) = json.loads((results_dir / "json_memory-smoke.json").read_text())["rounds"]
+    for form in ("raw", "json"):
+        assert measured[form]["statuses"] == [201]  # every upload was stored
+        assert 10 < measured[form]["rss_before_mib"] <= measured[form]["rss_peak_mib"]
+    raw_growth = max(measured["raw"]["peak_growth_mib"], 1.0)
+    assert measured["json_peak_growth_over_raw"] == round(measured["json"]["peak_growth_mib"] / raw_growth, 2)
+
+
 def test_profile_names_the_chunk_view(tmp_path):
     output = tmp_path / "profile.txt"
     run_bench("profile_chunks", tmp_path, "--smoke", "--output", str(output))

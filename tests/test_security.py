@@ -100,7 +100,7 @@ def test_ffmpeg_runs_without_a_shell_whatever_the_file_is_called(tmp_path):
     info = utils.probe(source_path)
     assert info.has_video and info.has_audio
     video_path = source_dir / "out;rm -rf x.webm"
-    utils.remux(source_path, video_path, utils.plan_remux("webm", info), timeout_seconds=60)
+    utils.remux(source_path, video_path, utils.plan_remux("webm", info), limits=utils.Limits(timeout_seconds=60))
     assert video_path.stat().st_size > 0
     assert not any(Path(name).exists() for name in ("pwned", "pwned2", tmp_path / "pwned"))
     sources = "".join(path.read_text() for path in (PROJECT_DIR / "recordings").rglob("*.py"))

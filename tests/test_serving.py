@@ -40,7 +40,7 @@ def test_make_serve_runs_gunicorn_with_debug_off(make_serve):
     status, headers, body = get(f"{base_url}/swagger/")
     assert status == 200 and b"swagger-ui" in body
     log = log_path.read_text()
-    assert "Using worker: gthread" in log
+    assert "Using worker: recorder_project.buffering_worker.BufferingThreadWorker" in log
     assert log.count("Booting worker with pid") == 2
     assert headers.get("X-Frame-Options") == "DENY"  # production security headers are on
 

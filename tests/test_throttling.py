@@ -40,7 +40,7 @@ def test_each_scope_counts_on_its_own(api, limits):
 
 
 def test_clients_behind_a_proxy_are_told_apart_by_x_forwarded_for(api, limits, settings):
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    settings.RECORDER_NUM_PROXIES = 1
     for client_address in ("203.0.113.1", "203.0.113.2"):
         headers = {"X-Forwarded-For": client_address}
         statuses = [api.post("/api/start-recording/", {}, format="json", headers=headers).status_code for _ in range(4)]

@@ -34,7 +34,7 @@ def test_remux_to_webm_adds_duration_and_cues_at_the_front(raw_webm, tmp_path):
     plan = utils.plan_remux("webm", info)
     assert plan.copies_everything
     output = tmp_path / "video.webm"
-    utils.remux(raw_webm, output, plan, timeout_seconds=60)
+    utils.remux(raw_webm, output, plan, limits=utils.Limits(timeout_seconds=60))
     remuxed = utils.probe(output)
     assert remuxed.duration_seconds == pytest.approx(8.003, rel=0.1)
     assert CUES_ID in output.read_bytes()[:8192]
@@ -46,7 +46,7 @@ def test_remux_of_fragmented_mp4_puts_moov_first(tmp_path):
     source.write_bytes(b"".join(load_chrome_set("mp4_avc1_opus").chunks))
     plan = utils.plan_remux("mp4", utils.probe(source))
     output = tmp_path / "video.mp4"
-    utils.remux(source, output, plan, timeout_seconds=60)
+    utils.remux(source, output, plan, limits=utils.Limits(timeout_seconds=60))
     data = output.read_bytes()
     assert data.find(b"moov") < data.find(b"mdat")
     assert utils.probe(output).duration_seconds == pytest.approx(8.007, rel=0.1)
@@ -82,7 +82,7 @@ def test_remux_plan_prefers_stream_copy_into_a_browser_container(container, medi
 
 def test_extract_audio_writes_audio_only(raw_webm, tmp_path):
     output = tmp_path / "audio.mp3"
-    result = utils.extract_audio(raw_webm, output, "mp3", timeout_seconds=60)
+    result = utils.extract_audio(raw_webm, output, "mp3", limits=utils.Limits(timeout_seconds=60))
     assert result.content_type == "audio/mpeg"
     audio = utils.probe(output)
     assert (audio.has_audio, audio.has_video, audio.audio_codec) == (True, False, "mp3")
@@ -92,7 +92,7 @@ def test_extract_audio_writes_audio_only(raw_webm, tmp_path):
 @pytest.mark.parametrize("audio_format", sorted(utils.AUDIO_FORMATS))
 def test_every_audio_format_drops_the_video(raw_webm, tmp_path, audio_format):
     output = tmp_path / f"audio.{audio_format}"
-    utils.extract_audio(raw_webm, output, audio_format, timeout_seconds=60)
+    utils.extract_audio(raw_webm, output, audio_format, limits=utils.Limits(timeout_seconds=60))
     audio = utils.probe(output)
     assert audio.has_audio and not audio.has_video
 
@@ -108,7 +108,9 @@ def test_thumbnail_of_short_and_long_clips(tmp_path, seconds):
     generate_media(clip, seconds=seconds, output_args=["-c:v", "libvpx", "-deadline", "realtime", "-an", "-f", "webm"])
     duration = utils.probe(clip).duration_seconds
     thumbnail = tmp_path / "thumbnail.jpg"
-    utils.make_thumbnail(clip, thumbnail, at_seconds=utils.thumbnail_time(duration), timeout_seconds=60)
+    utils.make_thumbnail(
+        clip, thumbnail, at_seconds=utils.thumbnail_time(duration), limits=utils.Limits(timeout_seconds=60)
+    )
     assert thumbnail.read_bytes()[:3] == b"\xff\xd8\xff"
 
 
@@ -156,9 +158,9 @@ def test_processing_the_same_source_twice_gives_the_same_bytes(tmp_path):
         video_path = tmp_path / f"video-{run}.{plan.output.extension}"
         audio_path = tmp_path / f"audio-{run}.mp3"
         thumbnail_path = tmp_path / f"thumbnail-{run}.jpg"
-        utils.remux(source_path, video_path, plan, timeout_seconds=60)
-        utils.extract_audio(source_path, audio_path, "mp3", timeout_seconds=60)
-        utils.make_thumbnail(video_path, thumbnail_path, at_seconds=1.0, timeout_seconds=60)
+        utils.remux(source_path, video_path, plan, limits=utils.Limits(timeout_seconds=60))
+        utils.extract_audio(source_path, audio_path, "mp3", limits=utils.Limits(timeout_seconds=60))
+        utils.make_thumbnail(video_path, thumbnail_path, at_seconds=1.0, limits=utils.Limits(timeout_seconds=60))
         digests.add(
             tuple(hashlib.sha256(path.read_bytes()).hexdigest() for path in (video_path, audio_path, thumbnail_path))
         )

@@ -1,0 +1,300 @@
+"""gunicorn's threaded worker, with each request read whole by the event loop before a thread takes it.
+
+gthread gives a connection to a thread as soon as it is readable, and the thread then reads the
+headers and body with blocking calls and no deadline: 16 clients that send 3 bytes of their body
+and stop hold all 16 threads of `make serve`, and nothing else is answered (issue 12). Here the
+event loop reads headers and body without blocking (the body spooled to a temporary file past a
+small in-memory size), within deadlines, and only a complete request reaches a thread. A slow or
+silent client costs a socket and a buffer, never a thread: nginx's request buffering, inside the
+production command. The limits are Django settings (RECORDER_REQUEST_*, README).
+
+TLS and HTTP/2 connections are left to gthread as it is: terminate those in a proxy in front.
+"""
+
+import json
+import os
+import selectors
+import tempfile
+import time
+from collections import Counter
+from functools import partial
+
+from gunicorn import http
+from gunicorn.workers.gthread import ThreadWorker
+
+_RECV_BYTES = 256 * 1024
+_HEADER_END = b"\r\n\r\n"
+_STATUS_TEXT = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, code: str, detail: str):
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+class _Limits:
+    """The buffering limits, read once from this project's settings (also when gunicorn serves
+    another WSGI app, such as the benchmarks' baseline)."""
+
+    def __init__(self):
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recorder_project.settings")
+        from django.conf import settings
+
+        self.header_seconds = settings.RECORDER_REQUEST_HEADER_TIMEOUT_SECONDS
+        self.body_idle_seconds = settings.RECORDER_REQUEST_BODY_IDLE_SECONDS
+        self.body_min_bytes_per_second = settings.RECORDER_REQUEST_BODY_MIN_BYTES_PER_SECOND
+        self.max_header_bytes = settings.RECORDER_REQUEST_MAX_HEADER_BYTES
+        self.max_body_bytes = settings.RECORDER_MAX_REQUEST_BYTES
+        self.memory_bytes = settings.RECORDER_REQUEST_BUFFER_MEMORY_BYTES
+        self.buffered_bytes = settings.RECORDER_REQUEST_BUFFER_BYTES
+        # Behind a proxy every connection comes from the proxy: the per-address cap is the proxy's job.
+        self.requests_per_client = (
+            0 if settings.RECORDER_NUM_PROXIES else settings.RECORDER_MAX_UNREAD_REQUESTS_PER_CLIENT
+        )
+        self.spool_dir = str(settings.RECORDER_TEMP_DIR)
+
+
+class _Inbound:
+    """One request being read: its head, then its body, and the deadline it must arrive by."""
+
+    def __init__(self, limits: _Limits, now: float):
+        self.head = bytearray()
+        self.head_bytes: bytes | None = None  # the head as the parser will see it, once complete
+        self.body_length = 0
+        self.body = None  # a SpooledTemporaryFile while the body arrives
+        self.body_received = 0
+        self.in_memory_bytes = 0
+        self.close_after = False  # the request had a body we do not read (chunked) or bytes after it
+        self.deadline = now + limits.header_seconds
+        self.last_progress = now
+
+    @property
+    def complete(self) -> bool:
+        return self.head_bytes is not None and self.body_received >= self.body_length
+
+
+class _BufferedSource:
+    """What gunicorn's parser reads instead of the socket: the buffered head, then the body, then
+    the end. Writes still go to the real socket."""
+
+    def __init__(self, head: bytes, body):
+        self._head = head
+        self._body = body
+
+    def recv(self, size: int) -> bytes:
+        if self._head:
+            piece, self._head = self._head[:size], self._head[size:]
+            return piece
+        return self._body.read(size) if self._body is not None else b""
+
+
+class BufferingThreadWorker(ThreadWorker):
+    def init_process(self):
+        self._buffering_conns: dict = {}  # conn → _Inbound
+        self._buffering_by_client: Counter = Counter()
+        self._memory_in_use = 0
+        self._buffered_in_use = 0
+        self._limits: _Limits | None = None
+        super().init_process()
+
+    @property
+    def limits(self) -> _Limits:
+        if self._limits is None:
+            self._limits = _Limits()
+        return self._limits
+
+    def _buffers(self) -> bool:
+        return not self.cfg.is_ssl and list(self.cfg.http_protocols) == ["h1"]
+
+    # --- where gthread hands a connection to a thread, read its request first --------------------
+
+    def enqueue_req(self, conn):
+        """Called by gthread for a new connection, a kept-alive one that became readable, and one
+        with bytes left over: read its request first, then give it to a thread."""
+        if not self._buffers() or getattr(conn, "buffered_request", False):
+            conn.buffered_request = False
+            return super().enqueue_req(conn)
+        conn.client_key = conn.client[0] if isinstance(conn.client, tuple) else str(conn.client)
+        allowed = self.limits.requests_per_client
+        if allowed and self._buffering_by_client[conn.client_key] >= allowed:
+            refused = _Refused(503, "too_many_connections", "Too many unfinished requests from this address.")
+            return self._refuse(conn, refused)
+        self._buffering_by_client[conn.client_key] += 1
+        conn.sock.setblocking(False)
+        self._buffering_conns[conn] = _Inbound(self.limits, time.monotonic())
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+        return None
+
+    def _on_readable(self, conn, _sock):
+        try:
+            self._read_more(conn)
+        except Exception:  # a bug here must cost one connection, not the worker and all of its clients
+            self.log.exception("Error buffering a request")
+            self._drop(conn)
+
+    def _read_more(self, conn) -> None:
+        inbound = self._buffering_conns.get(conn)
+        if inbound is None:
+            return
+        try:
+            data = conn.sock.recv(_RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return self._drop(conn)
+        if not data:
+            return self._drop(conn)  # the client went away before its request was complete
+        try:
+            self._take(conn, inbound, data)
+        except _Refused as refused:
+            return self._refuse(conn, refused)
+        if inbound.complete:
+            self._hand_over(conn, inbound)
+
+    def _take(self, conn, inbound: _Inbound, data: bytes) -> None:
+        now = time.monotonic()
+        inbound.last_progress = now
+        if inbound.head_bytes is None:
+            inbound.head += data
+            end = inbound.head.find(_HEADER_END)
+            if end < 0:
+                if len(inbound.head) > self.limits.max_header_bytes:
+                    raise _Refused(431, "headers_too_large", "The request's headers are too large.")
+                return
+            data = bytes(inbound.head[end + len(_HEADER_END) :])
+            self._read_head(conn, inbound, bytes(inbound.head[: end + len(_HEADER_END)]), now)
+        if not data:
+            return
+        room = inbound.body_length - inbound.body_received
+        if len(data) > room:
+            inbound.close_after = True  # pipelined bytes: answer this request, then close
+            data = data[:room]
+        if not data:
+            return
+        if inbound.body is None:
+            in_memory = self._memory_in_use + inbound.body_length <= self.limits.memory_bytes
+            max_size = min(inbound.body_length, 1024 * 1024) if in_memory else 1
+            inbound.in_memory_bytes = max_size if in_memory else 0
+            self._memory_in_use += inbound.in_memory_bytes
+            inbound.body = tempfile.SpooledTemporaryFile(max_size=max_size, dir=self.limits.spool_dir)
+        inbound.body.write(data)
+        inbound.body_received += len(data)
+
+    def _read_head(self, conn, inbound: _Inbound, head: bytes, now: float) -> None:
+        lines = head.split(b"\r\n")
+        kept = [lines[0]]
+        lengths = set()
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                lengths.add(value.strip())
+            elif name == b"transfer-encoding":
+                inbound.close_after = True  # not buffered: the app answers 411 without reading it
+            elif name == b"expect" and value.strip().lower() == b"100-continue":
+                continue  # answered here, below; gunicorn must not answer it again after the body
+            kept.append(line)
+        if len(lengths) > 1 or any(not length.isdigit() or len(length) > 18 for length in lengths):
+            raise _Refused(400, "bad_request", "The request's Content-Length is invalid.")
+        inbound.body_length = int(lengths.pop()) if lengths and not inbound.close_after else 0
+        if inbound.body_length > self.limits.max_body_bytes:
+            raise _Refused(
+                413, "request_too_large", f"A request body may hold at most {self.limits.max_body_bytes} bytes."
+            )
+        if self._buffered_in_use + inbound.body_length > self.limits.buffered_bytes:
+            raise _Refused(503, "server_busy", "The server is reading as many uploads as it buffers at once.")
+        self._buffered_in_use += inbound.body_length
+        inbound.head_bytes = b"\r\n".join(kept)
+        minimum_seconds = inbound.body_length / self.limits.body_min_bytes_per_second
+        inbound.deadline = now + self.limits.body_idle_seconds + minimum_seconds
+        if inbound.body_length and len(kept) != len(lines):
+            self._send_quietly(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _hand_over(self, conn, inbound: _Inbound) -> None:
+        self._stop_buffering(conn)
+        if inbound.body is not None:
+            inbound.body.seek(0)
+        conn.inbound = inbound
+        conn.sock.setblocking(True)
+        conn.parser = http.get_parser(self.cfg, _BufferedSource(inbound.head_bytes, inbound.body), conn.client)
+        conn.initialized = True
+        conn.data_ready = True
+        conn.buffered_request = True
+        self.enqueue_req(conn)
+
+    def finish_request(self, conn, fs):
+        inbound = getattr(conn, "inbound", None)
+        if inbound is not None:
+            conn.inbound = None
+            self._release(inbound)
+            if inbound.close_after and not fs.cancelled() and fs.exception() is None and fs.result():
+                self.nr_conns -= 1
+                conn.close()
+                return
+        super().finish_request(conn, fs)
+
+    # --- deadlines, refusals, bookkeeping ---------------------------------------------------------
+
+    def murder_keepalived(self, force=False):
+        super().murder_keepalived(force)
+        now = time.monotonic()
+        for conn, inbound in list(self._buffering_conns.items()):
+            if force:
+                self._drop(conn)
+            elif now > inbound.deadline or now - inbound.last_progress > self.limits.body_idle_seconds:
+                what = "headers" if inbound.head_bytes is None else "body"
+                self._refuse(conn, _Refused(408, "request_timeout", f"The request's {what} did not arrive in time."))
+
+    def _refuse(self, conn, refused: _Refused) -> None:
+        body = json.dumps({"code": refused.code, "detail": refused.detail}).encode()
+        headers = [
+            f"HTTP/1.1 {refused.status} {_STATUS_TEXT[refused.status]}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+        ]
+        if refused.status == 503:
+            headers.append("Retry-After: 1")
+        self._send_quietly(conn, ("\r\n".join(headers) + "\r\n\r\n").encode() + body)
+        self._drop(conn)
+
+    def _send_quietly(self, conn, payload: bytes) -> None:
+        try:
+            conn.sock.send(payload)  # a few hundred bytes: the socket buffer takes them at once
+        except OSError:
+            pass
+
+    def _drop(self, conn) -> None:
+        inbound = self._buffering_conns.get(conn)
+        self._stop_buffering(conn)
+        if inbound is not None:
+            self._release(inbound)
+        self.nr_conns -= 1
+        conn.close()
+
+    def _stop_buffering(self, conn) -> None:
+        if self._buffering_conns.pop(conn, None) is not None:
+            self._buffering_by_client[conn.client_key] -= 1
+            if self._buffering_by_client[conn.client_key] <= 0:
+                del self._buffering_by_client[conn.client_key]
+            try:
+                self.poller.unregister(conn.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+
+    def _release(self, inbound: _Inbound) -> None:
+        self._memory_in_use -= inbound.in_memory_bytes
+        inbound.in_memory_bytes = 0
+        if inbound.head_bytes is not None:
+            self._buffered_in_use -= inbound.body_length
+            inbound.body_length = inbound.body_received = 0
+        if inbound.body is not None:
+            inbound.body.close()  # a spooled body on disk is deleted with it
+            inbound.body = None

@@ -1,0 +1,150 @@
+"""Reads the layout of a Matroska/WebM file from its element headers, never its frames.
+
+Only what processing must decide before ffmpeg reads a file: which tracks declare a
+ContentEncoding (zlib, bzlib, lzo, header stripping or encryption of every frame). ffmpeg undoes
+those encodings while it reads, so a few kilobytes of zlib become gigabytes in a stream copy.
+Browsers never write them. Spec: https://www.matroska.org/technical/elements.html
+"""
+
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+EBML_HEADER = 0x1A45DFA3
+SEGMENT = 0x18538067
+TRACKS = 0x1654AE6B
+TRACK_ENTRY = 0xAE
+TRACK_NUMBER = 0xD7
+CONTENT_ENCODINGS = 0x6D80
+CLUSTER = 0x1F43B675
+
+# A real header (EBML, SeekHead, Info, Tracks, Tags) is a few kilobytes; these bound what a hostile
+# file can make the walk read before its first Cluster.
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+MAX_HEADER_ELEMENTS = 10_000
+_UNKNOWN_SIZE = -1
+
+
+class NotMatroska(ValueError):
+    """The bytes do not hold the Matroska structure this module reads."""
+
+
+@dataclass(frozen=True)
+class MatroskaLayout:
+    has_tracks: bool  # a Tracks element came before the first Cluster (always so in browser files)
+    encoded_tracks: list[int] = field(default_factory=list)  # TrackNumbers with a ContentEncodings
+
+
+def read_layout(stream: BinaryIO) -> MatroskaLayout:
+    """Walk the EBML header and the Segment's elements up to the first Cluster."""
+    reader = _Reader(stream)
+    element_id, size = reader.element_header()
+    if element_id != EBML_HEADER or size == _UNKNOWN_SIZE:
+        raise NotMatroska("no EBML header")
+    reader.skip(size)
+    element_id, segment_size = reader.element_header()
+    if element_id != SEGMENT:
+        raise NotMatroska(f"expected a Segment, found element {element_id:#x}")
+    segment_end = None if segment_size == _UNKNOWN_SIZE else reader.position + segment_size
+    has_tracks = False
+    encoded_tracks: list[int] = []
+    for _ in range(MAX_HEADER_ELEMENTS):
+        if segment_end is not None and reader.position >= segment_end:
+            break
+        header = reader.element_header(allow_end=True)
+        if header is None or header[0] == CLUSTER:
+            break
+        element_id, size = header
+        if size == _UNKNOWN_SIZE:
+            raise NotMatroska(f"element {element_id:#x} before the first Cluster has an unknown size")
+        if element_id == TRACKS:
+            has_tracks = True
+            encoded_tracks += _encoded_tracks(reader.read(size))
+        else:
+            reader.skip(size)
+    else:
+        raise NotMatroska(f"more than {MAX_HEADER_ELEMENTS} elements before the first Cluster")
+    return MatroskaLayout(has_tracks=has_tracks, encoded_tracks=encoded_tracks)
+
+
+def _encoded_tracks(tracks: bytes) -> list[int]:
+    encoded = []
+    for element_id, entry in _children(tracks):
+        if element_id != TRACK_ENTRY:
+            continue
+        children = dict(_children(entry))
+        if CONTENT_ENCODINGS in children:
+            encoded.append(int.from_bytes(children.get(TRACK_NUMBER, b""), "big"))
+    return encoded
+
+
+def _children(payload: bytes) -> list[tuple[int, bytes]]:
+    reader = _Reader(_BytesSource(payload))
+    children = []
+    while reader.position < len(payload):
+        element_id, size = reader.element_header()
+        if size == _UNKNOWN_SIZE or reader.position + size > len(payload):
+            raise NotMatroska(f"element {element_id:#x} overruns its parent")
+        children.append((element_id, reader.read(size)))
+    return children
+
+
+class _BytesSource:
+    def __init__(self, payload: bytes):
+        self._payload = payload
+        self._position = 0
+
+    def read(self, size: int) -> bytes:
+        block = self._payload[self._position : self._position + size]
+        self._position += len(block)
+        return block
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._position = offset if whence == 0 else self._position + offset
+        return self._position
+
+
+class _Reader:
+    def __init__(self, stream):
+        self._stream = stream
+        self.position = 0
+
+    def read(self, size: int) -> bytes:
+        if self.position + size > MAX_HEADER_BYTES:
+            raise NotMatroska(f"the header runs past {MAX_HEADER_BYTES} bytes")
+        data = self._stream.read(size)
+        if len(data) != size:
+            raise NotMatroska("the file ends inside an element")
+        self.position += size
+        return data
+
+    def skip(self, size: int) -> None:
+        if self.position + size > MAX_HEADER_BYTES:
+            raise NotMatroska(f"the header runs past {MAX_HEADER_BYTES} bytes")
+        self._stream.seek(size, 1)
+        self.position += size
+
+    def element_header(self, *, allow_end: bool = False) -> tuple[int, int] | None:
+        first = self._stream.read(1)
+        if not first:
+            if allow_end:
+                return None
+            raise NotMatroska("the file ends before an element")
+        self.position += 1
+        element_id = self._vint(first[0], keep_marker=True)
+        size_first = self.read(1)[0]
+        size = self._vint(size_first, keep_marker=False)
+        return element_id, size
+
+    def _vint(self, first_byte: int, *, keep_marker: bool) -> int:
+        """An EBML variable-length integer: the count of leading zero bits says how many bytes follow."""
+        width = 8 - first_byte.bit_length() + 1
+        if not 1 <= width <= 8:
+            raise NotMatroska("an invalid variable-length integer")
+        value = first_byte if keep_marker else first_byte & (0xFF >> width)
+        all_ones = value == (0xFF >> width)
+        for byte in self.read(width - 1):
+            value = (value << 8) | byte
+            all_ones = all_ones and byte == 0xFF
+        if not keep_marker and all_ones:
+            return _UNKNOWN_SIZE
+        return value

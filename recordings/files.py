@@ -1,0 +1,50 @@
+"""Which stored files belong to a recording (chunks, outputs, work folders), and removing them."""
+
+import shutil
+from pathlib import Path
+
+from django.utils import timezone
+
+from . import chunks
+from .models import Chunk, RecordingSession, chunk_storage_name, media_storage_name
+
+
+def drop_chunk_files(session: RecordingSession) -> None:
+    """Delete a recording's chunk files (their rows stay, as the record of what was received)."""
+    chunks.delete_stored_files(_stored_chunk_names(session))
+    chunks.remove_empty_folders(media_storage_name(session.id, "chunks"))
+    session.chunks_deleted_at = timezone.now()
+    RecordingSession.objects.filter(pk=session.pk).update(chunks_deleted_at=session.chunks_deleted_at)
+
+
+def _stored_chunk_names(session: RecordingSession) -> list[str]:
+    indices = Chunk.objects.filter(session=session).values_list("index", flat=True)
+    return [chunk_storage_name(session.id, index) for index in indices]
+
+
+def output_names(session: RecordingSession) -> list[str]:
+    return [name for name in (session.video_name, session.audio_name, session.thumbnail_name) if name]
+
+
+def delete_all_files(session: RecordingSession) -> None:
+    """Every file a recording has: its chunks (if still there) and its outputs. Safe to repeat."""
+    names = output_names(session)
+    if session.chunks_deleted_at is None:
+        names += _stored_chunk_names(session)
+    chunks.delete_stored_files(names)
+    chunks.remove_empty_folders(media_storage_name(session.id, ""))
+
+
+def work_dir_prefix(session: RecordingSession) -> str:
+    """The name every processing run's work folder of this recording starts with."""
+    return f"process-{session.id}-"
+
+
+def remove_work_dirs(session: RecordingSession, temp_dir: Path) -> int:
+    """Remove the work folders earlier runs of this recording left in `temp_dir` (this machine's
+    only): called by a run that took over from a dead one. How many there were."""
+    removed = 0
+    for folder in temp_dir.glob(f"{work_dir_prefix(session)}*"):
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    return removed

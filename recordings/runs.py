@@ -1,0 +1,150 @@
+"""How a processing run is claimed, how many run at once, how it beats, and how a dead one is retried or given up."""
+
+import datetime
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from django.conf import settings
+from django.db import DatabaseError, connections, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from .locks import database_write_lock
+from .models import RecordingSession, Status, transition
+
+logger = logging.getLogger("recordings.runs")
+
+_slots_lock = threading.Lock()
+_slots: threading.BoundedSemaphore | None = None
+_slots_size = 0
+
+
+@contextmanager
+def run_slot() -> Iterator[None]:
+    """At most RECORDER_PROCESSING_CONCURRENCY runs at once in this process; the others wait here
+    (before they claim, so a waiting run does not look like a dead one)."""
+    global _slots, _slots_size
+    with _slots_lock:
+        if _slots is None or _slots_size != settings.RECORDER_PROCESSING_CONCURRENCY:
+            _slots_size = settings.RECORDER_PROCESSING_CONCURRENCY
+            _slots = threading.BoundedSemaphore(_slots_size)
+        slots = _slots
+    with slots:
+        yield
+
+
+def stale_cutoff(now: datetime.datetime | None = None) -> datetime.datetime:
+    return (now or timezone.now()) - datetime.timedelta(seconds=settings.RECORDER_PROCESSING_STALE_SECONDS)
+
+
+def claim(session_id: uuid.UUID | str) -> int | None:
+    """Take the recording for this run: its attempt number, or None when there is nothing to do.
+
+    Nothing to do: it is not `processing`, or another run's heartbeat is fresh. A recording whose
+    runs all died (RECORDER_PROCESSING_MAX_ATTEMPTS of them) becomes `failed` here instead.
+    """
+    with database_write_lock(), transaction.atomic():
+        session = RecordingSession.objects.select_for_update().filter(pk=session_id).first()
+        if session is None or session.status != Status.PROCESSING:
+            logger.info("recording %s is %s, not processing: nothing to do", session_id, session and session.status)
+            return None
+        heartbeat = session.processing_heartbeat_at
+        if heartbeat is not None and heartbeat > stale_cutoff():
+            logger.info(
+                "recording %s is being processed by another run (attempt %d)", session_id, session.processing_attempts
+            )
+            return None
+        if session.processing_attempts >= settings.RECORDER_PROCESSING_MAX_ATTEMPTS:
+            _give_up(session)
+            return None
+        session.processing_attempts += 1
+        session.processing_runs_total = F("processing_runs_total") + 1
+        session.processing_heartbeat_at = timezone.now()
+        session.save(update_fields=["processing_attempts", "processing_runs_total", "processing_heartbeat_at"])
+        if session.processing_attempts > 1:
+            logger.warning("recording %s: processing again, attempt %d", session_id, session.processing_attempts)
+        return session.processing_attempts
+
+
+def _give_up(session: RecordingSession) -> None:
+    attempts = session.processing_attempts
+    logger.error("recording %s: %d processing runs were interrupted; giving up", session.id, attempts)
+    transition(
+        session,
+        Status.FAILED,
+        error_code="processing_interrupted",
+        error_detail=f"Processing was interrupted {attempts} times (a worker stopped mid-run); "
+        "run `manage.py process_recording` to try again.",
+    )
+
+
+class Heartbeat:
+    """Stamps `processing_heartbeat_at` every stale/4 seconds from a thread while a run works."""
+
+    def __init__(self, session_id: uuid.UUID, attempt: int):
+        self._session_id = session_id
+        self._attempt = attempt
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{session_id}", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        interval_seconds = settings.RECORDER_PROCESSING_STALE_SECONDS / 4
+        try:
+            while not self._stopped.wait(interval_seconds):
+                try:
+                    RecordingSession.objects.filter(
+                        pk=self._session_id, status=Status.PROCESSING, processing_attempts=self._attempt
+                    ).update(processing_heartbeat_at=timezone.now())
+                except DatabaseError:  # a missed beat is retried; only a stopped process stops beating
+                    logger.warning("recording %s: heartbeat failed", self._session_id, exc_info=True)
+        finally:
+            connections.close_all()  # this thread's connections only
+
+
+def stale_recording_ids(*, include_unstarted: bool, now: datetime.datetime | None = None) -> list[uuid.UUID]:
+    """Recordings in `processing` whose run stopped beating (and, with `include_unstarted`, whose
+    requested run never started: lost with an in-process backend when the process was killed)."""
+    stale = RecordingSession.objects.filter(_is_stale(include_unstarted, now))
+    return list(stale.values_list("id", flat=True))
+
+
+def _is_stale(include_unstarted: bool, now: datetime.datetime | None = None) -> Q:
+    cutoff = stale_cutoff(now)
+    stale = Q(processing_heartbeat_at__lt=cutoff)
+    if include_unstarted:
+        stale |= Q(processing_heartbeat_at__isnull=True, processing_requested_at__lt=cutoff)
+    return stale & Q(status=Status.PROCESSING)
+
+
+def retry_or_give_up(session_id: uuid.UUID | str, *, include_unstarted: bool, enqueue: Callable[[str], None]) -> bool:
+    """For a stale recording: call `enqueue` for a new run (inside the transaction that records it)
+    and return True; False when it has moved on, or its attempts are used up and it is `failed`."""
+    with database_write_lock(), transaction.atomic():
+        stale = RecordingSession.objects.select_for_update().filter(_is_stale(include_unstarted), pk=session_id)
+        session = stale.first()
+        if session is None:
+            return False
+        if session.processing_attempts >= settings.RECORDER_PROCESSING_MAX_ATTEMPTS:
+            _give_up(session)
+            return False
+        session.processing_requested_at = timezone.now()
+        session.processing_heartbeat_at = None  # until the new run claims it: not stale, not running
+        session.save(update_fields=["processing_requested_at", "processing_heartbeat_at"])
+        logger.warning("recording %s: its processing run stopped; queued again", session.id)
+        enqueue(str(session.id))
+        return True
+
+
+def current_status(session_id: uuid.UUID | str) -> str | None:
+    return RecordingSession.objects.filter(pk=session_id).values_list("status", flat=True).first()

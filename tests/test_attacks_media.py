@@ -1,0 +1,185 @@
+"""Hostile media (issue 12): what one upload may cost processing is bounded, and the attacks found
+from outside fail with a code instead of costing gigabytes. Real ffmpeg, real files."""
+
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from recordings import processing, utils
+from recordings.models import RecordingSession
+from tests.conftest import generate_media, load_chrome_set, skip_or_fail, split_bytes
+from tests.recorder_client import finalize, start, status_of, upload_all
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+MiB = 1024 * 1024
+
+
+def files_under(root: Path) -> dict[str, int]:
+    return {str(path.relative_to(root)): path.stat().st_size for path in root.rglob("*") if path.is_file()}
+
+
+def zlib_bomb(directory: Path, *, frames: int = 10, frame_bytes: int = 9 * MiB) -> Path:
+    """A real VP8 keyframe padded with zeros to 9 MB, `frames` times, each frame zlib-compressed by
+    mkvmerge: about 100 KB that ffmpeg inflates back into `frames` x 9 MB while it stream-copies,
+    and that still decodes (the attack of issue 12, a tenth of its length)."""
+    if shutil.which("mkvmerge") is None:
+        skip_or_fail("mkvmerge is not installed (apt-get install mkvtoolnix)")
+    source = directory / "source.webm"
+    source.write_bytes(b"".join(load_chrome_set("vp8_opus").chunks))
+    keyframe_ivf = directory / "keyframe.ivf"
+    subprocess.run(
+        [utils.ffmpeg_executable(), "-v", "error", "-i", str(source), "-map", "0:v", "-c:v", "copy"]
+        + ["-frames:v", "1", "-f", "ivf", str(keyframe_ivf)],
+        check=True,
+        timeout=60,
+    )
+    ivf = keyframe_ivf.read_bytes()
+    (keyframe_bytes,) = struct.unpack("<I", ivf[32:36])
+    padded_frame = ivf[44 : 44 + keyframe_bytes].ljust(frame_bytes, b"\0")
+    bomb_ivf = directory / "zeros.ivf"
+    with open(bomb_ivf, "wb") as stream:
+        stream.write(ivf[:24] + struct.pack("<II", frames, 0))  # the keyframe's header, with the frame count
+        for number in range(frames):
+            stream.write(struct.pack("<IQ", frame_bytes, number) + padded_frame)
+    bomb = directory / "bomb.mkv"
+    subprocess.run(["mkvmerge", "-q", "-o", str(bomb), "--compression", "0:zlib", str(bomb_ivf)], check=True)
+    bomb_ivf.unlink()
+    return bomb
+
+
+def test_a_zlib_compressed_track_is_refused_instead_of_inflating_into_a_huge_video(api, media_root, tmp_path):
+    bomb = zlib_bomb(tmp_path)
+    uploaded = bomb.read_bytes()
+    started = start(api)
+    upload_all(api, started, split_bytes(uploaded, 3))
+    body = finalize(api, started).json()
+    assert (body["status"], body["error"]["code"]) == ("failed", "unsupported_media")
+    assert "ContentEncoding" in body["error"]["detail"]
+    assert body["size"] is None
+    # nothing written is larger than what was uploaded (before: a 94 MB video from 0.1 MB)
+    assert max(files_under(media_root).values()) < len(uploaded)
+
+
+def test_an_output_is_cut_off_by_the_kernel_at_its_bound_while_ffmpeg_writes(tmp_path):
+    source = tmp_path / "source.webm"
+    source.write_bytes(b"".join(load_chrome_set("vp8_opus").chunks))
+    plan = utils.plan_remux("webm", utils.probe(source))
+    output = tmp_path / "video.webm"
+    with pytest.raises(utils.MediaError) as failure:
+        utils.remux(source, output, plan, limits=utils.Limits(timeout_seconds=60, output_bytes=50_000))
+    assert failure.value.code == "output_too_large"
+    assert output.stat().st_size <= 50_000  # RLIMIT_FSIZE stopped the write itself, not a check afterwards
+
+
+def test_a_recording_whose_video_outgrows_its_bound_fails_and_leaves_no_partial_file(api, media_root, monkeypatch):
+    monkeypatch.setattr(processing, "VIDEO_GROWTH", 0.5)  # a stream copy is about 1x its input
+    monkeypatch.setattr(processing, "OUTPUT_SLACK_BYTES", 0)
+    recording = load_chrome_set("vp8_opus")
+    started = start(api)
+    upload_all(api, started, recording.chunks)
+    body = finalize(api, started).json()
+    assert (body["status"], body["error"]["code"]) == ("failed", "output_too_large")
+    stored = files_under(media_root)
+    assert sorted(stored) == sorted(f"recordings/{started.session_id}/chunks/{i}" for i in range(8))
+
+
+def test_a_frame_larger_than_the_limit_is_refused_before_it_is_decoded(api, tmp_path):
+    # one 8192x8192 MJPEG frame (67 megapixels, past 8K UHD's 33): before, it went to the x264
+    # re-encode and ffmpeg used gigabytes; the issue's 16000x16000 frame took 2.7 GiB for 38 s
+    huge = tmp_path / "huge.mkv"
+    subprocess.run(
+        [utils.ffmpeg_executable(), "-v", "error", "-f", "lavfi", "-i", "color=c=gray:size=8192x8192"]
+        + ["-frames:v", "1", "-c:v", "mjpeg", "-f", "matroska", str(huge)],
+        check=True,
+        timeout=120,
+    )
+    started = start(api)
+    upload_all(api, started, split_bytes(huge.read_bytes(), 2))
+    body = finalize(api, started).json()
+    assert (body["status"], body["error"]["code"]) == ("failed", "frame_too_large")
+    assert "8192x8192" in body["error"]["detail"]
+
+
+def test_the_frame_limit_is_a_setting(api, settings):
+    settings.RECORDER_MAX_FRAME_PIXELS = 320 * 240 - 1
+    recording = load_chrome_set("vp8_opus")  # 640x360
+    started = start(api)
+    upload_all(api, started, recording.chunks)
+    assert finalize(api, started).json()["error"]["code"] == "frame_too_large"
+
+
+def test_decoders_refuse_pictures_past_the_frame_limit_even_when_the_container_understates_them(tmp_path):
+    clip = tmp_path / "clip.mkv"
+    generate_media(clip, seconds=1, output_args=["-c:v", "mjpeg", "-an", "-f", "matroska"], size="640x480")
+    with pytest.raises(utils.MediaError) as failure:
+        utils.make_thumbnail(
+            clip, tmp_path / "t.jpg", at_seconds=0, limits=utils.Limits(timeout_seconds=60, max_frame_pixels=1000)
+        )
+    assert failure.value.code == "frame_too_large"
+    assert not (tmp_path / "t.jpg").exists() or (tmp_path / "t.jpg").stat().st_size == 0
+
+
+def test_ffmpeg_past_its_memory_limit_fails_with_its_own_code(tmp_path):
+    source = tmp_path / "source.webm"
+    source.write_bytes(b"".join(load_chrome_set("vp8_opus").chunks))
+    with pytest.raises(utils.MediaError) as failure:
+        utils.run_ffmpeg(
+            ["-i", str(source), "-c:v", "libx264", "-f", "mp4", str(tmp_path / "out.mp4")],
+            limits=utils.Limits(timeout_seconds=60, memory_bytes=64 * MiB),
+        )
+    assert failure.value.code == "memory_limit_exceeded"
+    # and the same command passes with room
+    utils.run_ffmpeg(
+        ["-i", str(source), "-c:v", "libx264", "-preset", "ultrafast", "-f", "mp4", str(tmp_path / "out.mp4")],
+        limits=utils.Limits(timeout_seconds=60, memory_bytes=1024 * MiB),
+    )
+
+
+def test_ffmpeg_past_its_cpu_time_is_stopped_with_a_timeout_code(tmp_path):
+    with pytest.raises(utils.MediaError) as failure:
+        utils.run_ffmpeg(  # an endless encode: only the limit ends it
+            ["-re", "-f", "lavfi", "-i", "testsrc2=size=1280x720", "-c:v", "libx264", "-f", "null", "-"],
+            limits=utils.Limits(timeout_seconds=1),
+        )
+    assert failure.value.code == "processing_timeout"
+
+
+def test_a_step_may_take_time_in_proportion_to_what_was_uploaded(settings):
+    settings.RECORDER_FFMPEG_TIMEOUT_SECONDS = 3600
+    settings.RECORDER_FFMPEG_SECONDS_PER_MIB = 10
+    assert processing.step_limits(0, output_bytes=None).timeout_seconds == 60
+    assert processing.step_limits(6 * MiB, output_bytes=None).timeout_seconds == 120
+    assert processing.step_limits(10_000 * MiB, output_bytes=None).timeout_seconds == 3600
+
+
+def test_a_timed_out_recording_is_not_processed_again_by_calling_finalize(api, settings):
+    settings.RECORDER_FFMPEG_TIMEOUT_SECONDS = 0  # every step times out at once
+    recording = load_chrome_set("vp8_opus")
+    started = start(api)
+    upload_all(api, started, recording.chunks)
+    assert finalize(api, started).json()["error"]["code"] == "processing_timeout"
+    settings.RECORDER_FFMPEG_TIMEOUT_SECONDS = 3600  # a rerun would now pass: none may happen
+    for _ in range(3):
+        body = finalize(api, started, total_chunks=len(recording.chunks)).json()
+        assert (body["status"], body["error"]["code"]) == ("failed", "processing_timeout")
+    assert RecordingSession.objects.get(pk=started.session_id).processing_runs_total == 1
+
+
+def test_finalize_retries_a_transient_failure_a_bounded_number_of_times(api, settings, media_root):
+    recording = load_chrome_set("vp8_opus")
+    started = start(api)
+    upload_all(api, started, recording.chunks)
+    chunk_file = media_root / "recordings" / started.session_id / "chunks" / "3"
+    moved_away = chunk_file.with_name("moved")
+    chunk_file.rename(moved_away)  # a storage hiccup: processing_error, which may pass on a rerun
+    for _ in range(settings.RECORDER_PROCESSING_MAX_ATTEMPTS + 2):
+        body = finalize(api, started).json()
+        assert (body["status"], body["error"]["code"]) == ("failed", "processing_error")
+    runs = RecordingSession.objects.get(pk=started.session_id).processing_runs_total
+    assert runs == settings.RECORDER_PROCESSING_MAX_ATTEMPTS
+    moved_away.rename(chunk_file)
+    assert status_of(api, started.session_id)["status"] == "failed"  # no more runs from clients

@@ -1,0 +1,324 @@
+"""Attacks on the production server (issue 12), against real gunicorn processes started as
+`make serve` starts them (gunicorn.conf.py): each one as a stranger would send it."""
+
+import http.client
+import json
+import os
+import random
+import signal
+import socket
+import sqlite3
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from bench.harness import gunicorn
+from tests.browser import ARTIFACTS_DIR
+from tests.conftest import generate_media, load_chrome_set
+from tests.live_client import call, start_session, wait_until_finished
+
+pytestmark = [pytest.mark.live_server_process]
+
+
+def send(base_url: str, method: str, path: str, body=None, headers=None, *, source: str | None = None, **options):
+    """(status, headers, JSON or bytes) of one request on its own connection, from `source` if given."""
+    parts = urlsplit(base_url)
+    connection = http.client.HTTPConnection(
+        parts.hostname, parts.port, timeout=30, source_address=(source, 0) if source else None
+    )
+    try:
+        connection.request(method, path, body=body, headers=headers or {}, **options)
+        response = connection.getresponse()
+        payload = response.read()
+    finally:
+        connection.close()
+    try:
+        payload = json.loads(payload)
+    except ValueError:
+        pass
+    return response.status, dict(response.getheaders()), payload
+
+
+def start_status(base_url: str, *, headers: dict | None = None, source: str | None = None) -> int:
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    return send(base_url, "POST", "/api/start-recording/", b"{}", headers, source=source)[0]
+
+
+def upload(base_url: str, chunks: list[bytes]) -> tuple[str, str]:
+    session_id, token = start_session(base_url)
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "video/webm"}
+    for index, chunk in enumerate(chunks):
+        url = f"{base_url}/api/receive-video-chunk/?session_id={session_id}&chunk_index={index}"
+        assert call("POST", url, chunk, auth)[0] == 201
+    return session_id, token
+
+
+def finalize(base_url: str, session_id: str, token: str, total_chunks: int) -> tuple[int, dict]:
+    body = json.dumps({"session_id": session_id, "is_final": True, "total_chunks": total_chunks}).encode()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    return call("POST", f"{base_url}/api/finalize-recording/", body, headers)
+
+
+def record_figures(name: str, figures: dict) -> None:
+    ARTIFACTS_DIR.mkdir(exist_ok=True)
+    (ARTIFACTS_DIR / f"attack-{name}.json").write_text(json.dumps(figures, indent=2) + "\n")
+
+
+# --- 1. Throttles trust only the socket, or the proxies they are told of -----------------------------
+
+
+def test_x_forwarded_for_does_not_give_a_client_new_throttle_budgets(tmp_path):
+    with gunicorn(tmp_path, extra_env={"GUNICORN_WORKERS": "1", "RECORDER_THROTTLE_START": "10/minute"}) as server:
+        statuses = [start_status(server.base_url, headers={"X-Forwarded-For": f"203.0.113.{n}"}) for n in range(100)]
+    record_figures("x-forwarded-for", {"requests": 100, "created": statuses.count(201)})
+    assert statuses.count(201) == 10  # before: 100, one budget per invented address
+    assert statuses.count(429) == 90
+
+
+def test_a_client_cannot_spend_another_clients_throttle_budget(tmp_path):
+    with gunicorn(tmp_path, extra_env={"GUNICORN_WORKERS": "1", "RECORDER_THROTTLE_START": "5/minute"}) as server:
+        framing = [
+            start_status(server.base_url, headers={"X-Forwarded-For": "127.0.0.3"}, source="127.0.0.2")
+            for _ in range(8)
+        ]
+        victim = [start_status(server.base_url, source="127.0.0.3") for _ in range(5)]
+    assert framing == [201] * 5 + [429] * 3  # the sender's own budget
+    assert victim == [201] * 5  # before: 429 from the first request
+
+
+def test_behind_one_proxy_the_client_is_the_address_the_proxy_appended(tmp_path):
+    environment = {"GUNICORN_WORKERS": "1", "RECORDER_THROTTLE_START": "5/minute", "DJANGO_NUM_PROXIES": "1"}
+    with gunicorn(tmp_path, extra_env=environment) as server:
+        # what nginx passes on: whatever the client claimed, then the address nginx saw
+        spoofing = [
+            start_status(server.base_url, headers={"X-Forwarded-For": f"10.0.0.{n}, 198.51.100.7"}) for n in range(7)
+        ]
+        other = start_status(server.base_url, headers={"X-Forwarded-For": "198.51.100.8"})
+    assert spoofing == [201] * 5 + [429] * 2
+    assert other == 201
+
+
+# --- 5. Every 500 is logged, with its traceback ---------------------------------------------------
+
+
+def test_a_server_error_is_logged_with_its_traceback(tmp_path):
+    with gunicorn(tmp_path) as server:
+        session_id, _ = start_session(server.base_url)
+        with sqlite3.connect(tmp_path / "db.sqlite3") as database:  # the database breaks under the server
+            database.execute("ALTER TABLE recordings_recordingsession RENAME TO recordings_moved_away")
+        status, _, body = send(server.base_url, "GET", f"/api/get-recorded-data/{session_id}/")
+        log = (tmp_path / "gunicorn.log").read_text()
+    assert (status, body["code"]) == (500, "internal_error")
+    assert "Traceback (most recent call last)" in log  # before: the 500 left nothing in the log
+    assert "no such table: recordings_recordingsession" in log
+
+
+# --- 7. Slow clients do not starve the server -----------------------------------------------------
+
+
+SLOW_ENV = {"RECORDER_REQUEST_HEADER_TIMEOUT_SECONDS": "4", "RECORDER_REQUEST_BODY_IDLE_SECONDS": "4"}
+
+
+def open_slowly(base_url: str, head: bytes) -> socket.socket:
+    parts = urlsplit(base_url)
+    connection = socket.create_connection((parts.hostname, parts.port))
+    connection.sendall(head)
+    return connection
+
+
+def test_slow_bodies_and_slow_headers_do_not_starve_the_server(tmp_path):
+    with gunicorn(tmp_path, extra_env=SLOW_ENV) as server:  # 2 workers x 8 threads, as `make serve`
+        session_id, token = start_session(server.base_url)
+        slow_bodies = [
+            open_slowly(
+                server.base_url,
+                f"POST /api/receive-video-chunk/?session_id={session_id}&chunk_index={index} HTTP/1.1\r\n"
+                f"Host: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\n"
+                "Content-Length: 100000\r\n\r\nabc".encode(),
+            )
+            for index in range(16)
+        ]
+        slow_headers = [open_slowly(server.base_url, b"GET /api/get-recorded-data/ HTTP/1.1\r\nHo") for _ in range(16)]
+        time.sleep(0.5)
+        latencies = []
+        for _ in range(6):
+            started = time.monotonic()
+            with urllib.request.urlopen(f"{server.base_url}/api/get-recorded-data/{session_id}/", timeout=5) as read:
+                assert read.status == 200  # before: 5 of 6 timed out, every thread held by a slow body
+            latencies.append(round(time.monotonic() - started, 4))
+        first_lines = []
+        for connection in slow_bodies + slow_headers:
+            connection.settimeout(15)
+            first_lines.append(connection.recv(4096).split(b"\r\n", 1)[0])
+            connection.close()
+        chunks_stored = send(server.base_url, "GET", f"/api/get-recorded-data/{session_id}/")[2]["received_chunks"]
+    record_figures("slow-clients", {"slow_sockets": 32, "status_read_seconds": latencies})
+    assert set(first_lines) == {b"HTTP/1.1 408 Request Timeout"}  # each cut off at its deadline
+    assert chunks_stored == 0  # and none of the 3-byte bodies became a chunk
+
+
+# --- 9. Chunked bodies are refused with 411 ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with gunicorn(tmp_path_factory.mktemp("attack-server")) as running:
+        yield running
+
+
+@pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=xyz", "application/json", "video/webm"])
+@pytest.mark.parametrize("endpoint", ["receive-video-chunk", "finalize-recording"])
+def test_a_chunked_upload_is_answered_411(server, content_type, endpoint):
+    session_id, token = start_session(server.base_url)
+    pieces = iter([b'{"session_id": "', session_id.encode(), b'", "chunk_index": 0, "video_chunk": "GkXf"}'])
+    status, _, body = send(
+        server.base_url,
+        "POST",
+        f"/api/{endpoint}/?session_id={session_id}&chunk_index=0&is_final=true",
+        pieces,
+        {"Authorization": f"Bearer {token}", "Content-Type": content_type},
+        encode_chunked=True,
+    )
+    assert (status, body["code"]) == (411, "length_required")  # before: 400 invalid_request for forms and JSON
+
+
+# --- 6. A DELETE is seen by every reader at once -----------------------------------------------------
+
+
+def test_reads_racing_a_delete_see_the_recording_or_a_404_never_a_500(server):
+    chunks = load_chrome_set("vp8_opus").chunks
+    statuses: list[int] = []
+    for _ in range(4):
+        session_id, token = upload(server.base_url, chunks)
+        assert finalize(server.base_url, session_id, token, len(chunks))[0] in (200, 202)
+        ready = wait_until_finished(server.base_url, session_id)
+        stop = threading.Event()
+
+        def read_until_stopped(session_id=session_id, size=ready["size"], stop=stop) -> list[int]:
+            seen = []
+            while not stop.is_set():
+                start = random.randrange(size)  # noqa: S311 - not a secret
+                headers = {"Range": f"bytes={start}-"}
+                seen.append(send(server.base_url, "GET", f"/api/recordings/{session_id}/video/", None, headers)[0])
+            return seen
+
+        with ThreadPoolExecutor(max_workers=6) as readers:
+            jobs = [readers.submit(read_until_stopped) for _ in range(6)]
+            time.sleep(0.3)
+            deleted = send(
+                server.base_url, "DELETE", f"/api/recordings/{session_id}/", None, {"Authorization": f"Bearer {token}"}
+            )
+            time.sleep(0.3)
+            stop.set()
+            for job in jobs:
+                statuses += job.result()
+        assert deleted[0] == 204
+        assert send(server.base_url, "GET", f"/api/recordings/{session_id}/video/")[0] == 404
+    record_figures("delete-race", {"reads": len(statuses), "by_status": {s: statuses.count(s) for s in set(statuses)}})
+    assert set(statuses) <= {206, 404}, sorted(set(statuses))  # before: 70 of 921 reads were 500s
+    assert statuses.count(404) and statuses.count(206)
+
+
+# --- 3 and 8. Processing off the request, one run at a time, no orphan ffmpeg ------------------------
+
+
+@pytest.fixture(scope="module")
+def slow_recording(tmp_path_factory) -> list[bytes]:
+    """MPEG-4 Part 2 video, which neither WebM nor MP4 playback takes: processing re-encodes it to
+    H.264, seconds of ffmpeg work (the slow path a hostile client would pick)."""
+    path = tmp_path_factory.mktemp("slow") / "mpeg4.mkv"
+    generate_media(
+        path,
+        seconds=12,
+        size="1280x720",
+        fps=30,
+        output_args=["-c:v", "mpeg4", "-q:v", "5", "-c:a", "libopus", "-f", "matroska"],
+    )
+    data = path.read_bytes()
+    step = -(-len(data) // 4)
+    return [data[offset : offset + step] for offset in range(0, len(data), step)]
+
+
+def ffmpeg_processes(under: Path) -> dict[int, tuple[int, str]]:
+    """pid → (parent pid, command line) of every ffmpeg working on files under `under`."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            parent = int(Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if "ffmpeg" in command and str(under) in command:
+            found[int(entry.name)] = (parent, command)
+    return found
+
+
+def wait_for(predicate, timeout_seconds: float, what: str):
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_finalize_answers_at_once_while_processing_runs_in_the_background(tmp_path, slow_recording):
+    with gunicorn(tmp_path) as server:
+        session_id, token = upload(server.base_url, slow_recording)
+        started = time.monotonic()
+        status, body = finalize(server.base_url, session_id, token, len(slow_recording))
+        answered_seconds = time.monotonic() - started
+        assert (status, body["status"]) == (202, "processing")  # before: 200 `ready`, after the whole re-encode
+        finished = wait_until_finished(server.base_url, session_id, timeout_seconds=180)
+        ready_seconds = time.monotonic() - started
+    record_figures(
+        "finalize-answers", {"finalize_seconds": round(answered_seconds, 3), "ready_seconds": round(ready_seconds, 2)}
+    )
+    assert finished["status"] == "ready", finished["error"]
+    assert finished["video_codec"] == "h264"
+
+
+def test_a_process_runs_one_recording_at_a_time(tmp_path, slow_recording):
+    environment = {"GUNICORN_WORKERS": "1", "RECORDER_PROCESSING_CONCURRENCY": "1"}
+    with gunicorn(tmp_path, extra_env=environment) as server:
+        sessions = [upload(server.base_url, slow_recording) for _ in range(3)]
+        for session_id, token in sessions:
+            assert finalize(server.base_url, session_id, token, len(slow_recording))[0] == 202
+        most_at_once = 0
+        while any(
+            call("GET", f"{server.base_url}/api/get-recorded-data/{sid}/")[1]["status"] == "processing"
+            for sid, _ in sessions
+        ):
+            working_on = {
+                sid for sid, _ in sessions for _, command in ffmpeg_processes(tmp_path).values() if sid in command
+            }
+            most_at_once = max(most_at_once, len(working_on))
+            time.sleep(0.05)
+        final = [wait_until_finished(server.base_url, sid)["status"] for sid, _ in sessions]
+    assert final == ["ready"] * 3
+    assert most_at_once == 1
+
+
+def test_a_killed_worker_leaves_no_ffmpeg_behind_and_the_next_run_cleans_its_folder(tmp_path, slow_recording):
+    environment = {"GUNICORN_WORKERS": "1", "RECORDER_PROCESSING_STALE_SECONDS": "4"}
+    with gunicorn(tmp_path, extra_env=environment) as server:
+        session_id, token = upload(server.base_url, slow_recording)
+        assert finalize(server.base_url, session_id, token, len(slow_recording))[0] == 202
+        running = wait_for(lambda: ffmpeg_processes(tmp_path), 60, "processing to start ffmpeg")
+        worker_pid = next(iter(running.values()))[0]
+        os.kill(worker_pid, signal.SIGKILL)  # the worker process only; gunicorn starts another
+        gone = wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in running) or None, 5, "ffmpeg to die")
+        assert gone  # before: ffmpeg went on under PID 1, with no timeout
+        work_dirs = list((tmp_path / "media" / ".tmp").glob(f"process-{session_id}-*"))
+        assert work_dirs, "the killed run's work folder"
+        call("GET", f"{server.base_url}/api/get-recorded-data/{session_id}/")  # the new worker's first request
+        finished = wait_until_finished(server.base_url, session_id, timeout_seconds=180)
+        assert (finished["status"], finished["video_codec"]) == ("ready", "h264")
+    assert not any(folder.exists() for folder in work_dirs)  # the recovered run removed the dead run's folder
