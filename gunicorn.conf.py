@@ -10,7 +10,8 @@ import os
 
 wsgi_app = "recorder_project.wsgi:application"
 bind = os.environ.get("GUNICORN_BIND", f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}")
-worker_class = "recorder_project.buffering_worker.BufferingThreadWorker"
+# `gthread` gives back gunicorn's own (no request buffering): only behind a proxy that buffers.
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "recorder_project.buffering_worker.BufferingThreadWorker")
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 # gthread workers heartbeat from their main loop, so a long processing request in a thread does

@@ -42,8 +42,16 @@ def upload_all(server, http: Http, chunk: bytes, form: str, clients: int) -> lis
         return list(pool.map(post, sessions))
 
 
+def chunk_of(work_dir: Path, chunk_bytes: int) -> bytes:
+    """A first chunk of `chunk_bytes`: a real recording's header and media, repeated to the size."""
+    recording = real_chunk_bytes(work_dir, chunk_bytes, count=1)[0]
+    media = recording[64 * 1024 :]
+    repeats = -(-(chunk_bytes - len(recording)) // len(media)) if len(recording) < chunk_bytes else 0
+    return (recording + media * repeats)[:chunk_bytes]
+
+
 def measure(chunk_bytes: int, clients: int, work_dir) -> dict:
-    chunk = real_chunk_bytes(work_dir, chunk_bytes, count=1)[0]
+    chunk = chunk_of(work_dir, chunk_bytes)
     result = {"chunk_mib": round(len(chunk) / MiB, 2), "clients": clients}
     extra_env = {"GUNICORN_WORKERS": "1", "GUNICORN_THREADS": str(clients), "RECORDER_MAX_CHUNK_BYTES": str(96 * MiB)}
     for form in ("raw", "json"):

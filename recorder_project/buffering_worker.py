@@ -8,21 +8,38 @@ small in-memory size), within deadlines, and only a complete request reaches a t
 silent client costs a socket and a buffer, never a thread: nginx's request buffering, inside the
 production command. The limits are Django settings (RECORDER_REQUEST_*, README).
 
+The same holds on the way out: a file response (a video, with or without Range) would hold its
+thread in sendfile for as long as the client takes to read it, and a paused <video> or a client
+that never reads takes for ever. The thread sends the headers and hands the file to the event
+loop, which sends it as the socket drains, within an idle deadline and a minimum rate.
+
+And when a connection closes, gthread's main loop waits up to 2 s for the client to close its side
+(RFC 9112's graceful close): 20 clients that send `Connection: close` and never close stalled it
+for 40 s. Here that wait is one more event in the loop.
+
 TLS and HTTP/2 connections are left to gthread as it is: terminate those in a proxy in front.
 """
 
+import errno
 import json
 import os
+import resource
 import selectors
+import socket
 import tempfile
 import time
 from collections import Counter
 from functools import partial
 
 from gunicorn import http
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 _RECV_BYTES = 256 * 1024
+# A closing connection: how long, and how much of what the client still sends, is read before the
+# socket is closed (gunicorn's own figures for its graceful close).
+_LINGER_SECONDS = 2.0
+_SEND_BYTES_PER_EVENT = 4 * 1024 * 1024
+_LINGER_MAX_BYTES = 64 * 1024
 _HEADER_END = b"\r\n\r\n"
 _STATUS_TEXT = {
     400: "Bad Request",
@@ -59,6 +76,9 @@ class _Limits:
             0 if settings.RECORDER_NUM_PROXIES else settings.RECORDER_MAX_UNREAD_REQUESTS_PER_CLIENT
         )
         self.spool_dir = str(settings.RECORDER_TEMP_DIR)
+        os.makedirs(self.spool_dir, exist_ok=True)
+        self.response_idle_seconds = settings.RECORDER_RESPONSE_IDLE_SECONDS
+        self.response_min_bytes_per_second = settings.RECORDER_RESPONSE_MIN_BYTES_PER_SECOND
 
 
 class _Inbound:
@@ -95,13 +115,83 @@ class _BufferedSource:
         return self._body.read(size) if self._body is not None else b""
 
 
+class _Outbound:
+    """A file body the event loop sends: a duplicate of the file's descriptor, where, how much."""
+
+    def __init__(self, fd: int, offset: int, count: int, now: float, limits: _Limits, *, close_after: bool):
+        self.fd, self.offset, self.remaining = fd, offset, count
+        self.close_after = close_after  # the response said so, or the request had bytes after it
+        self.last_progress = now
+        self.deadline = now + limits.response_idle_seconds + count / limits.response_min_bytes_per_second
+
+
+class _HandOffSocket:
+    """The socket a request's thread writes to: everything goes to the real socket, except a
+    file body (gunicorn's sendfile), which is kept for the event loop. Anything written after it
+    sends the kept body first, so the bytes always leave in order."""
+
+    def __init__(self, sock):
+        self.real = sock
+        self.pending: tuple[int, int, int] | None = None
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def sendfile(self, file, offset: int = 0, count: int | None = None) -> int:
+        self._send_pending()
+        count = os.fstat(file.fileno()).st_size - offset if count is None else count
+        self.pending = (os.dup(file.fileno()), offset, count)  # the app closes its file; this stays open
+        return count
+
+    def sendall(self, data, *args) -> None:
+        self._send_pending()
+        self.real.sendall(data, *args)
+
+    def send(self, data, *args) -> int:
+        self._send_pending()
+        return self.real.send(data, *args)
+
+    def _send_pending(self) -> None:
+        if self.pending is None:
+            return
+        fd, offset, count = self.pending
+        self.pending = None
+        with os.fdopen(fd, "rb") as file:
+            self.real.sendfile(file, offset, count)
+
+    def take_pending(self) -> tuple[int, int, int] | None:
+        pending, self.pending = self.pending, None
+        return pending
+
+
+class _Conn(TConn):
+    """gthread's connection, whose graceful close is handed to the worker's event loop."""
+
+    worker: "BufferingThreadWorker | None" = None
+
+    def close(self, graceful=False):
+        if graceful and self.worker is not None:
+            self.worker._linger(self)
+        else:
+            super().close(graceful=False)
+
+
 class BufferingThreadWorker(ThreadWorker):
     def init_process(self):
         self._buffering_conns: dict = {}  # conn → _Inbound
+        self._sending_conns: dict = {}  # conn → (_Outbound, the finished future)
+        self._lingering: dict = {}  # conn → (deadline, bytes drained)
         self._buffering_by_client: Counter = Counter()
         self._memory_in_use = 0
         self._buffered_in_use = 0
         self._limits: _Limits | None = None
+        # Each connection may hold a spool file too: room for two descriptors per connection.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = 2 * self.cfg.worker_connections + 256
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard)
+            )
         super().init_process()
 
     @property
@@ -114,6 +204,22 @@ class BufferingThreadWorker(ThreadWorker):
         return not self.cfg.is_ssl and list(self.cfg.http_protocols) == ["h1"]
 
     # --- where gthread hands a connection to a thread, read its request first --------------------
+
+    def accept(self, listener):
+        """gthread's, with connections of our class (their graceful close does not block the loop)."""
+        try:
+            client_sock, client_addr = listener.accept()
+        except OSError as error:
+            if error.errno in (errno.EMFILE, errno.ENFILE):
+                self.log.warning("Out of file descriptors; the connection waits in the backlog")
+            elif error.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        client_sock.setblocking(True)
+        conn = _Conn(self.cfg, client_sock, client_addr, listener.getsockname())
+        conn.worker = self
+        self.enqueue_req(conn)
 
     def enqueue_req(self, conn):
         """Called by gthread for a new connection, a kept-alive one that became readable, and one
@@ -223,6 +329,7 @@ class BufferingThreadWorker(ThreadWorker):
             inbound.body.seek(0)
         conn.inbound = inbound
         conn.sock.setblocking(True)
+        conn.sock = _HandOffSocket(conn.sock)
         conn.parser = http.get_parser(self.cfg, _BufferedSource(inbound.head_bytes, inbound.body), conn.client)
         conn.initialized = True
         conn.data_ready = True
@@ -230,21 +337,118 @@ class BufferingThreadWorker(ThreadWorker):
         self.enqueue_req(conn)
 
     def finish_request(self, conn, fs):
+        pending = None
+        if isinstance(conn.sock, _HandOffSocket):
+            pending = conn.sock.take_pending()
+            conn.sock = conn.sock.real
         inbound = getattr(conn, "inbound", None)
         if inbound is not None:
             conn.inbound = None
             self._release(inbound)
-            if inbound.close_after and not fs.cancelled() and fs.exception() is None and fs.result():
-                self.nr_conns -= 1
-                conn.close()
-                return
+        handled = not fs.cancelled() and fs.exception() is None  # its result says whether to keep the connection
+        if pending is not None:
+            if not handled:
+                os.close(pending[0])
+            else:
+                close_after = (inbound is not None and inbound.close_after) or not fs.result()
+                outbound = _Outbound(*pending, time.monotonic(), self.limits, close_after=close_after)
+                return self._start_sending(conn, outbound, fs)
+        if inbound is not None and inbound.close_after and handled and fs.result():
+            self.nr_conns -= 1
+            conn.close()
+            return
         super().finish_request(conn, fs)
+
+    # --- file bodies, sent by the event loop -------------------------------------------------------
+
+    def _start_sending(self, conn, outbound: _Outbound, fs) -> None:
+        conn.sock.setblocking(False)
+        self._sending_conns[conn] = (outbound, fs)
+        self.poller.register(conn.sock, selectors.EVENT_WRITE, partial(self._on_writable, conn))
+        self._on_writable(conn, conn.sock)
+
+    def _on_writable(self, conn, _sock) -> None:
+        entry = self._sending_conns.get(conn)
+        if entry is None:
+            return
+        outbound, fs = entry
+        budget = _SEND_BYTES_PER_EVENT  # a fast reader must not keep the loop from everyone else
+        try:
+            while outbound.remaining > 0 and budget > 0:
+                sent = os.sendfile(conn.sock.fileno(), outbound.fd, outbound.offset, min(outbound.remaining, budget))
+                if sent == 0:
+                    raise BrokenPipeError("the file ended early")
+                outbound.offset += sent
+                outbound.remaining -= sent
+                budget -= sent
+                outbound.last_progress = time.monotonic()
+        except (BlockingIOError, InterruptedError):
+            return  # the socket is full: on with the next writable event
+        except OSError:
+            return self._stop_sending(conn, finished=False)
+        if outbound.remaining == 0:
+            self._stop_sending(conn, finished=True)
+
+    def _stop_sending(self, conn, *, finished: bool) -> None:
+        outbound, fs = self._sending_conns.pop(conn)
+        os.close(outbound.fd)
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        if finished and not outbound.close_after:
+            conn.sock.setblocking(True)
+            super().finish_request(conn, fs)  # kept alive
+        else:
+            self.nr_conns -= 1
+            conn.close(graceful=finished)
+
+    # --- closing without waiting ---------------------------------------------------------------------
+
+    def _linger(self, conn) -> None:
+        """Send FIN, then read and drop what the client still sends until it closes (or 2 s, 64 KiB),
+        so the kernel does not answer unread bytes with an RST that cuts off the response's end."""
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+            conn.sock.setblocking(False)
+        except OSError:
+            conn.sock.close()
+            return
+        self._lingering[conn] = (time.monotonic() + _LINGER_SECONDS, 0)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_lingering_readable, conn))
+
+    def _on_lingering_readable(self, conn, _sock) -> None:
+        deadline, drained = self._lingering[conn]
+        try:
+            data = conn.sock.recv(_RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data and drained + len(data) < _LINGER_MAX_BYTES:
+            self._lingering[conn] = (deadline, drained + len(data))
+            return
+        self._stop_lingering(conn)
+
+    def _stop_lingering(self, conn) -> None:
+        self._lingering.pop(conn, None)
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        conn.sock.close()
 
     # --- deadlines, refusals, bookkeeping ---------------------------------------------------------
 
     def murder_keepalived(self, force=False):
         super().murder_keepalived(force)
         now = time.monotonic()
+        for conn, (deadline, _) in list(self._lingering.items()):
+            if force or now > deadline:
+                self._stop_lingering(conn)
+        for conn, (outbound, _) in list(self._sending_conns.items()):
+            if force or now > outbound.deadline or now - outbound.last_progress > self.limits.response_idle_seconds:
+                self._stop_sending(conn, finished=False)  # a reader that stopped reading (or reads too slowly)
         for conn, inbound in list(self._buffering_conns.items()):
             if force:
                 self._drop(conn)
@@ -263,7 +467,7 @@ class BufferingThreadWorker(ThreadWorker):
         if refused.status == 503:
             headers.append("Retry-After: 1")
         self._send_quietly(conn, ("\r\n".join(headers) + "\r\n\r\n").encode() + body)
-        self._drop(conn)
+        self._drop(conn, graceful=True)  # so that the answer is not cut off by an RST
 
     def _send_quietly(self, conn, payload: bytes) -> None:
         try:
@@ -271,13 +475,13 @@ class BufferingThreadWorker(ThreadWorker):
         except OSError:
             pass
 
-    def _drop(self, conn) -> None:
+    def _drop(self, conn, *, graceful: bool = False) -> None:
         inbound = self._buffering_conns.get(conn)
         self._stop_buffering(conn)
         if inbound is not None:
             self._release(inbound)
         self.nr_conns -= 1
-        conn.close()
+        conn.close(graceful=graceful)
 
     def _stop_buffering(self, conn) -> None:
         if self._buffering_conns.pop(conn, None) is not None:

@@ -289,6 +289,10 @@ RECORDER_REQUEST_BODY_IDLE_SECONDS = env_int("RECORDER_REQUEST_BODY_IDLE_SECONDS
 # A body may take the idle time plus its size at this rate (a 1 MiB chunk: 20 + 64 s).
 RECORDER_REQUEST_BODY_MIN_BYTES_PER_SECOND = env_int("RECORDER_REQUEST_BODY_MIN_BYTES_PER_SECOND", 16 * 1024)
 RECORDER_REQUEST_MAX_HEADER_BYTES = env_int("RECORDER_REQUEST_MAX_HEADER_BYTES", 64 * 1024)
+# File responses (media) are sent by the same event loop: a reader idle this long, or slower than
+# this rate after the idle time, is disconnected (a paused <video> reconnects with Range).
+RECORDER_RESPONSE_IDLE_SECONDS = env_int("RECORDER_RESPONSE_IDLE_SECONDS", 60)
+RECORDER_RESPONSE_MIN_BYTES_PER_SECOND = env_int("RECORDER_RESPONSE_MIN_BYTES_PER_SECOND", 16 * 1024)
 # Per worker process: bodies held in memory while they arrive (the rest spool to RECORDER_TEMP_DIR),
 # bodies held in all, and requests one address may have unfinished at once (0: no limit; ignored
 # behind proxies, where every connection comes from the proxy).

@@ -21,6 +21,8 @@ def check_recorder_settings(app_configs, **kwargs) -> list[Error]:
         errors.append(
             Error("RECORDER_MAX_CHUNK_BYTES and RECORDER_MAX_RECORDING_BYTES must be positive.", id="recordings.E002")
         )
+    if settings.RECORDER_PROCESSING_CONCURRENCY < 1:
+        errors.append(Error("RECORDER_PROCESSING_CONCURRENCY must be 1 or more.", id="recordings.E005"))
     errors.extend(_storage_errors())
     return errors
 

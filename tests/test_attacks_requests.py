@@ -133,13 +133,7 @@ def test_finalize_with_an_empty_raw_body_and_no_index_stores_no_phantom_chunk(ap
     recording = load_chrome_set("vp8_opus")
     started = start(api)
     upload_all(api, started, recording.chunks)
-    response = api.generic(
-        "POST",
-        f"/api/finalize-recording/?session_id={started.session_id}&is_final=true&total_chunks={len(recording.chunks)}",
-        b"",
-        content_type="application/octet-stream",
-        headers={"Authorization": f"Bearer {started.upload_token}"},
-    )
+    response = finalize(api, started, transport="raw", total_chunks=len(recording.chunks))  # an empty body
     assert response.status_code == 200, response.json()  # before: 400 total_chunks_too_small
     assert (response.json()["status"], response.json()["received_chunks"]) == ("ready", len(recording.chunks))
 
@@ -148,14 +142,7 @@ def test_an_empty_raw_body_with_an_index_is_still_an_empty_last_chunk(api):
     recording = load_chrome_set("mp4_avc1_opus")  # Chrome's MP4 ends with an empty chunk
     started = start(api)
     upload_all(api, started, recording.chunks[:-1])
-    index = len(recording.chunks) - 1
-    response = api.generic(
-        "POST",
-        f"/api/finalize-recording/?session_id={started.session_id}&is_final=true&chunk_index={index}",
-        b"",
-        content_type="application/octet-stream",
-        headers={"Authorization": f"Bearer {started.upload_token}"},
-    )
+    response = finalize(api, started, transport="raw", chunk=b"", index=len(recording.chunks) - 1)
     assert response.status_code == 200
     assert status_of(api, started.session_id)["received_chunks"] == len(recording.chunks)
 

@@ -138,7 +138,7 @@ def test_slow_bodies_and_slow_headers_do_not_starve_the_server(tmp_path):
             open_slowly(
                 server.base_url,
                 f"POST /api/receive-video-chunk/?session_id={session_id}&chunk_index={index} HTTP/1.1\r\n"
-                f"Host: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\n"
+                f"Host: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\n"
                 "Content-Length: 100000\r\n\r\nabc".encode(),
             )
             for index in range(16)
@@ -160,6 +160,83 @@ def test_slow_bodies_and_slow_headers_do_not_starve_the_server(tmp_path):
     record_figures("slow-clients", {"slow_sockets": 32, "status_read_seconds": latencies})
     assert set(first_lines) == {b"HTTP/1.1 408 Request Timeout"}  # each cut off at its deadline
     assert chunks_stored == 0  # and none of the 3-byte bodies became a chunk
+
+
+def test_clients_that_never_close_their_side_do_not_stall_the_server(tmp_path):
+    with gunicorn(tmp_path, extra_env={"GUNICORN_WORKERS": "1"}) as server:
+        session_id, _ = start_session(server.base_url)
+        holders = [  # each answered and closed by the server; none reads or closes
+            open_slowly(
+                server.base_url,
+                b"GET /api/get-recorded-data/nope/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            )
+            for _ in range(20)
+        ]
+        time.sleep(0.5)
+        latencies = []
+        for _ in range(5):
+            started = time.monotonic()
+            with urllib.request.urlopen(f"{server.base_url}/api/get-recorded-data/{session_id}/", timeout=5) as read:
+                assert read.status == 200  # before: gunicorn's loop waited 2 s on each holder: 40 s
+            latencies.append(round(time.monotonic() - started, 4))
+        answers = [holder.recv(4096).split(b"\r\n", 1)[0] for holder in holders]
+        for holder in holders:
+            holder.close()
+    record_figures("never-closing-clients", {"clients": 20, "status_read_seconds": latencies})
+    assert set(answers) == {b"HTTP/1.1 404 Not Found"}
+
+
+@pytest.fixture(scope="module")
+def large_video(tmp_path_factory) -> list[bytes]:
+    """About 24 MB of real VP8/Opus WebM (the 8-second Chrome recording, looped), in 8 chunks."""
+    from bench.media import loop_recording
+
+    work = tmp_path_factory.mktemp("large")
+    base = work / "base.webm"
+    base.write_bytes(b"".join(load_chrome_set("vp8_opus").chunks))
+    data = loop_recording(base, work / "looped.webm", times=100).read_bytes()
+    step = -(-len(data) // 8)
+    return [data[offset : offset + step] for offset in range(0, len(data), step)]
+
+
+def test_readers_that_stop_reading_do_not_starve_the_server(tmp_path, large_video):
+    with gunicorn(tmp_path, extra_env={"RECORDER_RESPONSE_IDLE_SECONDS": "3"}) as server:
+        session_id, token = upload(server.base_url, large_video)
+        assert finalize(server.base_url, session_id, token, len(large_video))[0] in (200, 202)
+        size = wait_until_finished(server.base_url, session_id)["size"]
+        assert size > 20_000_000  # far more than the socket buffers between server and reader hold
+        parts = urlsplit(server.base_url)
+        readers = []
+        for _ in range(16):  # 2 workers x 8 threads: one stuck reader per thread, as a paused <video> is
+            reader = socket.socket()
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+            reader.connect((parts.hostname, parts.port))
+            reader.sendall(f"GET /api/recordings/{session_id}/video/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            readers.append(reader)
+        time.sleep(1)
+        latencies = []
+        for _ in range(6):
+            started = time.monotonic()
+            with urllib.request.urlopen(f"{server.base_url}/api/get-recorded-data/{session_id}/", timeout=5) as read:
+                assert read.status == 200  # before: every thread sat in sendfile for the stuck readers
+            latencies.append(round(time.monotonic() - started, 4))
+        with urllib.request.urlopen(f"{server.base_url}/api/recordings/{session_id}/video/", timeout=30) as whole:
+            downloaded = whole.read()
+        time.sleep(4.5)  # past the idle deadline: the stuck readers are let go
+        received = []
+        first_lines = set()
+        for reader in readers:
+            reader.settimeout(10)
+            response = b""
+            while block := reader.recv(1 << 20):
+                response += block
+            first_lines.add(response.split(b"\r\n", 1)[0])
+            received.append(len(response) - response.index(b"\r\n\r\n") - 4)
+            reader.close()
+    record_figures("slow-readers", {"stuck_readers": 16, "video_bytes": size, "status_read_seconds": latencies})
+    assert len(downloaded) == size and b"".join(large_video)[:4] == downloaded[:4]
+    assert first_lines == {b"HTTP/1.1 200 OK"}  # each was being sent the video...
+    assert all(0 < body_bytes < size for body_bytes in received)  # ...and was cut off, not served to the end
 
 
 # --- 9. Chunked bodies are refused with 411 ----------------------------------------------------------
