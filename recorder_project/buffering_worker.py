@@ -1,23 +1,27 @@
-"""gunicorn's threaded worker, with each request read whole by the event loop before a thread takes it.
+"""gunicorn's threaded worker whose event loop owns every slow part of a connection: threads only ever
+handle a complete request, and never wait for a client.
 
 gthread gives a connection to a thread as soon as it is readable, and the thread then reads the
 headers and body with blocking calls and no deadline: 16 clients that send 3 bytes of their body
-and stop hold all 16 threads of `make serve`, and nothing else is answered (issue 12). Here the
-event loop reads headers and body without blocking (the body spooled to a temporary file past a
-small in-memory size), within deadlines, and only a complete request reaches a thread. A slow or
-silent client costs a socket and a buffer, never a thread: nginx's request buffering, inside the
-production command. The limits are Django settings (RECORDER_REQUEST_*, README).
+and stop hold all 16 threads of `make serve`, and nothing else is answered (issue 12). The same
+holds on the way out (a thread sits in sendfile while a reader, or a paused <video>, does not
+read) and at the end (gthread's loop itself waits up to 2 s for each closing client).
 
-The same holds on the way out: a file response (a video, with or without Range) would hold its
-thread in sendfile for as long as the client takes to read it, and a paused <video> or a client
-that never reads takes for ever. The thread sends the headers and hands the file to the event
-loop, which sends it as the socket drains, within an idle deadline and a minimum rate.
+Here the event loop:
+- reads each request whole, headers then body (spooled to a temporary file past a small in-memory
+  size), at a rate no slower than a floor, within bounds of size, memory, disk and connections
+  per client address; only then does a thread take it;
+- sends a file body (media, with or without Range) as the socket drains, at a rate no slower than
+  a floor: the thread sends the headers and hands over a duplicate of the file's descriptor;
+- closes gracefully (FIN, then drain what the client still sends) without waiting.
+A slow or silent client costs a socket and a buffer, never a thread: nginx's buffering, inside
+the production command. The limits are Django settings (RECORDER_REQUEST_*, RECORDER_RESPONSE_*,
+RECORDER_MAX_CONNECTIONS_PER_CLIENT; README).
 
-And when a connection closes, gthread's main loop waits up to 2 s for the client to close its side
-(RFC 9112's graceful close): 20 clients that send `Connection: close` and never close stalled it
-for 40 s. Here that wait is one more event in the loop.
-
-TLS and HTTP/2 connections are left to gthread as it is: terminate those in a proxy in front.
+Built on gthread's internals (accept, enqueue_req, finish_request, murder_keepalived, TConn,
+the parser's source) as of gunicorn 27.0.1, which requirements.txt pins; tests/test_serving.py
+fails on any other version until this module is reviewed against it. TLS and HTTP/2 connections
+are left to gthread as it is: terminate those in a proxy in front.
 """
 
 import errno
@@ -35,11 +39,13 @@ from gunicorn import http
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 _RECV_BYTES = 256 * 1024
+_IN_MEMORY_BODY_BYTES = 1024 * 1024  # a body larger than this spools to disk as it arrives
+_SEND_BYTES_PER_EVENT = 4 * 1024 * 1024  # a fast reader must not keep the loop from everyone else
 # A closing connection: how long, and how much of what the client still sends, is read before the
 # socket is closed (gunicorn's own figures for its graceful close).
 _LINGER_SECONDS = 2.0
-_SEND_BYTES_PER_EVENT = 4 * 1024 * 1024
 _LINGER_MAX_BYTES = 64 * 1024
+_ACCEPT_PAUSE_SECONDS = 0.5  # out of file descriptors: connections wait in the backlog meanwhile
 _HEADER_END = b"\r\n\r\n"
 _STATUS_TEXT = {
     400: "Bad Request",
@@ -47,6 +53,7 @@ _STATUS_TEXT = {
     413: "Content Too Large",
     431: "Request Header Fields Too Large",
     503: "Service Unavailable",
+    507: "Insufficient Storage",
 }
 
 
@@ -57,8 +64,8 @@ class _Refused(Exception):
 
 
 class _Limits:
-    """The buffering limits, read once from this project's settings (also when gunicorn serves
-    another WSGI app, such as the benchmarks' baseline)."""
+    """The limits, read once from this project's settings (also when gunicorn serves another WSGI
+    app, such as the benchmarks' baseline)."""
 
     def __init__(self):
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recorder_project.settings")
@@ -71,29 +78,44 @@ class _Limits:
         self.max_body_bytes = settings.RECORDER_MAX_REQUEST_BYTES
         self.memory_bytes = settings.RECORDER_REQUEST_BUFFER_MEMORY_BYTES
         self.buffered_bytes = settings.RECORDER_REQUEST_BUFFER_BYTES
+        self.buffered_bytes_per_client = settings.RECORDER_REQUEST_BUFFER_BYTES // 8
         # Behind a proxy every connection comes from the proxy: the per-address cap is the proxy's job.
-        self.requests_per_client = (
-            0 if settings.RECORDER_NUM_PROXIES else settings.RECORDER_MAX_UNREAD_REQUESTS_PER_CLIENT
+        self.connections_per_client = (
+            0 if settings.RECORDER_NUM_PROXIES else settings.RECORDER_MAX_CONNECTIONS_PER_CLIENT
         )
-        self.spool_dir = str(settings.RECORDER_TEMP_DIR)
-        os.makedirs(self.spool_dir, exist_ok=True)
         self.response_idle_seconds = settings.RECORDER_RESPONSE_IDLE_SECONDS
         self.response_min_bytes_per_second = settings.RECORDER_RESPONSE_MIN_BYTES_PER_SECOND
+        self.spool_dir = str(settings.RECORDER_TEMP_DIR)
+        os.makedirs(self.spool_dir, exist_ok=True)
+
+
+def _client_key(client) -> str:
+    """One count per IPv4 address or IPv6 /64, as the throttles count clients."""
+    from recordings.throttling import throttle_key
+
+    return throttle_key(client[0]) if isinstance(client, tuple) and client else "local"
+
+
+def _too_slow(done_bytes: int, elapsed_seconds: float, grace_seconds: float, min_bytes_per_second: int) -> bool:
+    """Behind the floor rate once the grace time is over: checked all along, not only at the end,
+    so a client cannot trickle one byte per idle period for the whole of a long body."""
+    return done_bytes < (elapsed_seconds - grace_seconds) * min_bytes_per_second
 
 
 class _Inbound:
-    """One request being read: its head, then its body, and the deadline it must arrive by."""
+    """One request being read: its head, then its body, and since when."""
 
-    def __init__(self, limits: _Limits, now: float):
+    def __init__(self, now: float):
+        self.started = now
+        self.last_progress = now
         self.head = bytearray()
         self.head_bytes: bytes | None = None  # the head as the parser will see it, once complete
+        self.body_started = now
         self.body_length = 0
         self.body = None  # a SpooledTemporaryFile while the body arrives
         self.body_received = 0
-        self.in_memory_bytes = 0
-        self.close_after = False  # the request had a body we do not read (chunked) or bytes after it
-        self.deadline = now + limits.header_seconds
-        self.last_progress = now
+        self.in_memory_bytes = 0  # what this body counts against the worker's memory for bodies
+        self.close_after = False  # a body not read here (chunked), or bytes after the request
 
     @property
     def complete(self) -> bool:
@@ -118,11 +140,11 @@ class _BufferedSource:
 class _Outbound:
     """A file body the event loop sends: a duplicate of the file's descriptor, where, how much."""
 
-    def __init__(self, fd: int, offset: int, count: int, now: float, limits: _Limits, *, close_after: bool):
+    def __init__(self, fd: int, offset: int, count: int, now: float, *, close_after: bool):
         self.fd, self.offset, self.remaining = fd, offset, count
+        self.sent = 0
+        self.started = self.last_progress = now
         self.close_after = close_after  # the response said so, or the request had bytes after it
-        self.last_progress = now
-        self.deadline = now + limits.response_idle_seconds + count / limits.response_min_bytes_per_second
 
 
 class _HandOffSocket:
@@ -165,33 +187,39 @@ class _HandOffSocket:
 
 
 class _Conn(TConn):
-    """gthread's connection, whose graceful close is handed to the worker's event loop."""
+    """gthread's connection, counted per client address, whose graceful close is handed to the
+    worker's event loop (its final close is where the count goes down)."""
 
-    worker: "BufferingThreadWorker | None" = None
+    worker: "BufferingThreadWorker"
+    client_key = ""
+    counted = False
 
     def close(self, graceful=False):
-        if graceful and self.worker is not None:
-            self.worker._linger(self)
+        if graceful and self.worker.buffers:
+            self.worker.linger(self)
         else:
-            super().close(graceful=False)
+            super().close(graceful=graceful)
+            self.worker.forget(self)
 
 
 class BufferingThreadWorker(ThreadWorker):
     def init_process(self):
-        self._buffering_conns: dict = {}  # conn → _Inbound
-        self._sending_conns: dict = {}  # conn → (_Outbound, the finished future)
+        self._buffering: dict = {}  # conn → _Inbound
+        self._sending: dict = {}  # conn → (_Outbound, the finished future)
         self._lingering: dict = {}  # conn → (deadline, bytes drained)
-        self._buffering_by_client: Counter = Counter()
+        self._connections_by_client: Counter = Counter()
+        self._buffered_by_client: Counter = Counter()
         self._memory_in_use = 0
         self._buffered_in_use = 0
+        self._accept_paused_until = 0.0
         self._limits: _Limits | None = None
+        self.buffers = not self.cfg.is_ssl and list(self.cfg.http_protocols) == ["h1"]
         # Each connection may hold a spool file too: room for two descriptors per connection.
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         wanted = 2 * self.cfg.worker_connections + 256
         if soft != resource.RLIM_INFINITY and soft < wanted:
-            resource.setrlimit(
-                resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard)
-            )
+            new_soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
         super().init_process()
 
     @property
@@ -200,18 +228,17 @@ class BufferingThreadWorker(ThreadWorker):
             self._limits = _Limits()
         return self._limits
 
-    def _buffers(self) -> bool:
-        return not self.cfg.is_ssl and list(self.cfg.http_protocols) == ["h1"]
-
-    # --- where gthread hands a connection to a thread, read its request first --------------------
+    # --- connections in --------------------------------------------------------------------------
 
     def accept(self, listener):
-        """gthread's, with connections of our class (their graceful close does not block the loop)."""
+        """gthread's, with connections of our class, counted per client address."""
         try:
             client_sock, client_addr = listener.accept()
         except OSError as error:
             if error.errno in (errno.EMFILE, errno.ENFILE):
-                self.log.warning("Out of file descriptors; the connection waits in the backlog")
+                self.log.warning("Out of file descriptors: not accepting for %.1f s", _ACCEPT_PAUSE_SECONDS)
+                self._accept_paused_until = time.monotonic() + _ACCEPT_PAUSE_SECONDS
+                self.set_accept_enabled(False)
             elif error.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
             return
@@ -219,22 +246,38 @@ class BufferingThreadWorker(ThreadWorker):
         client_sock.setblocking(True)
         conn = _Conn(self.cfg, client_sock, client_addr, listener.getsockname())
         conn.worker = self
+        allowed = self.limits.connections_per_client if self.buffers else 0  # the settings, loaded first
+        conn.client_key = _client_key(client_addr)
+        conn.counted = True
+        self._connections_by_client[conn.client_key] += 1
+        if allowed and self._connections_by_client[conn.client_key] > allowed:
+            self._refuse(conn, _Refused(503, "too_many_connections", "Too many open connections from this address."))
+            return
         self.enqueue_req(conn)
+
+    def set_accept_enabled(self, enabled):
+        if enabled and time.monotonic() < self._accept_paused_until:
+            return
+        super().set_accept_enabled(enabled)
+
+    def forget(self, conn) -> None:
+        """A connection is closed for good: it no longer counts against its client."""
+        if conn.counted:
+            conn.counted = False
+            self._connections_by_client[conn.client_key] -= 1
+            if self._connections_by_client[conn.client_key] <= 0:
+                del self._connections_by_client[conn.client_key]
+
+    # --- requests in: read whole before a thread takes them ---------------------------------------
 
     def enqueue_req(self, conn):
         """Called by gthread for a new connection, a kept-alive one that became readable, and one
         with bytes left over: read its request first, then give it to a thread."""
-        if not self._buffers() or getattr(conn, "buffered_request", False):
+        if not self.buffers or getattr(conn, "buffered_request", False):
             conn.buffered_request = False
             return super().enqueue_req(conn)
-        conn.client_key = conn.client[0] if isinstance(conn.client, tuple) else str(conn.client)
-        allowed = self.limits.requests_per_client
-        if allowed and self._buffering_by_client[conn.client_key] >= allowed:
-            refused = _Refused(503, "too_many_connections", "Too many unfinished requests from this address.")
-            return self._refuse(conn, refused)
-        self._buffering_by_client[conn.client_key] += 1
         conn.sock.setblocking(False)
-        self._buffering_conns[conn] = _Inbound(self.limits, time.monotonic())
+        self._buffering[conn] = _Inbound(time.monotonic())
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
         return None
 
@@ -246,7 +289,7 @@ class BufferingThreadWorker(ThreadWorker):
             self._drop(conn)
 
     def _read_more(self, conn) -> None:
-        inbound = self._buffering_conns.get(conn)
+        inbound = self._buffering.get(conn)
         if inbound is None:
             return
         try:
@@ -268,30 +311,23 @@ class BufferingThreadWorker(ThreadWorker):
         now = time.monotonic()
         inbound.last_progress = now
         if inbound.head_bytes is None:
+            searched = max(0, len(inbound.head) - len(_HEADER_END) + 1)
             inbound.head += data
-            end = inbound.head.find(_HEADER_END)
+            end = inbound.head.find(_HEADER_END, searched)
+            head_bytes = (end + len(_HEADER_END)) if end >= 0 else len(inbound.head)
+            if head_bytes > self.limits.max_header_bytes:
+                raise _Refused(431, "headers_too_large", "The request's headers are too large.")
             if end < 0:
-                if len(inbound.head) > self.limits.max_header_bytes:
-                    raise _Refused(431, "headers_too_large", "The request's headers are too large.")
                 return
-            data = bytes(inbound.head[end + len(_HEADER_END) :])
-            self._read_head(conn, inbound, bytes(inbound.head[: end + len(_HEADER_END)]), now)
-        if not data:
-            return
+            data = bytes(inbound.head[head_bytes:])
+            self._read_head(conn, inbound, bytes(inbound.head[:head_bytes]), now)
+            inbound.head = bytearray()
         room = inbound.body_length - inbound.body_received
         if len(data) > room:
             inbound.close_after = True  # pipelined bytes: answer this request, then close
             data = data[:room]
-        if not data:
-            return
-        if inbound.body is None:
-            in_memory = self._memory_in_use + inbound.body_length <= self.limits.memory_bytes
-            max_size = min(inbound.body_length, 1024 * 1024) if in_memory else 1
-            inbound.in_memory_bytes = max_size if in_memory else 0
-            self._memory_in_use += inbound.in_memory_bytes
-            inbound.body = tempfile.SpooledTemporaryFile(max_size=max_size, dir=self.limits.spool_dir)
-        inbound.body.write(data)
-        inbound.body_received += len(data)
+        if data:
+            self._store_body(conn, inbound, data)
 
     def _read_head(self, conn, inbound: _Inbound, head: bytes, now: float) -> None:
         lines = head.split(b"\r\n")
@@ -303,7 +339,7 @@ class BufferingThreadWorker(ThreadWorker):
             if name == b"content-length":
                 lengths.add(value.strip())
             elif name == b"transfer-encoding":
-                inbound.close_after = True  # not buffered: the app answers 411 without reading it
+                inbound.close_after = True  # not buffered: Django reads no body without a length
             elif name == b"expect" and value.strip().lower() == b"100-continue":
                 continue  # answered here, below; gunicorn must not answer it again after the body
             kept.append(line)
@@ -314,14 +350,36 @@ class BufferingThreadWorker(ThreadWorker):
             raise _Refused(
                 413, "request_too_large", f"A request body may hold at most {self.limits.max_body_bytes} bytes."
             )
-        if self._buffered_in_use + inbound.body_length > self.limits.buffered_bytes:
+        if inbound.body_length and (
+            self._buffered_in_use >= self.limits.buffered_bytes
+            or self._buffered_by_client[conn.client_key] >= self.limits.buffered_bytes_per_client
+        ):
             raise _Refused(503, "server_busy", "The server is reading as many uploads as it buffers at once.")
-        self._buffered_in_use += inbound.body_length
         inbound.head_bytes = b"\r\n".join(kept)
-        minimum_seconds = inbound.body_length / self.limits.body_min_bytes_per_second
-        inbound.deadline = now + self.limits.body_idle_seconds + minimum_seconds
+        inbound.body_started = now
         if inbound.body_length and len(kept) != len(lines):
             self._send_quietly(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _store_body(self, conn, inbound: _Inbound, data: bytes) -> None:
+        if inbound.body is None:
+            in_memory = min(inbound.body_length, _IN_MEMORY_BODY_BYTES)
+            if self._memory_in_use + in_memory > self.limits.memory_bytes:
+                in_memory = 0
+            inbound.in_memory_bytes = in_memory
+            self._memory_in_use += in_memory
+            inbound.body = tempfile.SpooledTemporaryFile(max_size=max(in_memory, 1), dir=self.limits.spool_dir)
+        try:
+            inbound.body.write(data)
+        except OSError as error:
+            from recordings.errors import storage_error
+
+            failure = storage_error(error)
+            if failure is None:
+                raise _Refused(503, "server_busy", "The server cannot buffer this upload right now.") from error
+            raise _Refused(failure.status, failure.code, failure.detail) from error
+        inbound.body_received += len(data)
+        self._buffered_in_use += len(data)
+        self._buffered_by_client[conn.client_key] += len(data)
 
     def _hand_over(self, conn, inbound: _Inbound) -> None:
         self._stop_buffering(conn)
@@ -344,35 +402,33 @@ class BufferingThreadWorker(ThreadWorker):
         inbound = getattr(conn, "inbound", None)
         if inbound is not None:
             conn.inbound = None
-            self._release(inbound)
-        handled = not fs.cancelled() and fs.exception() is None  # its result says whether to keep the connection
+            self._release(conn, inbound)
+        handled = not fs.cancelled() and fs.exception() is None  # its result: whether to keep the connection
+        close_after = (inbound is not None and inbound.close_after) or not (handled and fs.result())
         if pending is not None:
-            if not handled:
-                os.close(pending[0])
-            else:
-                close_after = (inbound is not None and inbound.close_after) or not fs.result()
-                outbound = _Outbound(*pending, time.monotonic(), self.limits, close_after=close_after)
-                return self._start_sending(conn, outbound, fs)
-        if inbound is not None and inbound.close_after and handled and fs.result():
+            if handled:
+                return self._start_sending(conn, _Outbound(*pending, time.monotonic(), close_after=close_after), fs)
+            os.close(pending[0])
+        if inbound is not None and inbound.close_after and handled:
             self.nr_conns -= 1
-            conn.close()
+            conn.close(graceful=True)
             return
         super().finish_request(conn, fs)
 
-    # --- file bodies, sent by the event loop -------------------------------------------------------
+    # --- file bodies out, sent as the socket drains -----------------------------------------------
 
     def _start_sending(self, conn, outbound: _Outbound, fs) -> None:
         conn.sock.setblocking(False)
-        self._sending_conns[conn] = (outbound, fs)
+        self._sending[conn] = (outbound, fs)
         self.poller.register(conn.sock, selectors.EVENT_WRITE, partial(self._on_writable, conn))
         self._on_writable(conn, conn.sock)
 
     def _on_writable(self, conn, _sock) -> None:
-        entry = self._sending_conns.get(conn)
+        entry = self._sending.get(conn)
         if entry is None:
             return
-        outbound, fs = entry
-        budget = _SEND_BYTES_PER_EVENT  # a fast reader must not keep the loop from everyone else
+        outbound, _ = entry
+        budget = _SEND_BYTES_PER_EVENT
         try:
             while outbound.remaining > 0 and budget > 0:
                 sent = os.sendfile(conn.sock.fileno(), outbound.fd, outbound.offset, min(outbound.remaining, budget))
@@ -380,6 +436,7 @@ class BufferingThreadWorker(ThreadWorker):
                     raise BrokenPipeError("the file ended early")
                 outbound.offset += sent
                 outbound.remaining -= sent
+                outbound.sent += sent
                 budget -= sent
                 outbound.last_progress = time.monotonic()
         except (BlockingIOError, InterruptedError):
@@ -390,12 +447,9 @@ class BufferingThreadWorker(ThreadWorker):
             self._stop_sending(conn, finished=True)
 
     def _stop_sending(self, conn, *, finished: bool) -> None:
-        outbound, fs = self._sending_conns.pop(conn)
+        outbound, fs = self._sending.pop(conn)
         os.close(outbound.fd)
-        try:
-            self.poller.unregister(conn.sock)
-        except (KeyError, ValueError, OSError):
-            pass
+        self._unregister(conn)
         if finished and not outbound.close_after:
             conn.sock.setblocking(True)
             super().finish_request(conn, fs)  # kept alive
@@ -403,17 +457,16 @@ class BufferingThreadWorker(ThreadWorker):
             self.nr_conns -= 1
             conn.close(graceful=finished)
 
-    # --- closing without waiting ---------------------------------------------------------------------
+    # --- connections out: closed without waiting --------------------------------------------------
 
-    def _linger(self, conn) -> None:
+    def linger(self, conn) -> None:
         """Send FIN, then read and drop what the client still sends until it closes (or 2 s, 64 KiB),
         so the kernel does not answer unread bytes with an RST that cuts off the response's end."""
         try:
             conn.sock.shutdown(socket.SHUT_WR)
             conn.sock.setblocking(False)
         except OSError:
-            conn.sock.close()
-            return
+            return self._close_for_good(conn)
         self._lingering[conn] = (time.monotonic() + _LINGER_SECONDS, 0)
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_lingering_readable, conn))
 
@@ -428,31 +481,47 @@ class BufferingThreadWorker(ThreadWorker):
         if data and drained + len(data) < _LINGER_MAX_BYTES:
             self._lingering[conn] = (deadline, drained + len(data))
             return
-        self._stop_lingering(conn)
+        self._close_for_good(conn)
 
-    def _stop_lingering(self, conn) -> None:
-        self._lingering.pop(conn, None)
-        try:
-            self.poller.unregister(conn.sock)
-        except (KeyError, ValueError, OSError):
-            pass
+    def _close_for_good(self, conn) -> None:
+        if self._lingering.pop(conn, None) is not None:
+            self._unregister(conn)
         conn.sock.close()
+        self.forget(conn)
 
     # --- deadlines, refusals, bookkeeping ---------------------------------------------------------
 
     def murder_keepalived(self, force=False):
         super().murder_keepalived(force)
         now = time.monotonic()
+        limits = self.limits
         for conn, (deadline, _) in list(self._lingering.items()):
             if force or now > deadline:
-                self._stop_lingering(conn)
-        for conn, (outbound, _) in list(self._sending_conns.items()):
-            if force or now > outbound.deadline or now - outbound.last_progress > self.limits.response_idle_seconds:
-                self._stop_sending(conn, finished=False)  # a reader that stopped reading (or reads too slowly)
-        for conn, inbound in list(self._buffering_conns.items()):
+                self._close_for_good(conn)
+        for conn, (outbound, _) in list(self._sending.items()):
+            idle = now - outbound.last_progress > limits.response_idle_seconds
+            slow = _too_slow(
+                outbound.sent,
+                now - outbound.started,
+                limits.response_idle_seconds,
+                limits.response_min_bytes_per_second,
+            )
+            if force or idle or slow:
+                self._stop_sending(conn, finished=False)  # a reader that stopped reading, or reads too slowly
+        for conn, inbound in list(self._buffering.items()):
             if force:
                 self._drop(conn)
-            elif now > inbound.deadline or now - inbound.last_progress > self.limits.body_idle_seconds:
+                continue
+            if inbound.head_bytes is None:
+                late = now - inbound.started > limits.header_seconds
+            else:
+                late = now - inbound.last_progress > limits.body_idle_seconds or _too_slow(
+                    inbound.body_received,
+                    now - inbound.body_started,
+                    limits.body_idle_seconds,
+                    limits.body_min_bytes_per_second,
+                )
+            if late:
                 what = "headers" if inbound.head_bytes is None else "body"
                 self._refuse(conn, _Refused(408, "request_timeout", f"The request's {what} did not arrive in time."))
 
@@ -464,7 +533,7 @@ class BufferingThreadWorker(ThreadWorker):
             f"Content-Length: {len(body)}",
             "Connection: close",
         ]
-        if refused.status == 503:
+        if refused.status in (503, 507):
             headers.append("Retry-After: 1")
         self._send_quietly(conn, ("\r\n".join(headers) + "\r\n\r\n").encode() + body)
         self._drop(conn, graceful=True)  # so that the answer is not cut off by an RST
@@ -476,29 +545,30 @@ class BufferingThreadWorker(ThreadWorker):
             pass
 
     def _drop(self, conn, *, graceful: bool = False) -> None:
-        inbound = self._buffering_conns.get(conn)
+        inbound = self._buffering.get(conn)
         self._stop_buffering(conn)
         if inbound is not None:
-            self._release(inbound)
+            self._release(conn, inbound)
         self.nr_conns -= 1
         conn.close(graceful=graceful)
 
     def _stop_buffering(self, conn) -> None:
-        if self._buffering_conns.pop(conn, None) is not None:
-            self._buffering_by_client[conn.client_key] -= 1
-            if self._buffering_by_client[conn.client_key] <= 0:
-                del self._buffering_by_client[conn.client_key]
-            try:
-                self.poller.unregister(conn.sock)
-            except (KeyError, ValueError, OSError):
-                pass
+        if self._buffering.pop(conn, None) is not None:
+            self._unregister(conn)
 
-    def _release(self, inbound: _Inbound) -> None:
+    def _unregister(self, conn) -> None:
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def _release(self, conn, inbound: _Inbound) -> None:
         self._memory_in_use -= inbound.in_memory_bytes
-        inbound.in_memory_bytes = 0
-        if inbound.head_bytes is not None:
-            self._buffered_in_use -= inbound.body_length
-            inbound.body_length = inbound.body_received = 0
+        self._buffered_in_use -= inbound.body_received
+        self._buffered_by_client[conn.client_key] -= inbound.body_received
+        if self._buffered_by_client[conn.client_key] <= 0:
+            del self._buffered_by_client[conn.client_key]
+        inbound.in_memory_bytes = inbound.body_received = 0
         if inbound.body is not None:
             inbound.body.close()  # a spooled body on disk is deleted with it
             inbound.body = None

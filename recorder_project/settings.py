@@ -286,19 +286,20 @@ RECORDER_PROCESSING_CONCURRENCY = env_int("RECORDER_PROCESSING_CONCURRENCY", 1)
 # past them gets 408/413/431/503 and its connection is closed (docs/security.md).
 RECORDER_REQUEST_HEADER_TIMEOUT_SECONDS = env_int("RECORDER_REQUEST_HEADER_TIMEOUT_SECONDS", 10)
 RECORDER_REQUEST_BODY_IDLE_SECONDS = env_int("RECORDER_REQUEST_BODY_IDLE_SECONDS", 20)
-# A body may take the idle time plus its size at this rate (a 1 MiB chunk: 20 + 64 s).
+# After the idle time, a body must keep arriving at this rate at least (a 1 MiB chunk: 20 + 64 s).
 RECORDER_REQUEST_BODY_MIN_BYTES_PER_SECOND = env_int("RECORDER_REQUEST_BODY_MIN_BYTES_PER_SECOND", 16 * 1024)
 RECORDER_REQUEST_MAX_HEADER_BYTES = env_int("RECORDER_REQUEST_MAX_HEADER_BYTES", 64 * 1024)
-# File responses (media) are sent by the same event loop: a reader idle this long, or slower than
-# this rate after the idle time, is disconnected (a paused <video> reconnects with Range).
+# File responses (media) are sent by the same event loop: a reader idle this long, or behind this
+# rate once the idle time is over, is disconnected (a paused <video> reconnects with Range).
 RECORDER_RESPONSE_IDLE_SECONDS = env_int("RECORDER_RESPONSE_IDLE_SECONDS", 60)
 RECORDER_RESPONSE_MIN_BYTES_PER_SECOND = env_int("RECORDER_RESPONSE_MIN_BYTES_PER_SECOND", 16 * 1024)
 # Per worker process: bodies held in memory while they arrive (the rest spool to RECORDER_TEMP_DIR),
-# bodies held in all, and requests one address may have unfinished at once (0: no limit; ignored
-# behind proxies, where every connection comes from the proxy).
+# bodies held in all (one client address at most an eighth of it), and connections one client
+# address (an IPv6 /64) may have open (0: no limit; ignored behind proxies, where every connection
+# comes from the proxy). Past these: 503 with Retry-After.
 RECORDER_REQUEST_BUFFER_MEMORY_BYTES = env_int("RECORDER_REQUEST_BUFFER_MEMORY_BYTES", 64 * MiB)
 RECORDER_REQUEST_BUFFER_BYTES = env_int("RECORDER_REQUEST_BUFFER_BYTES", 2 * GiB)
-RECORDER_MAX_UNREAD_REQUESTS_PER_CLIENT = env_int("RECORDER_MAX_UNREAD_REQUESTS_PER_CLIENT", 32)
+RECORDER_MAX_CONNECTIONS_PER_CLIENT = env_int("RECORDER_MAX_CONNECTIONS_PER_CLIENT", 128)
 
 # --- HTTP API -----------------------------------------------------------------------------------
 
@@ -310,7 +311,7 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     # Views that take a body name their own parsers (recordings/views.py); the rest read none.
-    "DEFAULT_PARSER_CLASSES": ["recordings.parsers.BoundedJSONParser"],
+    "DEFAULT_PARSER_CLASSES": [],
     "EXCEPTION_HANDLER": "recordings.errors.handle_api_exception",
     "DEFAULT_THROTTLE_CLASSES": ["recordings.throttling.ScopedThrottle"],
 }

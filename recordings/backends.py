@@ -1,14 +1,18 @@
 """The `embedded` task backend: tasks run on a few background threads of the web process itself.
 
 Nothing to install, and no request waits for processing: finalize answers at once, whatever the
-recording's length. At most RECORDER_PROCESSING_CONCURRENCY tasks run at once per process; the rest
-wait in memory, each distinct task once. A killed process loses what was waiting; the recovery
-sweep (tasks.keep_recovering) queues those recordings again from the database.
+recording's length. One queue and RECORDER_PROCESSING_CONCURRENCY threads per process (django-tasks
+makes a backend object per thread, so they live in this module, not on the object); a task equal
+to one still waiting is not queued twice. The threads are daemons: a stopping process does not
+wait for a run to finish (gunicorn would kill it after its graceful timeout anyway); the run is
+handed back (runs.release_active_runs) and the recovery sweep of a live process takes it up.
 """
 
+import atexit
 import json
+import os
+import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
 from django.db import connections
@@ -16,16 +20,17 @@ from django_tasks.backends.immediate import ImmediateBackend
 from django_tasks.base import Task, TaskResult, TaskResultStatus
 from django_tasks.utils import get_random_id
 
+from . import runs
+
+_lock = threading.Lock()
+_queue: "queue.Queue[tuple[str, ImmediateBackend, TaskResult]]" = queue.Queue()
+_waiting: dict[str, TaskResult] = {}  # key → the task waiting under it, not yet started
+_started_in_pid: int | None = None
+
 
 class EmbeddedBackend(ImmediateBackend):
     supports_defer = False
     supports_async_task = False
-
-    def __init__(self, alias: str, params: dict):
-        super().__init__(alias, params)
-        self._lock = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
-        self._waiting: set[str] = set()
 
     def enqueue(self, task: Task, args, kwargs) -> TaskResult:
         self.validate_task(task)
@@ -44,22 +49,48 @@ class EmbeddedBackend(ImmediateBackend):
             worker_ids=[],
         )
         key = json.dumps([task.module_path, args, kwargs], sort_keys=True, default=str)
-        with self._lock:
-            if key in self._waiting:
-                return task_result  # the same task already waits here: it will do this work
-            self._waiting.add(key)
-            if self._executor is None:  # created lazily: after gunicorn forks, in each worker
-                self._executor = ThreadPoolExecutor(
-                    max_workers=settings.RECORDER_PROCESSING_CONCURRENCY, thread_name_prefix="recorder-task"
-                )
-            executor = self._executor
-        executor.submit(self._run, key, task_result)
+        with _lock:
+            _start_threads()
+            if key in _waiting:
+                return _waiting[key]  # the same task already waits here: it will do this work
+            _waiting[key] = task_result
+        _queue.put((key, self, task_result))
         return task_result
 
-    def _run(self, key: str, task_result: TaskResult) -> None:
-        with self._lock:
-            self._waiting.discard(key)  # from now on, an equal task is new work and queues again
+
+def waiting_arguments() -> list[list]:
+    """The arguments of the tasks waiting in this process (not yet started)."""
+    with _lock:
+        return [task_result.args for task_result in _waiting.values()]
+
+
+def wait_until_idle() -> None:
+    """Block until every task queued in this process has run (for commands that queue and exit)."""
+    _queue.join()
+
+
+def _start_threads() -> None:
+    """Once per process: after a fork (gunicorn's workers), each process has its own queue and threads."""
+    global _started_in_pid, _queue
+    if _started_in_pid == os.getpid():
+        return
+    if _started_in_pid is not None:  # forked from a process that had started them: its state is not ours
+        _queue = queue.Queue()
+        _waiting.clear()
+    _started_in_pid = os.getpid()
+    for number in range(settings.RECORDER_PROCESSING_CONCURRENCY):
+        threading.Thread(target=_work, name=f"recorder-task-{number}", daemon=True).start()
+    atexit.register(runs.release_active_runs)
+
+
+def _work() -> None:
+    tasks = _queue
+    while True:
+        key, backend, task_result = tasks.get()
+        with _lock:
+            _waiting.pop(key, None)  # from now on, an equal task is new work and queues again
         try:
-            self._execute_task(task_result)  # ImmediateBackend's: runs it, records and logs a failure
+            backend._execute_task(task_result)  # ImmediateBackend's: runs it, records and logs a failure
         finally:
             connections.close_all()  # this thread's connections only
+            tasks.task_done()

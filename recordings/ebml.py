@@ -6,6 +6,7 @@ those encodings while it reads, so a few kilobytes of zlib become gigabytes in a
 Browsers never write them. Spec: https://www.matroska.org/technical/elements.html
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -18,9 +19,11 @@ CONTENT_ENCODINGS = 0x6D80
 CLUSTER = 0x1F43B675
 
 # A real header (EBML, SeekHead, Info, Tracks, Tags) is a few kilobytes; these bound what a hostile
-# file can make the walk read before its first Cluster.
+# file can make the walk read before its first Cluster, and what the Tracks element may hold.
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_HEADER_ELEMENTS = 10_000
+MAX_TRACKS_BYTES = 1024 * 1024
+MAX_CHILDREN = 256
 _UNKNOWN_SIZE = -1
 
 
@@ -57,6 +60,8 @@ def read_layout(stream: BinaryIO) -> MatroskaLayout:
         if size == _UNKNOWN_SIZE:
             raise NotMatroska(f"element {element_id:#x} before the first Cluster has an unknown size")
         if element_id == TRACKS:
+            if size > MAX_TRACKS_BYTES:
+                raise NotMatroska(f"a Tracks element of {size} bytes (browsers write a few kilobytes)")
             has_tracks = True
             encoded_tracks += _encoded_tracks(reader.read(size))
         else:
@@ -71,21 +76,27 @@ def _encoded_tracks(tracks: bytes) -> list[int]:
     for element_id, entry in _children(tracks):
         if element_id != TRACK_ENTRY:
             continue
-        children = dict(_children(entry))
-        if CONTENT_ENCODINGS in children:
-            encoded.append(int.from_bytes(children.get(TRACK_NUMBER, b""), "big"))
+        track_number, has_encodings = 0, False
+        for child_id, payload in _children(entry):
+            if child_id == TRACK_NUMBER:
+                track_number = int.from_bytes(payload[:8], "big")
+            has_encodings = has_encodings or child_id == CONTENT_ENCODINGS
+        if has_encodings:
+            encoded.append(track_number)
     return encoded
 
 
-def _children(payload: bytes) -> list[tuple[int, bytes]]:
+def _children(payload: bytes) -> Iterator[tuple[int, bytes]]:
+    """The child elements of a parent's payload, one at a time, at most MAX_CHILDREN of them."""
     reader = _Reader(_BytesSource(payload))
-    children = []
-    while reader.position < len(payload):
+    for _ in range(MAX_CHILDREN):
+        if reader.position >= len(payload):
+            return
         element_id, size = reader.element_header()
         if size == _UNKNOWN_SIZE or reader.position + size > len(payload):
             raise NotMatroska(f"element {element_id:#x} overruns its parent")
-        children.append((element_id, reader.read(size)))
-    return children
+        yield element_id, reader.read(size)
+    raise NotMatroska(f"an element with more than {MAX_CHILDREN} children")
 
 
 class _BytesSource:

@@ -7,6 +7,7 @@ from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooMany
 from django.http import JsonResponse, UnreadablePostError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
+from rest_framework.views import set_rollback
 
 logger = logging.getLogger("recordings.errors")
 
@@ -109,8 +110,6 @@ def _translate(exc: Exception) -> RecorderError | None:
 
 def handle_api_exception(exc: Exception, context: dict) -> Response | None:
     """DRF's EXCEPTION_HANDLER: every expected error becomes `{"code", "detail"}` with its status."""
-    from rest_framework.views import set_rollback  # imported here: rest_framework.views imports our parsers
-
     error = _translate(exc)
     if error is None:
         return None  # a bug: Django logs it and answers with the JSON 500 below

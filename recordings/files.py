@@ -3,8 +3,6 @@
 import shutil
 from pathlib import Path
 
-from django.utils import timezone
-
 from . import chunks
 from .models import Chunk, RecordingSession, chunk_storage_name, media_storage_name
 
@@ -13,8 +11,6 @@ def drop_chunk_files(session: RecordingSession) -> None:
     """Delete a recording's chunk files (their rows stay, as the record of what was received)."""
     chunks.delete_stored_files(_stored_chunk_names(session))
     chunks.remove_empty_folders(media_storage_name(session.id, "chunks"))
-    session.chunks_deleted_at = timezone.now()
-    RecordingSession.objects.filter(pk=session.pk).update(chunks_deleted_at=session.chunks_deleted_at)
 
 
 def _stored_chunk_names(session: RecordingSession) -> list[str]:

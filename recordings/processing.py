@@ -61,10 +61,14 @@ def process_recording(session_id: uuid.UUID | str) -> RecordingSession | None:
     """
     with runs.run_slot():
         attempt = runs.claim(session_id)
-        session = RecordingSession.objects.filter(pk=session_id).first()
-        if attempt is None or session is None:
-            return session
-        return _run(session, attempt)
+        try:
+            session = RecordingSession.objects.filter(pk=session_id).first()
+            if attempt is None or session is None:
+                return session
+            return _run(session, attempt)
+        finally:
+            if attempt is not None:
+                runs.finished(session_id)
 
 
 def _run(session: RecordingSession, attempt: int) -> RecordingSession:
@@ -89,6 +93,8 @@ def _run(session: RecordingSession, attempt: int) -> RecordingSession:
         logger.info("recording %s ready in %.2f s: %s", session.id, timer.total_seconds, timer.seconds)
         if not settings.RECORDER_KEEP_CHUNKS:
             files.drop_chunk_files(session)
+            session.chunks_deleted_at = timezone.now()
+            RecordingSession.objects.filter(pk=session.pk).update(chunks_deleted_at=session.chunks_deleted_at)
     except IllegalTransition:
         logger.warning("recording %s: run %d was overtaken by another run; its result is dropped", session.id, attempt)
         session.refresh_from_db()

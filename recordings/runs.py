@@ -2,7 +2,9 @@
 
 import datetime
 import logging
+import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -66,7 +68,42 @@ def claim(session_id: uuid.UUID | str) -> int | None:
         session.save(update_fields=["processing_attempts", "processing_runs_total", "processing_heartbeat_at"])
         if session.processing_attempts > 1:
             logger.warning("recording %s: processing again, attempt %d", session_id, session.processing_attempts)
+        with _active_lock:
+            _active_runs[str(session_id)] = session.processing_attempts
         return session.processing_attempts
+
+
+# The runs this process has claimed and not finished: handed back if the process stops first.
+_active_lock = threading.Lock()
+_active_runs: dict[str, int] = {}
+
+
+def finished(session_id: uuid.UUID | str) -> None:
+    """The run this process claimed has ended (in any way)."""
+    with _active_lock:
+        _active_runs.pop(str(session_id), None)
+
+
+def release_active_runs() -> None:
+    """A process that stops (gracefully) hands its unfinished runs back: not counted as attempts,
+    and at once stale for the recovery sweep of a live process."""
+    with _active_lock:
+        active = dict(_active_runs)
+        _active_runs.clear()
+    long_ago = stale_cutoff() - datetime.timedelta(seconds=1)
+    for session_id, attempt in active.items():
+        try:
+            RecordingSession.objects.filter(
+                pk=session_id, status=Status.PROCESSING, processing_attempts=attempt
+            ).update(
+                processing_attempts=attempt - 1,
+                processing_runs_total=F("processing_runs_total") - 1,
+                processing_heartbeat_at=None,
+                processing_requested_at=long_ago,
+            )
+            logger.warning("recording %s: this process stopped mid-run; the run is handed back", session_id)
+        except DatabaseError:
+            logger.exception("recording %s: the run could not be handed back; it goes stale instead", session_id)
 
 
 def _give_up(session: RecordingSession) -> None:
@@ -148,3 +185,51 @@ def retry_or_give_up(session_id: uuid.UUID | str, *, include_unstarted: bool, en
 
 def current_status(session_id: uuid.UUID | str) -> str | None:
     return RecordingSession.objects.filter(pk=session_id).values_list("status", flat=True).first()
+
+
+def recover_stale(*, enqueue: Callable[[str], None]) -> list[uuid.UUID]:
+    """Queue again every recording whose processing run died (or, with an in-process backend, never
+    ran); those out of attempts become `failed`. Safe to run at any time, from any process."""
+    return [
+        session_id
+        for session_id in stale_recording_ids(include_unstarted=True)
+        if retry_or_give_up(session_id, include_unstarted=True, enqueue=enqueue)
+    ]
+
+
+def mark_waiting(session_ids: list[str]) -> None:
+    """Runs still waiting in this process's queue are not lost: say so, or another process's sweep
+    would take them for runs a dead process lost."""
+    if session_ids:
+        RecordingSession.objects.filter(
+            pk__in=session_ids, status=Status.PROCESSING, processing_heartbeat_at__isnull=True
+        ).update(processing_requested_at=timezone.now())
+
+
+_sweep_lock = threading.Lock()
+_sweep_pid: int | None = None
+
+
+def keep_recovering(*, enqueue: Callable[[str], None], waiting: Callable[[], list[str]]) -> None:
+    """With an in-process backend a killed process takes its queued runs with it: from a thread of
+    this process (once), sweep for them now and every RECORDER_PROCESSING_STALE_SECONDS / 2."""
+    global _sweep_pid
+    with _sweep_lock:
+        if _sweep_pid == os.getpid():
+            return
+        _sweep_pid = os.getpid()
+    threading.Thread(target=_sweep_forever, args=(enqueue, waiting), name="recorder-recovery", daemon=True).start()
+
+
+def _sweep_forever(enqueue: Callable[[str], None], waiting: Callable[[], list[str]]) -> None:
+    interval_seconds = max(1.0, settings.RECORDER_PROCESSING_STALE_SECONDS / 2)
+    while True:
+        try:
+            mark_waiting(waiting())
+            for session_id in recover_stale(enqueue=enqueue):
+                logger.warning("recording %s: its run had stopped; queued again", session_id)
+        except Exception:
+            logger.exception("the recovery sweep failed; it runs again in %.0f s", interval_seconds)
+        finally:
+            connections.close_all()  # this thread's connections only
+        time.sleep(interval_seconds)

@@ -25,9 +25,10 @@ from .tasks import enqueue_processing
 logger = logging.getLogger("recordings.services")
 
 # Failures a finalize may try again, a bounded number of times (processing_runs_total): those that
-# another run may not repeat. Media errors (undecodable, unsupported, too large) would, and so would
-# a timeout, which costs a whole timeout each time: `manage.py process_recording` reruns those.
-RETRYABLE_ERROR_CODES = frozenset({"chunks_missing", "processing_error", "processing_interrupted"})
+# another run may not repeat. Media errors (undecodable, unsupported, too large) would; so would a
+# timeout, at the cost of a whole timeout each time; and `processing_interrupted` means runs already
+# died three times. `manage.py process_recording` reruns any of them.
+RETRYABLE_ERROR_CODES = frozenset({"chunks_missing", "processing_error"})
 
 
 # --- Tokens and lookup ------------------------------------------------------------------------------
@@ -416,10 +417,9 @@ def delete_recording(*, session: RecordingSession) -> None:
 def _delete_files_and_row(session: RecordingSession) -> bool:
     """Finish a deletion: every file, then the row. False (and logged) when the storage failed."""
     try:
-        with chunks.storage_errors():
-            files.delete_all_files(session)
-    except RecorderError:
-        logger.warning("recording %s: its files could not be deleted yet; expire_recordings retries", session.id)
+        files.delete_all_files(session)
+    except Exception:  # the DELETE is already accepted: whatever failed, the next expiry run tries again
+        logger.exception("recording %s: its files could not be deleted yet; expire_recordings retries", session.id)
         return False
     RecordingSession.objects.filter(pk=session.pk, status=Status.DELETING).delete()
     return True

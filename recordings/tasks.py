@@ -1,23 +1,19 @@
 """What runs in the background: thin tasks that look the recording up and call `processing`."""
 
 import datetime
-import logging
-import threading
-import time
 import uuid
 from functools import partial
 
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import transaction
 from django.utils import timezone
 from django_tasks import task
 from django_tasks_db import DatabaseBackend
 
 from . import processing, runs
+from .backends import waiting_arguments
 from .locks import after_write_lock
 from .models import Status
-
-logger = logging.getLogger("recordings.tasks")
 
 
 @task()
@@ -66,38 +62,10 @@ def _schedule_watch(session_id: str) -> None:
 
 
 def recover_stale_recordings() -> list[uuid.UUID]:
-    """Queue again every recording whose processing run died (or, with an in-process backend, never
-    ran); those out of attempts become `failed`. Safe to run at any time, from any process."""
-    requeued = []
-    for session_id in runs.stale_recording_ids(include_unstarted=True):
-        if runs.retry_or_give_up(session_id, include_unstarted=True, enqueue=enqueue_processing):
-            requeued.append(session_id)
-    return requeued
-
-
-_sweep_started = threading.Lock()
-_sweep_thread: threading.Thread | None = None
+    """Queue again every recording whose processing run died or never started; see runs.recover_stale."""
+    return runs.recover_stale(enqueue=enqueue_processing)
 
 
 def keep_recovering() -> None:
-    """With the in-process backend, a killed process takes its queued runs with it: sweep for them
-    now and every RECORDER_PROCESSING_STALE_SECONDS / 2 from a thread of this process (once)."""
-    global _sweep_thread
-    with _sweep_started:
-        if _sweep_thread is not None:
-            return
-        _sweep_thread = threading.Thread(target=_sweep_forever, name="recorder-recovery", daemon=True)
-        _sweep_thread.start()
-
-
-def _sweep_forever() -> None:
-    interval_seconds = max(1.0, settings.RECORDER_PROCESSING_STALE_SECONDS / 2)
-    while True:
-        try:
-            for session_id in recover_stale_recordings():
-                logger.warning("recording %s: its run was lost with a stopped process; queued again", session_id)
-        except Exception:
-            logger.exception("the recovery sweep failed; it runs again in %.0f s", interval_seconds)
-        finally:
-            connections.close_all()  # this thread's connections only
-        time.sleep(interval_seconds)
+    """With the embedded backend: sweep for lost runs from this process, marking its own waiting ones."""
+    runs.keep_recovering(enqueue=enqueue_processing, waiting=lambda: [args[0] for args in waiting_arguments() if args])

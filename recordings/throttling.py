@@ -15,8 +15,9 @@ def client_address(meta: dict, num_proxies: int) -> str:
     `num_proxies` proxies that each append to X-Forwarded-For, the entry `num_proxies` from the
     right (what the first proxy saw). Entries to the left of it are whatever the client sent."""
     address = meta.get("REMOTE_ADDR", "")
-    if num_proxies > 0:
-        forwarded = [entry.strip() for entry in meta.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+    header = meta.get("HTTP_X_FORWARDED_FOR", "").strip()
+    if num_proxies > 0 and header:
+        forwarded = [entry.strip() for entry in header.split(",")]
         if len(forwarded) >= num_proxies:  # fewer: the request did not come through the proxies
             address = forwarded[-num_proxies]
     return address

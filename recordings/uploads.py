@@ -84,9 +84,9 @@ def _refuse_oversized_body(request: Request) -> None:
     except ValueError:
         return
     max_chunk_bytes = settings.RECORDER_MAX_CHUNK_BYTES
-    # base64 in JSON is 4/3 of the bytes it carries
+    # base64 in JSON is 4/3 of the bytes it carries: the largest request of all
     allowed_bytes = (
-        max_chunk_bytes * 4 // 3 + _ENVELOPE_BYTES
+        settings.RECORDER_MAX_REQUEST_BYTES
         if "json" in (request.content_type or "")
         else (max_chunk_bytes + _ENVELOPE_BYTES)
     )

@@ -81,30 +81,37 @@ class Limits:
     memory_bytes: int | None = None  # RLIMIT_DATA: heap, thread stacks, anonymous mappings
     output_bytes: int | None = None  # RLIMIT_FSIZE: the largest file it may write, its error report too
     max_frame_pixels: int | None = None  # ffmpeg's -max_pixels, for every decoder, probing included
+    cpu_seconds: int | None = None  # RLIMIT_CPU across its threads; None: every core for the whole timeout
 
     @property
-    def cpu_seconds(self) -> int:
-        """CPU time across all its threads: two busy cores for the whole wall-clock budget."""
-        return int(self.timeout_seconds * 2) + 1
+    def cpu_limit_seconds(self) -> int:
+        # ffmpeg starts a thread per core, so a busy machine-wide encode is no reason to stop it
+        return self.cpu_seconds or int(self.timeout_seconds * max(2, os.cpu_count() or 1)) + 1
 
 
 # Room for ffmpeg's error report, which goes to a file (never a pipe held in memory).
 _REPORT_BYTES = 1024 * 1024
 _PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+# Resolved here, in the parent: the child between fork and exec must not look symbols up (dlsym
+# takes the loader's lock, which another thread may have held at the fork).
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+if _PRCTL is not None:
+    _PRCTL.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+    _PRCTL.restype = ctypes.c_int
 
 
 def _limit_child(limits: Limits, parent_pid: int) -> Callable[[], None]:
     """What the child runs between fork and exec: system calls only, nothing that takes a lock."""
+    cpu_seconds = limits.cpu_limit_seconds
 
     def apply() -> None:
-        if _LIBC is not None:
+        if _PRCTL is not None:
             # Die with the thread that started us: a SIGKILLed worker leaves no ffmpeg running.
-            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             if os.getppid() != parent_pid:
                 os._exit(1)  # the parent died before prctl took effect
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
         if limits.memory_bytes is not None:
             resource.setrlimit(resource.RLIMIT_DATA, (limits.memory_bytes, limits.memory_bytes))
         if limits.output_bytes is not None:
@@ -154,7 +161,10 @@ def _run(command: list[str], *, limits: Limits, what: str) -> _Finished:
             "processed (RECORDER_MAX_FRAME_PIXELS).",
         )
     if finished.returncode in (-signal.SIGKILL, -signal.SIGXCPU):
-        raise MediaError("processing_timeout", f"{what} was stopped after {limits.cpu_seconds} s of CPU time.")
+        raise MediaError(
+            "processing_timeout",
+            f"{what} was stopped after {limits.cpu_limit_seconds} s of CPU time (or killed by the system).",
+        )
     if finished.returncode == -signal.SIGXFSZ:
         raise MediaError(
             "output_too_large", f"{what} wrote more than the {limits.output_bytes} bytes this recording may produce."
@@ -204,11 +214,18 @@ def probe(path: Path, *, limits: Limits = PROBE_LIMITS) -> MediaInfo:
     Works on raw MediaRecorder files too, which have no Duration: `duration_seconds` is then None.
     The probe writes no file, so its only file (the report) is capped at what is parsed.
     """
-    finished = _run(
-        [FFMPEG_BINARY, "-hide_banner", "-nostdin", *_frame_limit(limits), "-i", str(path)],
-        limits=Limits(limits.timeout_seconds, limits.memory_bytes, _REPORT_BYTES, limits.max_frame_pixels),
-        what="Reading the media's metadata",
-    )
+    try:
+        finished = _run(
+            [FFMPEG_BINARY, "-hide_banner", "-nostdin", *_frame_limit(limits), "-i", str(path)],
+            limits=Limits(limits.timeout_seconds, limits.memory_bytes, _REPORT_BYTES, limits.max_frame_pixels),
+            what="Reading the media's metadata",
+        )
+    except MediaError as error:
+        if error.code != "output_too_large":
+            raise
+        raise MediaError(
+            "media_undecodable", f"The recording's metadata report is larger than {_REPORT_BYTES} bytes."
+        ) from error
     report = finished.report
     input_format = _INPUT_FORMAT.search(report)
     if input_format is None:

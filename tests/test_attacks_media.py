@@ -112,7 +112,7 @@ def test_the_frame_limit_is_a_setting(api, settings):
     assert finalize(api, started).json()["error"]["code"] == "frame_too_large"
 
 
-def test_decoders_refuse_pictures_past_the_frame_limit_even_when_the_container_understates_them(tmp_path):
+def test_every_decoder_refuses_pictures_past_the_frame_limit_not_only_the_probe(tmp_path):
     clip = tmp_path / "clip.mkv"
     generate_media(clip, seconds=1, output_args=["-c:v", "mjpeg", "-an", "-f", "matroska"], size="640x480")
     with pytest.raises(utils.MediaError) as failure:
@@ -139,13 +139,24 @@ def test_ffmpeg_past_its_memory_limit_fails_with_its_own_code(tmp_path):
     )
 
 
-def test_ffmpeg_past_its_cpu_time_is_stopped_with_a_timeout_code(tmp_path):
+def test_ffmpeg_past_its_cpu_time_is_stopped_by_the_kernel_with_a_timeout_code(tmp_path):
     with pytest.raises(utils.MediaError) as failure:
-        utils.run_ffmpeg(  # an endless encode: only the limit ends it
-            ["-re", "-f", "lavfi", "-i", "testsrc2=size=1280x720", "-c:v", "libx264", "-f", "null", "-"],
+        utils.run_ffmpeg(  # an endless encode, as fast as it can: only RLIMIT_CPU ends it, not the 60 s
+            ["-f", "lavfi", "-i", "testsrc2=size=1280x720", "-c:v", "libx264", "-f", "null", "-"],
+            limits=utils.Limits(timeout_seconds=60, cpu_seconds=2),
+        )
+    assert failure.value.code == "processing_timeout"
+    assert "2 s of CPU time" in failure.value.detail
+
+
+def test_ffmpeg_past_its_wall_clock_time_is_stopped_with_a_timeout_code(tmp_path):
+    with pytest.raises(utils.MediaError) as failure:
+        utils.run_ffmpeg(  # reads its input in real time: idle, so only the wall clock ends it
+            ["-re", "-f", "lavfi", "-i", "testsrc2=size=320x240", "-c:v", "libx264", "-f", "null", "-"],
             limits=utils.Limits(timeout_seconds=1),
         )
     assert failure.value.code == "processing_timeout"
+    assert "longer than 1 s" in failure.value.detail
 
 
 def test_a_step_may_take_time_in_proportion_to_what_was_uploaded(settings):
@@ -154,6 +165,22 @@ def test_a_step_may_take_time_in_proportion_to_what_was_uploaded(settings):
     assert processing.step_limits(0, output_bytes=None).timeout_seconds == 60
     assert processing.step_limits(6 * MiB, output_bytes=None).timeout_seconds == 120
     assert processing.step_limits(10_000 * MiB, output_bytes=None).timeout_seconds == 3600
+
+
+def test_a_matroska_header_built_to_be_expensive_to_read_is_refused_at_once(api, tmp_path):
+    from recordings import ebml
+
+    # a Tracks element of 2 MiB made of 2-byte children: before, 38 s of CPU and 650 MB to walk
+    children = b"\xec\x80" * (1024 * 1024)
+    tracks = ebml.TRACKS.to_bytes(4, "big") + b"\x01" + len(children).to_bytes(7, "big") + children
+    first = load_chrome_set("vp8_opus").chunks[0]
+    ebml_header = first[: 5 + (first[4] & 0x7F)]  # its ID, a one-byte size, and its payload
+    segment = ebml.SEGMENT.to_bytes(4, "big") + b"\x01" + b"\xff" * 7  # of unknown size, as browsers write it
+    started = start(api)
+    upload_all(api, started, [ebml_header + segment + tracks])
+    body = finalize(api, started).json()
+    assert (body["status"], body["error"]["code"]) == ("failed", "media_undecodable")
+    assert "a Tracks element of 2097152 bytes" in body["error"]["detail"]  # refused by its size, unwalked
 
 
 def test_a_timed_out_recording_is_not_processed_again_by_calling_finalize(api, settings):

@@ -203,6 +203,14 @@ def test_json_chunks_in_every_shape_clients_send_are_stored_byte_exact(api, medi
         ('["{sid}"]', "malformed_body"),
         ('{{"session_id": "{sid}", "pad": "' + "x" * 70_000 + '", "video_chunk": "GkXf"}}', "malformed_body"),
         ('{{"session_id": "{sid}", "chunk_index": NaN, "video_chunk": "GkXf"}}', "malformed_body"),
+        ('{{"session_id": "{sid}", "a\\x": 1, "video_chunk": "GkXf"}}', "malformed_body"),  # a bad escape in a name
+        (
+            '{{"session_id": "{sid}", ' + "".join(f'"m{n}": 0, ' for n in range(70)) + '"video_chunk": "GkXf"}}',
+            "malformed_body",
+        ),
+        ('{{"session_id": "{sid}", "' + "k" * 70_000 + '": 0, "video_chunk": "GkXf"}}', "malformed_body"),
+        ('{{"session_id": "{sid}", "chunk_index": 0, "video_chunk": "GkXf\\u0041AAA"}}', "invalid_base64"),
+        ('{{"session_id": "{sid}", "chunk_index": 0, "video_chunk": "GkXf\\"AAA"}}', "invalid_base64"),
     ],
 )
 def test_malformed_json_chunks_are_refused_with_a_code_and_leave_nothing(api, media_root, body, code):
@@ -210,6 +218,57 @@ def test_malformed_json_chunks_are_refused_with_a_code_and_leave_nothing(api, me
     response = post_json(api, started, body.format(sid=started.session_id))
     assert (response.status_code, response.json()["code"]) == (400, code)
     assert [path for path in media_root.rglob("*") if path.is_file()] == []
+
+
+def test_json_bodies_with_invalid_utf8_in_a_name_are_a_400_not_a_500(api):
+    started = start(api)
+    body = b'{"session_id": "' + started.session_id.encode() + b'", "\xff\xfe": 1, "video_chunk": "GkXf"}'
+    response = post_json(api, started, body)
+    assert (response.status_code, response.json()["code"]) == (400, "malformed_body")
+
+
+def test_whitespace_and_escaped_slashes_across_block_boundaries_are_read_right(api, media_root, first_chunk):
+    from recordings.json_chunks import READ_BYTES
+
+    started = start(api)
+    head = (
+        '{"session_id": "' + started.session_id + '", "chunk_index": 0,' + " " * (3 * READ_BYTES) + '"video_chunk": "'
+    )
+    b64 = base64.b64encode(first_chunk).decode()
+    # put the backslash of an escaped slash as the last byte of a block, its slash first in the next
+    slash = b64.index("/")
+    padding = (READ_BYTES - (len(head) + slash) % READ_BYTES - 1) % READ_BYTES
+    body = head.replace('"video_chunk"', " " * padding + '"video_chunk"') + b64.replace("/", "\\/") + '"}'
+    assert (len(body.encode()[: body.index("\\/")]) + 1) % READ_BYTES == 0
+    response = post_json(api, started, body)
+    assert response.status_code == 201, response.json()
+    assert (media_root / "recordings" / started.session_id / "chunks" / "0").read_bytes() == first_chunk
+
+
+def test_a_json_chunk_is_decoded_in_blocks_not_held_whole(first_chunk, settings, tmp_path):
+    import tracemalloc
+
+    from recordings.json_chunks import read_json_chunk_upload
+    from recordings.upload_handlers import HashingTemporaryFileUploadHandler
+
+    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path)
+    chunk = (first_chunk * (-(-16 * 1024 * 1024 // len(first_chunk))))[: 16 * 1024 * 1024]
+    body = io.BytesIO(b'{"session_id": "x", "video_chunk": "' + base64.b64encode(chunk) + b'"}')
+    tracemalloc.start()
+    try:
+        parsed = read_json_chunk_upload(
+            body,
+            chunk_field_names=["video_chunk"],
+            new_sink=HashingTemporaryFileUploadHandler,
+            too_large=lambda: RecorderError(code="chunk_too_large", detail="", status=413),
+            max_chunk_bytes=64 * 1024 * 1024,
+        )
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert parsed.chunk.size == len(chunk) and parsed.fields == {"session_id": "x"}
+    assert peak_bytes < 4 * 1024 * 1024  # a few blocks for a 16 MiB chunk (json.load held ~64 MiB)
+    parsed.chunk.close()
 
 
 def test_json_uploads_past_the_memory_budget_get_503_with_retry_after(api, settings, first_chunk):

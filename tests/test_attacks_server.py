@@ -239,6 +239,115 @@ def test_readers_that_stop_reading_do_not_starve_the_server(tmp_path, large_vide
     assert all(0 < body_bytes < size for body_bytes in received)  # ...and was cut off, not served to the end
 
 
+# --- The buffering worker's own refusals ------------------------------------------------------------
+
+EDGE_ENV = {
+    "GUNICORN_WORKERS": "1",
+    "RECORDER_MAX_CHUNK_BYTES": str(1024 * 1024),  # so the largest request is 1.4 MB
+    "RECORDER_REQUEST_MAX_HEADER_BYTES": "8192",
+    "RECORDER_MAX_CONNECTIONS_PER_CLIENT": "8",
+    "RECORDER_REQUEST_BODY_IDLE_SECONDS": "2",
+    "RECORDER_REQUEST_BODY_MIN_BYTES_PER_SECOND": "100000",
+}
+
+
+@pytest.fixture(scope="module")
+def edge_server(tmp_path_factory):
+    with gunicorn(tmp_path_factory.mktemp("edge-server"), extra_env=EDGE_ENV) as running:
+        yield running
+
+
+def first_answer(connection: socket.socket) -> bytes:
+    connection.settimeout(15)
+    answer = b""
+    while b"\r\n\r\n" not in answer and (block := connection.recv(4096)):
+        answer += block
+    return answer.split(b"\r\n", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"POST /api/receive-video-chunk/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99999999\r\n\r\n", 413),
+        (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
+        (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", 400),
+        (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -5\r\n\r\n", 400),
+    ],
+)
+def test_the_server_refuses_what_it_will_not_buffer_before_reading_it(edge_server, head, expected):
+    connection = open_slowly(edge_server.base_url, head)
+    assert first_answer(connection).split(b" ")[1] == str(expected).encode()
+    connection.close()
+
+
+def test_expect_100_continue_is_answered_before_the_body_and_once(edge_server):
+    session_id, token = start_session(edge_server.base_url)
+    chunk = load_chrome_set("vp8_opus").chunks[0]
+    connection = open_slowly(
+        edge_server.base_url,
+        f"POST /api/receive-video-chunk/?session_id={session_id}&chunk_index=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: video/webm\r\nContent-Length: {len(chunk)}\r\n"
+        "Expect: 100-continue\r\n\r\n".encode(),
+    )
+    assert first_answer(connection) == b"HTTP/1.1 100 Continue"
+    connection.sendall(chunk)
+    assert first_answer(connection) == b"HTTP/1.1 201 Created"
+    connection.close()
+
+
+def test_pipelined_requests_get_the_first_answer_then_the_connection_closes(edge_server):
+    request = b"GET /api/get-recorded-data/nope/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    connection = open_slowly(edge_server.base_url, request * 3)
+    connection.settimeout(15)
+    received = b""
+    while block := connection.recv(65536):
+        received += block
+    assert received.count(b"HTTP/1.1 404 Not Found") == 1  # answered once, then closed: the client retries
+    connection.close()
+
+
+def test_a_body_trickled_just_under_the_idle_limit_is_cut_off_by_the_rate_floor(edge_server):
+    session_id, token = start_session(edge_server.base_url)
+    connection = open_slowly(
+        edge_server.base_url,
+        f"POST /api/receive-video-chunk/?session_id={session_id}&chunk_index=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: video/webm\r\nContent-Length: 1300000\r\n\r\n".encode(),
+    )
+    connection.settimeout(1.5)
+    sent = 0
+    answer = b""
+    while not answer and sent < 30_000:  # 1 KB a second: never idle 2 s, far below 100 KB/s
+        try:
+            connection.sendall(b"x" * 1000)
+            sent += 1000
+            answer = connection.recv(4096)
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+    # the floor applies all along: cut after about the 2 s grace (before: only at 2 s + 13 s, its
+    # length at the floor rate, so a client could trickle a byte per idle period for a long body)
+    assert answer.split(b"\r\n", 1)[0] == b"HTTP/1.1 408 Request Timeout"
+    assert sent <= 8_000
+    connection.close()
+
+
+def test_one_address_may_hold_only_so_many_connections(edge_server):
+    parts = urlsplit(edge_server.base_url)
+    held = []
+    for _ in range(8):
+        connection = socket.create_connection((parts.hostname, parts.port), source_address=("127.0.0.5", 0))
+        held.append(connection)
+    time.sleep(0.3)
+    extra = socket.create_connection((parts.hostname, parts.port), source_address=("127.0.0.5", 0))
+    assert first_answer(extra) == b"HTTP/1.1 503 Service Unavailable"  # too_many_connections, Retry-After
+    extra.close()
+    status, _, _ = send(edge_server.base_url, "GET", "/api/get-recorded-data/nope/", source="127.0.0.6")
+    assert status == 404  # another address is served meanwhile
+    for connection in held:
+        connection.close()
+
+
 # --- 9. Chunked bodies are refused with 411 ----------------------------------------------------------
 
 

@@ -170,16 +170,17 @@ def test_recover_recordings_runs_a_recording_whose_worker_died_again(api, capsys
     assert "0 recording(s) queued again" in capsys.readouterr().out
 
 
-def test_a_recording_whose_runs_all_died_fails_and_a_finalize_retries_it(api, settings):
+def test_a_recording_whose_runs_all_died_fails_and_only_an_operator_runs_it_again(api, settings):
     recording, started = uploaded(api)
     as_if_a_run_died(started.session_id, attempts=settings.RECORDER_PROCESSING_MAX_ATTEMPTS)
     assert services.recover_stale_recordings() == []
     body = status_of(api, started.session_id)
     assert (body["status"], body["error"]["code"]) == ("failed", "processing_interrupted")
-    response = finalize(api, started)  # the client's retry starts a fresh request with fresh attempts
-    assert response.status_code == 200
-    assert response.json()["status"] == "ready"
-    assert RecordingSession.objects.get(pk=started.session_id).processing_attempts == 1
+    # a recording whose runs kept dying may be what kills them: a client cannot start more (issue 12)
+    response = finalize(api, started)
+    assert (response.status_code, response.json()["status"]) == (200, "failed")
+    call_command("process_recording", started.session_id)
+    assert status_of(api, started.session_id)["status"] == "ready"
 
 
 def test_a_run_whose_heartbeat_is_fresh_is_not_run_twice(api):

@@ -55,3 +55,12 @@ def test_static_files_are_served_by_whitenoise_and_collected_compressed(make_ser
     assert headers.get("Content-Encoding") == "gzip"
     assert gzip.decompress(body) == original
     assert (work / "static" / f"{SWAGGER_BUNDLE}.gz").is_file()  # make serve ran collectstatic
+
+
+def test_the_buffering_worker_was_reviewed_against_the_installed_gunicorn():
+    import gunicorn
+
+    # recorder_project/buffering_worker.py overrides gthread's internals (accept, enqueue_req,
+    # finish_request, murder_keepalived, TConn, the parser's source): upgrading gunicorn means
+    # reading gthread.py again, then moving this pin with requirements.txt's.
+    assert gunicorn.__version__ == "27.0.1"

@@ -50,3 +50,29 @@ def test_clients_behind_a_proxy_are_told_apart_by_x_forwarded_for(api, limits, s
 def test_a_scope_set_to_off_is_never_throttled(api, limits, settings):
     settings.RECORDER_THROTTLE_RATES = {**limits, "start": None}
     assert {api.post("/api/start-recording/", {}, format="json").status_code for _ in range(10)} == {201}
+
+
+def test_an_ipv6_client_has_one_budget_for_its_whole_slash_64():
+    from recordings.throttling import throttle_key
+
+    assert throttle_key("2001:db8:1:2::1") == throttle_key("2001:db8:1:2:ffff:ffff:ffff:ffff") == "2001:db8:1:2::/64"
+    assert throttle_key("2001:db8:1:3::1") != throttle_key("2001:db8:1:2::1")
+    assert throttle_key("::ffff:203.0.113.7") == throttle_key("203.0.113.7") == "203.0.113.7"
+    assert throttle_key("not an address") == "unparsable"
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "num_proxies", "expected"),
+    [
+        ("198.51.100.1", 0, "127.0.0.9"),  # no proxy in front: the header is the client's own claim
+        ("10.0.0.1, 198.51.100.1", 1, "198.51.100.1"),  # one proxy: the address it appended
+        ("10.0.0.1, 198.51.100.1, 192.0.2.5", 2, "198.51.100.1"),  # two: the first proxy's entry
+        ("198.51.100.1", 2, "127.0.0.9"),  # fewer entries than proxies: it did not come through them
+        (None, 1, "127.0.0.9"),  # no header at all: the socket's peer, not a shared empty address
+    ],
+)
+def test_the_client_address_is_the_socket_unless_trusted_proxies_say_otherwise(forwarded, num_proxies, expected):
+    from recordings.throttling import client_address
+
+    meta = {"REMOTE_ADDR": "127.0.0.9", **({"HTTP_X_FORWARDED_FOR": forwarded} if forwarded else {})}
+    assert client_address(meta, num_proxies) == expected

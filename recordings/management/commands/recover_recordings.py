@@ -1,8 +1,9 @@
 """`manage.py recover_recordings`: run again the recordings whose processing run died."""
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from recordings import services
+from recordings import backends, services
 
 
 class Command(BaseCommand):
@@ -16,3 +17,7 @@ class Command(BaseCommand):
         for session_id in requeued:
             self.stdout.write(f"{session_id}: queued again")
         self.stdout.write(f"{len(requeued)} recording(s) queued again")
+        if requeued and settings.RECORDER_TASKS_BACKEND == "embedded":
+            # queued on this command's own threads: run them before the process ends
+            self.stdout.write("processing them here (RECORDER_TASKS_BACKEND=embedded)")
+            backends.wait_until_idle()
