@@ -14,6 +14,9 @@ bind = os.environ.get("GUNICORN_BIND", f"{os.environ.get('HOST', '127.0.0.1')}:{
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "recorder_project.buffering_worker.BufferingThreadWorker")
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+# Open connections per worker, slow ones included: the buffering worker holds them in its event
+# loop, and raises the process's file-descriptor limit to two per connection.
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 # gthread workers heartbeat from their main loop, so a long processing request in a thread does
 # not trip this; it bounds a worker that is truly stuck.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))

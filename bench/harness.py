@@ -64,6 +64,7 @@ def service_environment(work_dir: Path) -> dict[str, str]:
             ],
             "off",
         ),
+        "RECORDER_MAX_CONNECTIONS_PER_CLIENT": "0",
     }
 
 

@@ -46,6 +46,7 @@ _SEND_BYTES_PER_EVENT = 4 * 1024 * 1024  # a fast reader must not keep the loop 
 _LINGER_SECONDS = 2.0
 _LINGER_MAX_BYTES = 64 * 1024
 _ACCEPT_PAUSE_SECONDS = 0.5  # out of file descriptors: connections wait in the backlog meanwhile
+_PRESSED_SECONDS = 2  # every idle and header limit while half the connection slots are taken
 _HEADER_END = b"\r\n\r\n"
 _STATUS_TEXT = {
     400: "Bad Request",
@@ -495,16 +496,21 @@ class BufferingThreadWorker(ThreadWorker):
         super().murder_keepalived(force)
         now = time.monotonic()
         limits = self.limits
+        # Half the connection slots taken: slow clients get seconds, not tens of seconds, so that
+        # many addresses holding idle connections cannot keep everyone else in the backlog.
+        pressed = self.nr_conns >= self.worker_connections // 2
+        header_seconds = min(limits.header_seconds, _PRESSED_SECONDS) if pressed else limits.header_seconds
+        body_idle_seconds = min(limits.body_idle_seconds, _PRESSED_SECONDS) if pressed else limits.body_idle_seconds
+        response_idle_seconds = (
+            min(limits.response_idle_seconds, _PRESSED_SECONDS) if pressed else limits.response_idle_seconds
+        )
         for conn, (deadline, _) in list(self._lingering.items()):
             if force or now > deadline:
                 self._close_for_good(conn)
         for conn, (outbound, _) in list(self._sending.items()):
-            idle = now - outbound.last_progress > limits.response_idle_seconds
+            idle = now - outbound.last_progress > response_idle_seconds
             slow = _too_slow(
-                outbound.sent,
-                now - outbound.started,
-                limits.response_idle_seconds,
-                limits.response_min_bytes_per_second,
+                outbound.sent, now - outbound.started, response_idle_seconds, limits.response_min_bytes_per_second
             )
             if force or idle or slow:
                 self._stop_sending(conn, finished=False)  # a reader that stopped reading, or reads too slowly
@@ -513,12 +519,12 @@ class BufferingThreadWorker(ThreadWorker):
                 self._drop(conn)
                 continue
             if inbound.head_bytes is None:
-                late = now - inbound.started > limits.header_seconds
+                late = now - inbound.started > header_seconds
             else:
-                late = now - inbound.last_progress > limits.body_idle_seconds or _too_slow(
+                late = now - inbound.last_progress > body_idle_seconds or _too_slow(
                     inbound.body_received,
                     now - inbound.body_started,
-                    limits.body_idle_seconds,
+                    body_idle_seconds,
                     limits.body_min_bytes_per_second,
                 )
             if late:

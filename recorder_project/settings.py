@@ -224,13 +224,13 @@ RECORDER_MAX_CHUNK_BYTES = env_int("RECORDER_MAX_CHUNK_BYTES", 64 * MiB)
 RECORDER_MAX_REQUEST_BYTES = RECORDER_MAX_CHUNK_BYTES * 4 // 3 + 64 * 1024
 RECORDER_MAX_RECORDING_BYTES = env_int("RECORDER_MAX_RECORDING_BYTES", 4 * GiB)
 RECORDER_AUDIO_FORMAT = env_str("RECORDER_AUDIO_FORMAT", "mp3")
-# What one ffmpeg step of one recording may cost. Its wall-clock time: 60 s plus this many seconds
+# What one ffmpeg step of one recording may cost. Its wall-clock time: 20 s plus this many seconds
 # per MiB uploaded, at most the timeout (CPU time: twice that, across its threads). Its memory
 # (RLIMIT_DATA: heap and thread stacks; 0: no limit). The largest frame any decoder accepts
 # (8K UHD; 0: no limit). Output sizes are bounded by the input's size (docs/processing.md).
 RECORDER_FFMPEG_TIMEOUT_SECONDS = env_int("RECORDER_FFMPEG_TIMEOUT_SECONDS", 3600)
 RECORDER_FFMPEG_SECONDS_PER_MIB = env_int("RECORDER_FFMPEG_SECONDS_PER_MIB", 10)
-RECORDER_FFMPEG_MAX_MEMORY_BYTES = env_int("RECORDER_FFMPEG_MAX_MEMORY_BYTES", 2 * GiB)
+RECORDER_FFMPEG_MAX_MEMORY_BYTES = env_int("RECORDER_FFMPEG_MAX_MEMORY_BYTES", 1 * GiB)
 RECORDER_MAX_FRAME_PIXELS = env_int("RECORDER_MAX_FRAME_PIXELS", 7680 * 4320)
 # Checked once the recording is probed: longer ones fail with `recording_too_long`. 0: no limit.
 RECORDER_MAX_DURATION_SECONDS = env_duration_seconds("RECORDER_MAX_DURATION_SECONDS", "4h")

@@ -12,6 +12,9 @@ from typing import BinaryIO
 
 EBML_HEADER = 0x1A45DFA3
 SEGMENT = 0x18538067
+SEEK_HEAD = 0x114D9B74
+SEEK = 0x4DBB
+SEEK_ID = 0x53AB
 TRACKS = 0x1654AE6B
 TRACK_ENTRY = 0xAE
 TRACK_NUMBER = 0xD7
@@ -35,6 +38,10 @@ class NotMatroska(ValueError):
 class MatroskaLayout:
     has_tracks: bool  # a Tracks element came before the first Cluster (always so in browser files)
     encoded_tracks: list[int] = field(default_factory=list)  # TrackNumbers with a ContentEncodings
+    # How often the Tracks ID's four bytes occur before the first Cluster besides the Tracks element
+    # walked and the SeekHead's pointers to it: another Tracks hidden inside some element's payload,
+    # where a demuxer that resyncs after a damaged element (ffmpeg does) would find and use it.
+    stray_tracks_ids: int = 0
 
 
 def read_layout(stream: BinaryIO) -> MatroskaLayout:
@@ -47,10 +54,13 @@ def read_layout(stream: BinaryIO) -> MatroskaLayout:
     element_id, segment_size = reader.element_header()
     if element_id != SEGMENT:
         raise NotMatroska(f"expected a Segment, found element {element_id:#x}")
+    segment_start = reader.position
     segment_end = None if segment_size == _UNKNOWN_SIZE else reader.position + segment_size
     has_tracks = False
     encoded_tracks: list[int] = []
+    expected_tracks_ids = 0
     for _ in range(MAX_HEADER_ELEMENTS):
+        header_end = reader.position  # where the header ends, once the loop stops
         if segment_end is not None and reader.position >= segment_end:
             break
         header = reader.element_header(allow_end=True)
@@ -59,16 +69,52 @@ def read_layout(stream: BinaryIO) -> MatroskaLayout:
         element_id, size = header
         if size == _UNKNOWN_SIZE:
             raise NotMatroska(f"element {element_id:#x} before the first Cluster has an unknown size")
+        if element_id in (TRACKS, SEEK_HEAD) and size > MAX_TRACKS_BYTES:
+            raise NotMatroska(f"a {_NAMES[element_id]} element of {size} bytes (browsers write a few kilobytes)")
         if element_id == TRACKS:
-            if size > MAX_TRACKS_BYTES:
-                raise NotMatroska(f"a Tracks element of {size} bytes (browsers write a few kilobytes)")
             has_tracks = True
             encoded_tracks += _encoded_tracks(reader.read(size))
+            expected_tracks_ids += 1
+        elif element_id == SEEK_HEAD:
+            expected_tracks_ids += _pointers_to_tracks(reader.read(size))
         else:
             reader.skip(size)
     else:
         raise NotMatroska(f"more than {MAX_HEADER_ELEMENTS} elements before the first Cluster")
-    return MatroskaLayout(has_tracks=has_tracks, encoded_tracks=encoded_tracks)
+    occurrences = _count_occurrences(stream, TRACKS.to_bytes(4, "big"), segment_start, header_end)
+    return MatroskaLayout(
+        has_tracks=has_tracks, encoded_tracks=encoded_tracks, stray_tracks_ids=occurrences - expected_tracks_ids
+    )
+
+
+_NAMES = {TRACKS: "Tracks", SEEK_HEAD: "SeekHead"}
+
+
+def _pointers_to_tracks(seek_head: bytes) -> int:
+    """How many of a SeekHead's entries name the Tracks element (their SeekID holds its ID's bytes)."""
+    tracks_id = TRACKS.to_bytes(4, "big")
+    return sum(
+        1
+        for element_id, seek in _children(seek_head)
+        if element_id == SEEK
+        for child_id, payload in _children(seek)
+        if child_id == SEEK_ID and payload == tracks_id
+    )
+
+
+def _count_occurrences(stream: BinaryIO, needle: bytes, start: int, end: int) -> int:
+    """How often `needle` occurs in the stream's bytes [start, end), read in blocks."""
+    stream.seek(start)
+    count, carried, remaining = 0, b"", end - start
+    while remaining > 0:
+        block = stream.read(min(remaining, 1024 * 1024))
+        if not block:
+            break
+        remaining -= len(block)
+        window = carried + block
+        count += window.count(needle)
+        carried = window[-(len(needle) - 1) :]  # shorter than the needle: nothing is counted twice
+    return count
 
 
 def _encoded_tracks(tracks: bytes) -> list[int]:

@@ -132,14 +132,20 @@ def _fail(session: RecordingSession, code: str, detail: str, timer: StepTimer, *
 # --- What a run may cost -----------------------------------------------------------------------------
 # Every bound grows with what the client uploaded, never with what the file claims about itself.
 
-STEP_BASE_SECONDS = 60
+STEP_BASE_SECONDS = 20
 # A stream copy barely changes the size (and a re-encode shrinks what browsers do not send); the
-# audio is re-encoded at a fixed bitrate, WAV uncompressed; a thumbnail is one JPEG at most 1280 wide.
+# audio is re-encoded at a fixed bitrate (MP3 at 128 kb/s is 21 x Opus at its lowest, 6 kb/s), WAV
+# uncompressed (256 x); a thumbnail is one JPEG at most 1280 wide. The slack is for the tiniest
+# uploads; it is small, or a 2 KB file claiming a long duration would still make megabytes.
 VIDEO_GROWTH = 2
-AUDIO_GROWTH = {"wav": 64}
-DEFAULT_AUDIO_GROWTH = 16
-OUTPUT_SLACK_BYTES = 16 * MiB
+AUDIO_GROWTH = {"wav": 256}
+DEFAULT_AUDIO_GROWTH = 24
+OUTPUT_SLACK_BYTES = 256 * 1024
 THUMBNAIL_MAX_BYTES = 16 * MiB
+# A video re-encode (only for codecs no browser records) costs in proportion to the pixels it
+# decodes and encodes. MJPEG, the least compressed codec a camera sends, carries about 10 pixels
+# per byte; a file claiming far more (a few static frames repeated for hours) is refused.
+REENCODE_MAX_PIXELS_PER_BYTE = 1000
 
 
 def step_limits(source_bytes: int, *, output_bytes: int | None) -> utils.Limits:
@@ -167,11 +173,29 @@ def _check_structure(container: str, source_path: Path) -> None:
         raise utils.MediaError("media_undecodable", f"The recording's Matroska header cannot be read: {error}.")
     if not layout.has_tracks:
         raise utils.MediaError("media_undecodable", "The recording declares no tracks before its first cluster.")
+    if layout.stray_tracks_ids:
+        raise utils.MediaError(
+            "unsupported_media",
+            "The recording's header holds a second Tracks element inside another element, where a player "
+            "that resyncs after damage would find it; such recordings are not processed.",
+        )
     if layout.encoded_tracks:
         raise utils.MediaError(
             "unsupported_media",
             f"Track {layout.encoded_tracks[0]} declares a ContentEncoding (compressed or encrypted frames), "
             "which no browser writes; such recordings are not processed.",
+        )
+
+
+def _check_reencode_cost(plan: utils.RemuxPlan, info: utils.MediaInfo, source_bytes: int) -> None:
+    if not plan.reencodes_video or not (info.width and info.height and info.fps and info.duration_seconds):
+        return
+    pixels = info.width * info.height * info.fps * info.duration_seconds
+    if pixels > REENCODE_MAX_PIXELS_PER_BYTE * source_bytes:
+        raise utils.MediaError(
+            "unsupported_media",
+            f"The video is {info.video_codec}, which no browser plays: re-encoding {pixels:.3g} pixels from "
+            f"{source_bytes} bytes is more than a recording of that size can need.",
         )
 
 
@@ -201,7 +225,10 @@ def _build_outputs(session: RecordingSession, timer: StepTimer) -> dict:
         with timer.step("probe"):
             source_info = utils.probe(source_path, limits=step_limits(source.size, output_bytes=None))
         _check_frame_size(source_info)
+        if source_info.damage and container in ("webm", "matroska"):
+            raise utils.MediaError("media_undecodable", f"The recording's structure is damaged: {source_info.damage}")
         plan = utils.plan_remux(container, source_info)
+        _check_reencode_cost(plan, source_info, source.size)
         video_path = work_dir / f"video.{plan.output.extension}"
         video_limits = step_limits(source.size, output_bytes=int(VIDEO_GROWTH * source.size) + OUTPUT_SLACK_BYTES)
         # The audio comes from the source, not the remuxed file, so it runs on the other core while

@@ -270,6 +270,7 @@ start_recording = swagger_auto_schema(
             "request_too_large",
             "This JSON body may hold at most 1048576 bytes (DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE).",
         ),
+        "411": _CHUNK_ERRORS["411"],
         "503": _SERVER_BUSY,
     },
     security=[],

@@ -34,7 +34,7 @@ def read_chunk_upload(
     `empty_body_is_a_chunk` is off and the call is final with no `chunk_index`: a finalize
     without a last chunk.
     """
-    _refuse_chunked_body(request)
+    refuse_chunked_body(request)
     _refuse_oversized_body(request)
     data = request.data
     if isinstance(data, RawBody) or is_raw_media_type(request.content_type or ""):
@@ -66,7 +66,7 @@ def read_chunk_upload(
     return ChunkUpload(fields=fields, upload_token=upload_token, stream=stream)
 
 
-def _refuse_chunked_body(request: Request) -> None:
+def refuse_chunked_body(request: Request) -> None:
     """Django reads a body without Content-Length as empty: say so rather than report missing fields."""
     if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
         raise RecorderError(

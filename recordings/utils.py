@@ -49,6 +49,9 @@ class MediaInfo:
     width: int | None
     height: int | None
     fps: float | None
+    # What the demuxer said of a damaged structure (it skips and resyncs, so what it then reads is
+    # not what the file's structure declares); empty when it read the file cleanly.
+    damage: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,10 @@ class OutputFormat:
 class RemuxPlan:
     output: OutputFormat
     copies_everything: bool
+
+    @property
+    def reencodes_video(self) -> bool:
+        return "libx264" in self.output.codec_args
 
 
 def ffmpeg_executable() -> str:
@@ -201,11 +208,19 @@ def run_ffmpeg(arguments: list[str], *, limits: Limits) -> None:
 # --- Probe ---------------------------------------------------------------------------------------
 
 _INPUT_FORMAT = re.compile(r"^Input #0, ([^,]+(?:,[^,\s]+)*), from", re.MULTILINE)
+_DAMAGE = re.compile(
+    r"^\[[^\]]+\] .*(?:Invalid length|Duplicate element|exceeds containing master element|Invalid EBML"
+    r"|EBML header parsing failed|resync).*$",
+    re.MULTILINE,
+)
 _DURATION = re.compile(r"Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
 _AUDIO_CODEC = re.compile(r"Stream #0:\d+.*?: Audio: ([\w-]+)")
 
 
 PROBE_LIMITS = Limits(timeout_seconds=60)
+# Reading headers and a first frame needs little; an MP4 whose tables claim 25 million samples
+# made ffmpeg index them in 1.7 GiB (a 1 KB upload).
+PROBE_MEMORY_BYTES = 512 * 1024 * 1024
 
 
 def probe(path: Path, *, limits: Limits = PROBE_LIMITS) -> MediaInfo:
@@ -217,7 +232,12 @@ def probe(path: Path, *, limits: Limits = PROBE_LIMITS) -> MediaInfo:
     try:
         finished = _run(
             [FFMPEG_BINARY, "-hide_banner", "-nostdin", *_frame_limit(limits), "-i", str(path)],
-            limits=Limits(limits.timeout_seconds, limits.memory_bytes, _REPORT_BYTES, limits.max_frame_pixels),
+            limits=Limits(
+                limits.timeout_seconds,
+                min(limits.memory_bytes or PROBE_MEMORY_BYTES, PROBE_MEMORY_BYTES),
+                _REPORT_BYTES,
+                limits.max_frame_pixels,
+            ),
             what="Reading the media's metadata",
         )
     except MediaError as error:
@@ -231,7 +251,10 @@ def probe(path: Path, *, limits: Limits = PROBE_LIMITS) -> MediaInfo:
     if input_format is None:
         last_line = report.strip().splitlines()[-1] if report.strip() else "no output"
         raise MediaError("media_undecodable", f"The recording is not readable media ({last_line}).")
-    infos = FFmpegInfosParser(report, str(path), check_duration=False).parse()
+    try:
+        infos = FFmpegInfosParser(report, str(path), check_duration=False).parse()
+    except Exception as error:  # moviepy's parser assumes what ffmpeg prints for sane files
+        raise MediaError("media_undecodable", f"The recording's metadata cannot be read ({error!r:.200}).") from error
     if not infos["video_found"] and not infos["audio_found"]:
         raise MediaError("media_undecodable", "The recording holds no audio or video stream.")
     duration = _DURATION.search(report)
@@ -249,6 +272,7 @@ def probe(path: Path, *, limits: Limits = PROBE_LIMITS) -> MediaInfo:
         width=size[0] if size else None,
         height=size[1] if size else None,
         fps=infos.get("video_fps") if infos["video_found"] else None,
+        damage=damage.group(0) if (damage := _DAMAGE.search(report)) else "",
     )
 
 

@@ -21,7 +21,7 @@ from .serializers import (
     StartRecordingInput,
     StartRecordingOutput,
 )
-from .uploads import ChunkUpload, read_chunk_upload, read_upload_token, require_chunk
+from .uploads import ChunkUpload, read_chunk_upload, read_upload_token, refuse_chunked_body, require_chunk
 
 UPLOAD_PARSERS = [MultiPartParser, FormParser, JsonChunkParser, RawChunkParser]
 
@@ -103,6 +103,7 @@ class StartRecordingView(APIView):
 
     @schema.start_recording
     def post(self, request: Request) -> Response:
+        refuse_chunked_body(request)  # Django would read it as empty: the title and type would vanish
         body = request.data if hasattr(request.data, "get") else None
         if body is None:
             raise RecorderError(code="malformed_body", detail="The body must be a JSON object or a form.")

@@ -10,6 +10,7 @@ import pytest
 
 from recordings import processing, utils
 from recordings.models import RecordingSession
+from tests import hostile_media
 from tests.conftest import generate_media, load_chrome_set, skip_or_fail, split_bytes
 from tests.recorder_client import finalize, start, status_of, upload_all
 
@@ -162,8 +163,8 @@ def test_ffmpeg_past_its_wall_clock_time_is_stopped_with_a_timeout_code(tmp_path
 def test_a_step_may_take_time_in_proportion_to_what_was_uploaded(settings):
     settings.RECORDER_FFMPEG_TIMEOUT_SECONDS = 3600
     settings.RECORDER_FFMPEG_SECONDS_PER_MIB = 10
-    assert processing.step_limits(0, output_bytes=None).timeout_seconds == 60
-    assert processing.step_limits(6 * MiB, output_bytes=None).timeout_seconds == 120
+    assert processing.step_limits(0, output_bytes=None).timeout_seconds == 20
+    assert processing.step_limits(6 * MiB, output_bytes=None).timeout_seconds == 80
     assert processing.step_limits(10_000 * MiB, output_bytes=None).timeout_seconds == 3600
 
 
@@ -210,3 +211,84 @@ def test_finalize_retries_a_transient_failure_a_bounded_number_of_times(api, set
     assert runs == settings.RECORDER_PROCESSING_MAX_ATTEMPTS
     moved_away.rename(chunk_file)
     assert status_of(api, started.session_id)["status"] == "failed"  # no more runs from clients
+
+
+# --- Found by attacking the fixes (a second tester, the same day) ------------------------------------
+
+
+def stored_files(media_root: Path, session_id: str) -> dict[str, int]:
+    return {name: size for name, size in files_under(media_root).items() if session_id in name}
+
+
+def process_upload(api, data: bytes, parts: int = 1) -> tuple[dict, str]:
+    started = start(api)
+    upload_all(api, started, split_bytes(data, parts))
+    return finalize(api, started).json(), started.session_id
+
+
+def test_compressed_tracks_hidden_behind_damage_are_refused_as_well(api, media_root, tmp_path):
+    if shutil.which("mkvmerge") is None:
+        skip_or_fail("mkvmerge is not installed (apt-get install mkvtoolnix)")
+    source = tmp_path / "source.webm"
+    source.write_bytes(b"".join(load_chrome_set("vp8_opus").chunks))
+    compressed = tmp_path / "compressed.mkv"
+    subprocess.run(
+        ["mkvmerge", "-q", "-o", str(compressed), "--compression", "0:zlib", "--compression", "1:zlib", str(source)],
+        check=True,
+    )
+    # before: the structure walk saw only the decoy, ffmpeg used the hidden tracks: 274 KB -> 15.6 MB, ready
+    hostile = hostile_media.hidden_compressed_tracks(compressed, tmp_path / "hidden.mkv", padding_bytes=100_000)
+    body, session_id = process_upload(api, hostile.read_bytes(), parts=3)
+    assert (body["status"], body["error"]["code"]) == ("failed", "unsupported_media")
+    assert "second Tracks element" in body["error"]["detail"]
+    assert max(stored_files(media_root, session_id).values()) < hostile.stat().st_size
+
+
+def test_a_damaged_matroska_structure_is_refused_whatever_it_hides(api, tmp_path):
+    damaged = hostile_media.with_damaged_info(b"".join(load_chrome_set("vp8_opus").chunks))
+    body, _ = process_upload(api, damaged, parts=3)
+    # ffmpeg reports the damage, resyncs and reads on: what it reads then is not what was checked
+    assert (body["status"], body["error"]["code"]) == ("failed", "media_undecodable")
+    assert "Invalid length" in body["error"]["detail"]
+
+
+def test_two_kilobytes_claiming_half_an_hour_of_audio_do_not_become_megabytes(api, media_root, tmp_path):
+    hostile = hostile_media.pcm_at_one_hertz(tmp_path / "pcm.webm")  # 2,301 bytes, 2,190 s
+    body, session_id = process_upload(api, hostile.read_bytes())
+    # before: ready, with a 16.4 MB MP3 and a 0.9 MB video (the outputs' flat 16 MiB of slack)
+    assert (body["status"], body["error"]["code"]) == ("failed", "output_too_large")
+    assert sum(stored_files(media_root, session_id).values()) == hostile.stat().st_size  # the chunk alone
+
+
+def test_an_mp4_claiming_millions_of_samples_costs_little(api, tmp_path):
+    hostile = hostile_media.mp4_claiming_samples(tmp_path / "claims.mp4", samples=25_000_000)  # 1,042 bytes
+    body, _ = process_upload(api, hostile.read_bytes())
+    # before: the re-encode and the audio ffmpegs reached 3.4 GiB together (each under its 2 GiB
+    # limit); the re-encode is now refused for its size before ffmpeg starts (and each ffmpeg has
+    # 1 GiB, its probe 512 MiB)
+    assert (body["status"], body["error"]["code"]) == ("failed", "unsupported_media")
+    assert "re-encoding" in body["error"]["detail"]
+
+
+def test_metadata_moviepy_cannot_parse_is_undecodable_not_a_retryable_error(api, tmp_path):
+    hostile = hostile_media.mp4_claiming_samples(tmp_path / "no-rate.mp4", samples=1000, video_sample_delta=0)
+    started = start(api)
+    upload_all(api, started, [hostile.read_bytes()])
+    for _ in range(3):  # before: processing_error, which every finalize ran again
+        body = finalize(api, started).json()
+        assert (body["status"], body["error"]["code"]) == ("failed", "media_undecodable")
+    assert RecordingSession.objects.get(pk=started.session_id).processing_runs_total == 1
+
+
+def test_a_re_encode_far_out_of_proportion_to_the_upload_is_refused(api, tmp_path):
+    hostile = tmp_path / "static.mov"
+    subprocess.run(  # a minute of one frame: QuickTime RLE codes a repeated frame in a few bytes
+        [utils.ffmpeg_executable(), "-v", "error", "-f", "lavfi", "-i", "color=black:s=1280x720:r=30", "-t", "60"]
+        + ["-c:v", "qtrle", "-g", "100000", "-f", "mov", str(hostile)],
+        check=True,
+        timeout=120,
+    )
+    body, _ = process_upload(api, hostile.read_bytes())
+    # before: a minute of a processing slot spent on x264 for a few dozen KB, then processing_timeout
+    assert (body["status"], body["error"]["code"]) == ("failed", "unsupported_media")
+    assert "qtrle" in body["error"]["detail"]

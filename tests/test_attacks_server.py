@@ -348,6 +348,68 @@ def test_one_address_may_hold_only_so_many_connections(edge_server):
         connection.close()
 
 
+DECLARED_BODY_ONLY = b"POST /api/receive-video-chunk/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n"
+
+
+def test_many_addresses_holding_idle_connections_do_not_fill_every_slot(tmp_path):
+    # the tester's attack at a tenth of the defaults' scale: 40 connection slots, 5 per address,
+    # 9 addresses that each keep 10 connections open with a declared body and send nothing
+    environment = {
+        "GUNICORN_WORKERS": "1",
+        "GUNICORN_CMD_ARGS": "--worker-connections 40",  # works with any gunicorn.conf.py
+        "RECORDER_MAX_CONNECTIONS_PER_CLIENT": "5",
+    }
+    with gunicorn(tmp_path, extra_env=environment) as server:
+        session_id, _ = start_session(server.base_url)
+        parts = urlsplit(server.base_url)
+        stop = threading.Event()
+        opened = [0]
+
+        def hold(address: str) -> None:
+            held: list[socket.socket] = []
+            while not stop.is_set():
+                for connection in list(held):  # one answered or closed by the server is replaced
+                    try:
+                        if connection.recv(4096, socket.MSG_DONTWAIT) is not None:
+                            held.remove(connection)
+                            connection.close()
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        held.remove(connection)
+                while len(held) < 10:
+                    try:
+                        connection = socket.create_connection((parts.hostname, parts.port), 2, (address, 0))
+                        connection.sendall(DECLARED_BODY_ONLY)
+                    except OSError:
+                        break
+                    held.append(connection)
+                    opened[0] += 1
+                stop.wait(0.2)
+            for connection in held:
+                connection.close()
+
+        attackers = [threading.Thread(target=hold, args=(f"127.0.3.{n + 1}",)) for n in range(9)]
+        for attacker in attackers:
+            attacker.start()
+        latencies = []
+        try:
+            time.sleep(3)
+            for _ in range(6):
+                started = time.monotonic()
+                with urllib.request.urlopen(
+                    f"{server.base_url}/api/get-recorded-data/{session_id}/", timeout=5
+                ) as read:
+                    assert read.status == 200  # before: every read timed out while the attack went on
+                latencies.append(round(time.monotonic() - started, 3))
+                time.sleep(1)
+        finally:
+            stop.set()
+            for attacker in attackers:
+                attacker.join()
+    record_figures("connection-slots", {"attack_connections_opened": opened[0], "status_read_seconds": latencies})
+
+
 # --- 9. Chunked bodies are refused with 411 ----------------------------------------------------------
 
 
@@ -358,7 +420,7 @@ def server(tmp_path_factory):
 
 
 @pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=xyz", "application/json", "video/webm"])
-@pytest.mark.parametrize("endpoint", ["receive-video-chunk", "finalize-recording"])
+@pytest.mark.parametrize("endpoint", ["receive-video-chunk", "finalize-recording", "start-recording"])
 def test_a_chunked_upload_is_answered_411(server, content_type, endpoint):
     session_id, token = start_session(server.base_url)
     pieces = iter([b'{"session_id": "', session_id.encode(), b'", "chunk_index": 0, "video_chunk": "GkXf"}'])
