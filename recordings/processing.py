@@ -199,6 +199,20 @@ def _check_reencode_cost(plan: utils.RemuxPlan, info: utils.MediaInfo, source_by
         )
 
 
+# Every recorder samples audio between telephone quality and studio quality. A file that claims 1 Hz
+# makes the resampler to 48 kHz (Opus, MP3) turn each sample into 48,000: seconds of encoding
+# for every few bytes uploaded.
+AUDIO_SAMPLE_RATES = range(8000, 192_001)
+
+
+def _check_audio_sample_rate(info: utils.MediaInfo) -> None:
+    if info.audio_sample_rate is not None and info.audio_sample_rate not in AUDIO_SAMPLE_RATES:
+        raise utils.MediaError(
+            "unsupported_media",
+            f"The audio is sampled at {info.audio_sample_rate} Hz; recordings are sampled at 8,000 to 192,000 Hz.",
+        )
+
+
 def _check_frame_size(info: utils.MediaInfo) -> None:
     limit = settings.RECORDER_MAX_FRAME_PIXELS
     if limit and info.width and info.height and info.width * info.height > limit:
@@ -225,6 +239,7 @@ def _build_outputs(session: RecordingSession, timer: StepTimer) -> dict:
         with timer.step("probe"):
             source_info = utils.probe(source_path, limits=step_limits(source.size, output_bytes=None))
         _check_frame_size(source_info)
+        _check_audio_sample_rate(source_info)
         if source_info.damage and container in ("webm", "matroska"):
             raise utils.MediaError("media_undecodable", f"The recording's structure is damaged: {source_info.damage}")
         plan = utils.plan_remux(container, source_info)

@@ -52,6 +52,7 @@ class MediaInfo:
     # What the demuxer said of a damaged structure (it skips and resyncs, so what it then reads is
     # not what the file's structure declares); empty when it read the file cleanly.
     damage: str = ""
+    audio_sample_rate: int | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,7 @@ _DAMAGE = re.compile(
 )
 _DURATION = re.compile(r"Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
 _AUDIO_CODEC = re.compile(r"Stream #0:\d+.*?: Audio: ([\w-]+)")
+_AUDIO_SAMPLE_RATE = re.compile(r"Stream #0:\d+.*?: Audio: [^\n]*?, (\d+) Hz")
 
 
 PROBE_LIMITS = Limits(timeout_seconds=60)
@@ -273,6 +275,7 @@ def probe(path: Path, *, limits: Limits = PROBE_LIMITS) -> MediaInfo:
         height=size[1] if size else None,
         fps=infos.get("video_fps") if infos["video_found"] else None,
         damage=damage.group(0) if (damage := _DAMAGE.search(report)) else "",
+        audio_sample_rate=int(rate.group(1)) if (rate := _AUDIO_SAMPLE_RATE.search(report)) else None,
     )
 
 

@@ -101,9 +101,50 @@ def with_damaged_info(recording: bytes) -> bytes:
     return ebml_header[1] + bytes.fromhex("18538067") + UNKNOWN_SIZE + rebuilt
 
 
+def _webm_header() -> bytes:
+    return element(
+        0x1A45DFA3,
+        unsigned(0x4286, 1)
+        + unsigned(0x42F7, 1)
+        + unsigned(0x42F2, 4)
+        + unsigned(0x42F3, 8)
+        + element(0x4282, b"webm")
+        + unsigned(0x4287, 4)
+        + unsigned(0x4285, 2),
+    )
+
+
+def opus_of_empty_packets(destination: Path, *, packets: int = 4096) -> Path:
+    """Opus packets of one byte each (a TOC saying "60 ms of silence"), 256 to a block by lacing:
+    4 KB that decode to minutes of audio, each minute an MP3 of a megabyte."""
+    opus_head = b"OpusHead" + bytes([1, 1]) + struct.pack("<HIhB", 312, 48000, 0, 0)
+    audio = element(0xE1, element(0xB5, struct.pack(">d", 48000.0)) + unsigned(0x9F, 1))
+    track = element(
+        0xAE,
+        unsigned(0xD7, 1)
+        + unsigned(0x73C5, 1)
+        + unsigned(0x83, 2)
+        + element(0x86, b"A_OPUS")
+        + element(0x63A2, opus_head)
+        + audio,
+    )
+    laced = b"\x18" * 256  # fixed-size lacing: 256 frames of one byte
+    clusters = b"".join(
+        element(
+            0x1F43B675, unsigned(0xE7, number * 256 * 60) + element(0xA3, b"\x81\x00\x00\x84" + bytes([255]) + laced)
+        )
+        for number in range(packets // 256)
+    )
+    info = element(0x1549A966, unsigned(0x2AD7B1, 1_000_000))
+    destination.write_bytes(
+        _webm_header() + bytes.fromhex("18538067") + UNKNOWN_SIZE + info + element(0x1654AE6B, track) + clusters
+    )
+    return destination
+
+
 def pcm_at_one_hertz(destination: Path, *, samples: int = 2048) -> Path:
-    """2 KB of 8-bit PCM declared at a sampling rate of 1 Hz: 34 minutes of audio to decode and
-    encode, which the audio and video steps would make into megabytes."""
+    """2 KB of 8-bit PCM declared at a sampling rate of 1 Hz: 34 minutes of audio, each sample
+    resampled into 48,000 for Opus and MP3: seconds of encoding and megabytes per few bytes."""
     ebml_header = element(
         0x1A45DFA3,
         unsigned(0x4286, 1)

@@ -23,14 +23,20 @@ def files_under(root: Path) -> dict[str, int]:
     return {str(path.relative_to(root)): path.stat().st_size for path in root.rglob("*") if path.is_file()}
 
 
-def zlib_bomb(directory: Path, *, frames: int = 10, frame_bytes: int = 9 * MiB) -> Path:
-    """A real VP8 keyframe padded with zeros to 9 MB, `frames` times, each frame zlib-compressed by
-    mkvmerge: about 100 KB that ffmpeg inflates back into `frames` x 9 MB while it stream-copies,
-    and that still decodes (the attack of issue 12, a tenth of its length)."""
+def chrome_recording_with_mkvmerge(directory: Path) -> Path:
+    """The 8-second Chrome recording as one file, for mkvmerge (mkvtoolnix) to rewrite."""
     if shutil.which("mkvmerge") is None:
         skip_or_fail("mkvmerge is not installed (apt-get install mkvtoolnix)")
     source = directory / "source.webm"
     source.write_bytes(b"".join(load_chrome_set("vp8_opus").chunks))
+    return source
+
+
+def zlib_bomb(directory: Path, *, frames: int = 10, frame_bytes: int = 9 * MiB) -> Path:
+    """A real VP8 keyframe padded with zeros to 9 MB, `frames` times, each frame zlib-compressed by
+    mkvmerge: about 100 KB that ffmpeg inflates back into `frames` x 9 MB while it stream-copies,
+    and that still decodes (the attack of issue 12, a tenth of its length)."""
+    source = chrome_recording_with_mkvmerge(directory)
     keyframe_ivf = directory / "keyframe.ivf"
     subprocess.run(
         [utils.ffmpeg_executable(), "-v", "error", "-i", str(source), "-map", "0:v", "-c:v", "copy"]
@@ -227,10 +233,7 @@ def process_upload(api, data: bytes, parts: int = 1) -> tuple[dict, str]:
 
 
 def test_compressed_tracks_hidden_behind_damage_are_refused_as_well(api, media_root, tmp_path):
-    if shutil.which("mkvmerge") is None:
-        skip_or_fail("mkvmerge is not installed (apt-get install mkvtoolnix)")
-    source = tmp_path / "source.webm"
-    source.write_bytes(b"".join(load_chrome_set("vp8_opus").chunks))
+    source = chrome_recording_with_mkvmerge(tmp_path)
     compressed = tmp_path / "compressed.mkv"
     subprocess.run(
         ["mkvmerge", "-q", "-o", str(compressed), "--compression", "0:zlib", "--compression", "1:zlib", str(source)],
@@ -252,12 +255,22 @@ def test_a_damaged_matroska_structure_is_refused_whatever_it_hides(api, tmp_path
     assert "Invalid length" in body["error"]["detail"]
 
 
-def test_two_kilobytes_claiming_half_an_hour_of_audio_do_not_become_megabytes(api, media_root, tmp_path):
+def test_audio_claiming_a_sampling_rate_of_one_hertz_is_refused_before_it_is_resampled(api, media_root, tmp_path):
     hostile = hostile_media.pcm_at_one_hertz(tmp_path / "pcm.webm")  # 2,301 bytes, 2,190 s
     body, session_id = process_upload(api, hostile.read_bytes())
-    # before: ready, with a 16.4 MB MP3 and a 0.9 MB video (the outputs' flat 16 MiB of slack)
-    assert (body["status"], body["error"]["code"]) == ("failed", "output_too_large")
+    # before: ready, with a 16.4 MB MP3 and a 0.9 MB video (the outputs' flat 16 MiB of slack);
+    # with the slack cut, still 4 s of Opus encoding per upload for the first resampled block
+    assert (body["status"], body["error"]["code"]) == ("failed", "unsupported_media")
+    assert "1 Hz" in body["error"]["detail"]
     assert sum(stored_files(media_root, session_id).values()) == hostile.stat().st_size  # the chunk alone
+
+
+def test_four_kilobytes_of_empty_opus_packets_do_not_become_megabytes_of_mp3(api, media_root, tmp_path):
+    hostile = hostile_media.opus_of_empty_packets(tmp_path / "opus.webm")  # 4 KB, 4 minutes of silence
+    body, session_id = process_upload(api, hostile.read_bytes())
+    # the audio step is cut off by the kernel at 24 x the upload + 256 KiB (before: a 3.7 MB MP3)
+    assert (body["status"], body["error"]["code"]) == ("failed", "output_too_large")
+    assert sum(stored_files(media_root, session_id).values()) == hostile.stat().st_size
 
 
 def test_an_mp4_claiming_millions_of_samples_costs_little(api, tmp_path):
