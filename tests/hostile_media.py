@@ -101,6 +101,14 @@ def with_damaged_info(recording: bytes) -> bytes:
     return ebml_header[1] + bytes.fromhex("18538067") + UNKNOWN_SIZE + rebuilt
 
 
+def _write_webm(destination: Path, track_entry: bytes, clusters: bytes) -> Path:
+    """A live WebM as browsers write it: a Segment of unknown size, Info, one track, clusters."""
+    info = element(0x1549A966, unsigned(0x2AD7B1, 1_000_000))
+    segment = bytes.fromhex("18538067") + UNKNOWN_SIZE + info + element(0x1654AE6B, track_entry) + clusters
+    destination.write_bytes(_webm_header() + segment)
+    return destination
+
+
 def _webm_header() -> bytes:
     return element(
         0x1A45DFA3,
@@ -135,27 +143,12 @@ def opus_of_empty_packets(destination: Path, *, packets: int = 4096) -> Path:
         )
         for number in range(packets // 256)
     )
-    info = element(0x1549A966, unsigned(0x2AD7B1, 1_000_000))
-    destination.write_bytes(
-        _webm_header() + bytes.fromhex("18538067") + UNKNOWN_SIZE + info + element(0x1654AE6B, track) + clusters
-    )
-    return destination
+    return _write_webm(destination, track, clusters)
 
 
 def pcm_at_one_hertz(destination: Path, *, samples: int = 2048) -> Path:
     """2 KB of 8-bit PCM declared at a sampling rate of 1 Hz: 34 minutes of audio, each sample
     resampled into 48,000 for Opus and MP3: seconds of encoding and megabytes per few bytes."""
-    ebml_header = element(
-        0x1A45DFA3,
-        unsigned(0x4286, 1)
-        + unsigned(0x42F7, 1)
-        + unsigned(0x42F2, 4)
-        + unsigned(0x42F3, 8)
-        + element(0x4282, b"webm")
-        + unsigned(0x4287, 4)
-        + unsigned(0x4285, 2),
-    )
-    info = element(0x1549A966, unsigned(0x2AD7B1, 1_000_000))
     audio = element(0xE1, element(0xB5, struct.pack(">d", 1.0)) + unsigned(0x9F, 1) + unsigned(0x6264, 8))
     track = element(
         0xAE, unsigned(0xD7, 1) + unsigned(0x73C5, 1) + unsigned(0x83, 2) + element(0x86, b"A_PCM/INT/LIT") + audio
@@ -164,10 +157,7 @@ def pcm_at_one_hertz(destination: Path, *, samples: int = 2048) -> Path:
         element(0x1F43B675, unsigned(0xE7, number * 256_000) + element(0xA3, b"\x81\x00\x00\x80" + b"\x80" * 256))
         for number in range(samples // 256)
     )
-    destination.write_bytes(
-        ebml_header + bytes.fromhex("18538067") + UNKNOWN_SIZE + info + element(0x1654AE6B, track) + clusters
-    )
-    return destination
+    return _write_webm(destination, track, clusters)
 
 
 # --- MP4 ----------------------------------------------------------------------------------------------
