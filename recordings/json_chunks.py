@@ -182,7 +182,7 @@ class _Parser:
             elif stop is not None:
                 break
             if self._field_bytes + len(raw) > MAX_FIELD_BYTES:
-                self._count(len(raw))
+                break  # counted below, which refuses it: a long string is not read to its end
         self._count(len(raw))
         return bytes(raw)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from recordings import processing, utils
+from recordings import costs, utils
 from recordings.models import RecordingSession
 from tests import hostile_media
 from tests.conftest import generate_media, load_chrome_set, skip_or_fail, split_bytes
@@ -83,8 +83,8 @@ def test_an_output_is_cut_off_by_the_kernel_at_its_bound_while_ffmpeg_writes(tmp
 
 
 def test_a_recording_whose_video_outgrows_its_bound_fails_and_leaves_no_partial_file(api, media_root, monkeypatch):
-    monkeypatch.setattr(processing, "VIDEO_GROWTH", 0.5)  # a stream copy is about 1x its input
-    monkeypatch.setattr(processing, "OUTPUT_SLACK_BYTES", 0)
+    monkeypatch.setattr(costs, "VIDEO_GROWTH", 0.5)  # a stream copy is about 1x its input
+    monkeypatch.setattr(costs, "OUTPUT_SLACK_BYTES", 0)
     recording = load_chrome_set("vp8_opus")
     started = start(api)
     upload_all(api, started, recording.chunks)
@@ -169,9 +169,9 @@ def test_ffmpeg_past_its_wall_clock_time_is_stopped_with_a_timeout_code(tmp_path
 def test_a_step_may_take_time_in_proportion_to_what_was_uploaded(settings):
     settings.RECORDER_FFMPEG_TIMEOUT_SECONDS = 3600
     settings.RECORDER_FFMPEG_SECONDS_PER_MIB = 10
-    assert processing.step_limits(0, output_bytes=None).timeout_seconds == 20
-    assert processing.step_limits(6 * MiB, output_bytes=None).timeout_seconds == 80
-    assert processing.step_limits(10_000 * MiB, output_bytes=None).timeout_seconds == 3600
+    assert costs.step_limits(0, output_bytes=None).timeout_seconds == 20
+    assert costs.step_limits(6 * MiB, output_bytes=None).timeout_seconds == 80
+    assert costs.step_limits(10_000 * MiB, output_bytes=None).timeout_seconds == 3600
 
 
 def test_a_matroska_header_built_to_be_expensive_to_read_is_refused_at_once(api, tmp_path):
