@@ -56,6 +56,16 @@ def env_duration_seconds(name: str, default: str) -> int:
         raise ImproperlyConfigured(f"{name}={raw!r} is not a duration (e.g. 3600, 90m, 24h, 7d).") from error
 
 
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as error:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number.") from error
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     raw = os.environ.get(name)
     if raw is None:
@@ -234,6 +244,18 @@ RECORDER_FFMPEG_MAX_MEMORY_BYTES = env_int("RECORDER_FFMPEG_MAX_MEMORY_BYTES", 1
 RECORDER_MAX_FRAME_PIXELS = env_int("RECORDER_MAX_FRAME_PIXELS", 7680 * 4320)
 # Checked once the recording is probed: longer ones fail with `recording_too_long`. 0: no limit.
 RECORDER_MAX_DURATION_SECONDS = env_duration_seconds("RECORDER_MAX_DURATION_SECONDS", "4h")
+
+# --- Uploads: who may write, and how long a finalize waits (README "Compatibility") -----------------
+
+# `token`: chunks and finalize need the upload token from start-recording. `session`: the session id
+# alone may add chunks and finalize while the recording is open, as the protocol's older clients
+# expect (viewers then only ever see the recording's view id); DELETE still needs the token.
+RECORDER_WRITE_AUTH = env_str("RECORDER_WRITE_AUTH", "token")
+# A finalize that does not say how many chunks there are (no total_chunks, no indexed last chunk)
+# waits this long for chunks still on their way, longer while one of them is being received (and
+# each chunk that arrives meanwhile starts the wait again), but never past the longest wait.
+RECORDER_FINALIZE_GRACE_SECONDS = env_float("RECORDER_FINALIZE_GRACE_SECONDS", 3.0)
+RECORDER_FINALIZE_MAX_WAIT_SECONDS = env_float("RECORDER_FINALIZE_MAX_WAIT_SECONDS", 60.0)
 
 # --- Lifecycle (manage.py expire_recordings, from cron) -------------------------------------------
 

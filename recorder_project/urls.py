@@ -12,7 +12,8 @@ schema_view = get_schema_view(public=True, permission_classes=[AllowAny])
 
 urlpatterns = [
     path("", pages.recorder_page, name="recorder"),
-    re_path(r"^r/(?P<session_id>[^/]+)/?$", pages.watch_page, name="watch"),
+    path("r/<str:session_id>/", pages.watch_page, name="watch"),  # a view id, or an older link's session id
+    path("r/<str:session_id>", pages.watch_page),
     path("api/", include("recordings.urls")),
 ]
 if settings.RECORDER_API_DOCS:

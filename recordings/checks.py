@@ -23,6 +23,19 @@ def check_recorder_settings(app_configs, **kwargs) -> list[Error]:
         )
     if settings.RECORDER_PROCESSING_CONCURRENCY < 1:
         errors.append(Error("RECORDER_PROCESSING_CONCURRENCY must be 1 or more.", id="recordings.E005"))
+    if settings.RECORDER_WRITE_AUTH not in ("token", "session"):
+        errors.append(
+            Error(
+                f"RECORDER_WRITE_AUTH={settings.RECORDER_WRITE_AUTH!r}; choose token or session.", id="recordings.E006"
+            )
+        )
+    if not 0 <= settings.RECORDER_FINALIZE_GRACE_SECONDS <= settings.RECORDER_FINALIZE_MAX_WAIT_SECONDS:
+        errors.append(
+            Error(
+                "RECORDER_FINALIZE_GRACE_SECONDS must be between 0 and RECORDER_FINALIZE_MAX_WAIT_SECONDS.",
+                id="recordings.E007",
+            )
+        )
     errors.extend(_storage_errors())
     return errors
 

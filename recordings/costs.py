@@ -24,6 +24,13 @@ THUMBNAIL_MAX_BYTES = 16 * MiB
 # decodes and encodes. MJPEG, the least compressed codec a camera sends, carries about 10 pixels
 # per byte; a file claiming far more (a few static frames repeated for hours) is refused.
 REENCODE_MAX_PIXELS_PER_BYTE = 1000
+# A recorder restarted mid-recording sends a second stream with its own header; the streams are
+# joined end to end, and each one costs the join an open and a demuxer. A client restarts its
+# recorder a few times (a camera switch, a pause done as stop and start); one with a header in
+# every chunk that extends no stream before it is refused (`too_many_streams`). Streams that a
+# cumulative client re-sends whole are dropped as they come, whatever their number: what comparing
+# them costs is bounded by the bytes stored (RECORDER_MAX_RECORDING_BYTES).
+MAX_JOINED_STREAMS = 64
 
 
 def step_limits(source_bytes: int, *, output_bytes: int | None) -> utils.Limits:
@@ -125,6 +132,17 @@ def check_probed(container: str, info: utils.MediaInfo, plan: utils.RemuxPlan, s
     if info.damage and container in ("webm", "matroska"):
         raise utils.MediaError("media_undecodable", f"The recording's structure is damaged: {info.damage}")
     _check_reencode_cost(plan, info, source_bytes)
+
+
+def check_concatenated(container: str, report: utils.StepReport) -> None:
+    """Refuse joined streams in which the demuxer met damaged structure: the probe checks only the
+    first stream's header, and the join read every stream (as `check_probed` refuses damage)."""
+    if report.damage and container in ("webm", "matroska"):
+        raise utils.MediaError(
+            "media_undecodable",
+            f"A stream of the recording has a damaged structure: ffmpeg skipped damaged bytes {report.damage} "
+            "times while joining the streams.",
+        )
 
 
 def check_duration(duration_seconds: float) -> None:

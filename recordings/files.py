@@ -4,7 +4,7 @@ import shutil
 from pathlib import Path
 
 from . import chunks
-from .models import Chunk, RecordingSession, chunk_storage_name, media_storage_name
+from .models import Chunk, RecordingSession, chunk_storage_name, media_storage_name, output_storage_name
 
 
 def drop_chunk_files(session: RecordingSession) -> None:
@@ -29,6 +29,7 @@ def delete_all_files(session: RecordingSession) -> None:
         names += _stored_chunk_names(session)
     chunks.delete_stored_files(names)
     chunks.remove_empty_folders(media_storage_name(session.id, ""))
+    chunks.remove_empty_folders(output_storage_name(session.view_id, ""))
 
 
 def work_dir_prefix(session: RecordingSession) -> str:

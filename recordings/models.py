@@ -21,6 +21,9 @@ class RecordingSession(models.Model):
         DELETING = "deleting"  # deleted by its owner: answers 404 from that moment while its files go
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # What viewers get (watch page, media URLs): read-only, so that the session id stays a write
+    # secret where the session id alone may upload (RECORDER_WRITE_AUTH=session).
+    view_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     title = models.CharField(max_length=200, blank=True)
     mime_type = models.CharField(max_length=255, blank=True, help_text="As the client said.")
     container = models.CharField(max_length=16, blank=True, help_text="As sniffed from the bytes.")
@@ -36,7 +39,12 @@ class RecordingSession(models.Model):
     # recording can no longer be processed again.
     chunks_deleted_at = models.DateTimeField(null=True, blank=True)
 
+    # One past the last chunk index, once known. A finalize that does not say how many chunks there
+    # are leaves it unknown until `settle_at`: chunks still on their way are waited for until then.
     expected_chunks = models.PositiveIntegerField(null=True, blank=True)
+    settle_at = models.DateTimeField(null=True, blank=True)
+    # 1 for clients that count their chunks from 1 (their chunk 1 carries the container header).
+    first_chunk_index = models.PositiveSmallIntegerField(default=0)
     # Running totals of the stored chunks, kept under the recording's row lock, so taking a chunk
     # costs the same whether it is the 1st or the 3,600th of the recording.
     received_chunks = models.PositiveIntegerField(default=0)
@@ -74,6 +82,9 @@ class RecordingSession(models.Model):
     processing_runs_total = models.PositiveIntegerField(default=0)
     processing_seconds = models.FloatField(null=True, blank=True)
     processing_steps = models.JSONField(default=dict, blank=True, help_text="Seconds per step.")
+    # What processing noticed but could play past (timestamp jumps, decode errors, joined streams):
+    # [{"code": ..., "detail": ..., "count": ...}], from the reports of steps that ran anyway.
+    warnings = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -104,7 +115,8 @@ GONE_STATUSES = frozenset({Status.DELETING})
 # `deleting`, whose row goes once its files are gone.
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     Status.RECORDING: frozenset({Status.FINALIZING, Status.EXPIRED, Status.DELETING}),
-    Status.FINALIZING: frozenset({Status.PROCESSING, Status.EXPIRED, Status.DELETING}),
+    # failed: a finalize that waited for chunks (count unknown) and no chunk came at all
+    Status.FINALIZING: frozenset({Status.PROCESSING, Status.FAILED, Status.EXPIRED, Status.DELETING}),
     Status.PROCESSING: frozenset({Status.READY, Status.FAILED}),
     Status.FAILED: frozenset({Status.PROCESSING, Status.EXPIRED, Status.DELETING}),
     Status.READY: frozenset({Status.PROCESSING, Status.EXPIRED, Status.DELETING}),
@@ -169,3 +181,9 @@ def chunk_storage_name(session_id: uuid.UUID, index: int) -> str:
 
 def media_storage_name(session_id: uuid.UUID, file_name: str) -> str:
     return f"recordings/{uuid.UUID(str(session_id))}/{file_name}"
+
+
+def output_storage_name(view_id: uuid.UUID, file_name: str) -> str:
+    """Outputs are stored under the view id: a redirect to the storage (S3) must not show a viewer
+    the session id, which may be a write secret (RECORDER_WRITE_AUTH=session)."""
+    return f"outputs/{uuid.UUID(str(view_id))}/{file_name}"

@@ -39,14 +39,16 @@ def recorder_page(request: HttpRequest) -> HttpResponse:
 @require_safe
 @with_content_security_policy
 def watch_page(request: HttpRequest, session_id: str) -> HttpResponse:
+    """By view id (the links this service gives) or, for links shared before view ids, session id.
+    The page names the view id only: viewers never learn the session id."""
     try:
-        session = services.get_session(session_id=session_id)
+        session = services.get_readable(recording_id=session_id).session
     except RecorderError as error:
         return render(request, "recordings/not_found.html", {**_common(), "detail": error.detail}, status=error.status)
     context = {
         **_common(),
-        "session_id": session.id,
+        "view_id": session.view_id,
         "title": session.title,
-        "status_url": reverse("get-recorded-data", kwargs={"session_id": session.id}),
+        "status_url": reverse("get-recorded-data", kwargs={"session_id": session.view_id}),
     }
     return render(request, "recordings/watch.html", context)

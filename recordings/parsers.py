@@ -17,7 +17,7 @@ from .upload_handlers import HashingTemporaryFileUploadHandler
 
 RAW_MEDIA_TYPES = ("application/octet-stream", "video/*", "audio/*")
 # `video_chunk` is ours; the others are what real recorder clients name the field.
-CHUNK_FIELD_NAMES = ("video_chunk", "chunk", "blob", "file", "videoChunk", "videoDataChunk")
+CHUNK_FIELD_NAMES = ("video_chunk", "chunk", "blob", "file", "videoChunk", "videoDataChunk", "blob_object")
 # What a small JSON body may cost while parsed: the bytes, the text and the objects made of them.
 _JSON_MEMORY_FACTOR = 4
 
@@ -69,6 +69,25 @@ class JsonChunkParser(BaseParser):
             )
 
 
+class IgnoredBodyParser(BaseParser):
+    """Any body that is not JSON or a form, where the body is optional (start-recording): clients
+    of this protocol post `fetch(url, {body: {}})`, i.e. the text `[object Object]`. It is read and
+    dropped (a server that leaves a body unread may reset the connection), within the small-body limit."""
+
+    media_type = "*/*"
+
+    def parse(self, stream, media_type=None, parser_context=None) -> dict:
+        limit_bytes = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if _declared_length((parser_context or {}).get("request")) > limit_bytes:
+            raise _json_too_large(limit_bytes)
+        read_bytes = 0
+        while stream is not None and (block := stream.read(READ_BYTES)):
+            read_bytes += len(block)
+            if read_bytes > limit_bytes:
+                raise _json_too_large(limit_bytes)
+        return {}
+
+
 class BoundedJSONParser(JSONParser):
     """DRF's JSON parser for small bodies (start-recording): at most DATA_UPLOAD_MAX_MEMORY_SIZE
     bytes are read, within the process's JSON memory budget, and nesting too deep for Python's
@@ -100,6 +119,6 @@ def _declared_length(request) -> int:
 def _json_too_large(limit_bytes: int) -> RecorderError:
     return RecorderError(
         code="request_too_large",
-        detail=f"This JSON body may hold at most {limit_bytes} bytes (DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE).",
+        detail=f"This body may hold at most {limit_bytes} bytes (DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE).",
         status=413,
     )

@@ -1,5 +1,5 @@
-"""The pipeline for one recording: join → check → probe → remux → audio → thumbnail → save, and its
-status. What each step may cost, and what is refused before it runs: recordings/costs.py."""
+"""The pipeline for one recording: join → check → (concat) → probe → remux → audio → thumbnail → save,
+and its status. What each step may cost, and what is refused before it runs: recordings/costs.py."""
 
 import logging
 import tempfile
@@ -14,14 +14,14 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
-from . import chunks, costs, files, runs, utils
+from . import costs, files, runs, streams, utils
 from .models import (
     Chunk,
     IllegalTransition,
     RecordingSession,
     Status,
     chunk_storage_name,
-    media_storage_name,
+    output_storage_name,
     transition,
 )
 from .storage import MovableFile
@@ -89,7 +89,13 @@ def _run(session: RecordingSession, attempt: int) -> RecordingSession:
             processing_steps=timer.seconds,
             **results,
         )
-        logger.info("recording %s ready in %.2f s: %s", session.id, timer.total_seconds, timer.seconds)
+        logger.info(
+            "recording %s ready in %.2f s: %s%s",
+            session.id,
+            timer.total_seconds,
+            timer.seconds,
+            "".join(f"; {warning['code']} ({warning['count']})" for warning in results["warnings"]),
+        )
         if not settings.RECORDER_KEEP_CHUNKS:
             files.drop_chunk_files(session)
             session.chunks_deleted_at = timezone.now()
@@ -133,30 +139,29 @@ def _build_outputs(session: RecordingSession, timer: StepTimer) -> dict:
     with tempfile.TemporaryDirectory(dir=settings.RECORDER_TEMP_DIR, prefix=files.work_dir_prefix(session)) as work:
         work_dir = Path(work)
         with timer.step("join"):
-            source_path = work_dir / "source"
-            source = chunks.join_chunks(_chunk_names(session), source_path)
-        container = chunks.sniff_container(source.head)
-        if container is None:
-            raise utils.MediaError(
-                "unsupported_media", "The recording does not start with a WebM, Matroska, MP4 or Ogg header."
+            joined = streams.join_streams(
+                _chunk_names(session), work_dir / "source", max_segments=costs.MAX_JOINED_STREAMS
             )
-        costs.check_structure(container, source_path)
+        container = _container_of(joined)
+        for segment in joined.segments:
+            costs.check_structure(container, segment.path)
+        source_path, concat_report = _single_source(joined, container, work_dir, timer)
         with timer.step("probe"):
-            source_info = utils.probe(source_path, limits=costs.probe_limits(source.size))
+            source_info = utils.probe(source_path, limits=costs.probe_limits(joined.size))
         plan = utils.plan_remux(container, source_info)
-        costs.check_probed(container, source_info, plan, source.size)
+        costs.check_probed(container, source_info, plan, joined.size)
         video_path = work_dir / f"video.{plan.output.extension}"
-        video_limits = costs.video_limits(source.size)
+        video_limits = costs.video_limits(joined.size)
         # The audio comes from the source, not the remuxed file, so it runs on the other core while
         # the remux, probe and thumbnail run here.
         with ThreadPoolExecutor(max_workers=1) as audio_worker:
             audio_job = (
-                audio_worker.submit(_extract_audio, source_path, source.size, work_dir, timer)
+                audio_worker.submit(_extract_audio, source_path, joined.size, work_dir, timer)
                 if source_info.has_audio
                 else None
             )
             with timer.step("remux"):
-                utils.remux(source_path, video_path, plan, limits=video_limits)
+                remux_report = utils.remux(source_path, video_path, plan, limits=video_limits)
                 info = utils.probe(video_path, limits=video_limits)
             if not info.duration_seconds:
                 raise utils.MediaError("media_undecodable", "The recording has no measurable duration.")
@@ -169,19 +174,21 @@ def _build_outputs(session: RecordingSession, timer: StepTimer) -> dict:
                         video_path,
                         thumbnail_path,
                         at_seconds=utils.thumbnail_time(info.duration_seconds),
-                        limits=costs.thumbnail_limits(source.size),
+                        limits=costs.thumbnail_limits(joined.size),
                     )
                 outputs["thumbnail"] = (thumbnail_path, "image/jpeg")
+            audio_decode_errors = 0
             if audio_job is not None:
-                outputs["audio"] = audio_job.result()
+                audio_path, audio_content_type, audio_decode_errors = audio_job.result()
+                outputs["audio"] = (audio_path, audio_content_type)
 
         with timer.step("store"):
             stored = _store_outputs(session, outputs)
 
     return {
         "container": container,
-        "source_bytes": source.size,
-        "source_sha256": source.sha256,
+        "source_bytes": joined.size,
+        "source_sha256": joined.sha256,
         "duration_seconds": info.duration_seconds,
         "width": info.width,
         "height": info.height,
@@ -190,24 +197,99 @@ def _build_outputs(session: RecordingSession, timer: StepTimer) -> dict:
         "audio_codec": info.audio_codec,
         "has_video": info.has_video,
         "has_audio": info.has_audio,
+        "warnings": _warnings(
+            segments=len(joined.segments),
+            timestamps_out_of_order=concat_report.timestamps_out_of_order + remux_report.timestamps_out_of_order,
+            audio_decode_errors=audio_decode_errors,
+        ),
         **stored,
     }
 
 
-def _extract_audio(source_path: Path, source_bytes: int, work_dir: Path, timer: StepTimer) -> tuple[Path, str]:
+def _container_of(joined: streams.JoinedStreams) -> str:
+    """The container of the recording: its first stream's, which every other stream must share."""
+    container = joined.segments[0].container
+    if container is None:
+        raise utils.MediaError(
+            "unsupported_media", "The recording does not start with a WebM, Matroska, MP4 or Ogg header."
+        )
+    for number, segment in enumerate(joined.segments[1:], start=2):
+        if segment.container != container:
+            raise utils.MediaError(
+                "unsupported_media",
+                f"The recording's stream {number} is {segment.container}, its first is {container}: the recorder "
+                "was restarted with another format, and streams of different formats are not joined.",
+            )
+    return container
+
+
+def _single_source(
+    joined: streams.JoinedStreams, container: str, work_dir: Path, timer: StepTimer
+) -> tuple[Path, utils.StepReport]:
+    """The one file the next steps read: the stream itself, or a restarted recorder's streams joined."""
+    if len(joined.segments) == 1:
+        return joined.segments[0].path, utils.StepReport()
+    source_path = work_dir / "joined"
+    with timer.step("concat"):
+        report = utils.concat_segments(
+            [segment.path for segment in joined.segments],
+            source_path,
+            container,
+            limits=costs.video_limits(joined.size),
+        )
+    costs.check_concatenated(container, report)
+    return source_path, report
+
+
+def _warnings(*, segments: int, timestamps_out_of_order: int, audio_decode_errors: int) -> list[dict]:
+    """What the recording's steps played past, for its owner to see: stable codes, counts, words."""
+    warnings = []
+    if segments > 1:
+        warnings.append(
+            {
+                "code": "streams_joined",
+                "detail": f"The recorder was restarted during the recording: its {segments} streams were joined "
+                "end to end.",
+                "count": segments,
+            }
+        )
+    if timestamps_out_of_order:
+        warnings.append(
+            {
+                "code": "timestamps_out_of_order",
+                "detail": f"{timestamps_out_of_order} packets had a timestamp earlier than the packet before them "
+                "(chunks sent or joined out of order); playback may jump or stall there.",
+                "count": timestamps_out_of_order,
+            }
+        )
+    if audio_decode_errors:
+        warnings.append(
+            {
+                "code": "decode_errors",
+                "detail": f"Decoding the audio reported {audio_decode_errors} errors (packets that could not be "
+                "read or decoded); the audio has gaps there.",
+                "count": audio_decode_errors,
+            }
+        )
+    return warnings
+
+
+def _extract_audio(source_path: Path, source_bytes: int, work_dir: Path, timer: StepTimer) -> tuple[Path, str, int]:
     audio_format = settings.RECORDER_AUDIO_FORMAT
     audio_path = work_dir / f"audio.{utils.AUDIO_FORMATS[audio_format].extension}"
     limits = costs.audio_limits(audio_format, source_bytes)
     with timer.step("audio"):
-        output = utils.extract_audio(source_path, audio_path, audio_format, limits=limits)
-    return audio_path, output.content_type
+        extracted = utils.extract_audio(source_path, audio_path, audio_format, limits=limits)
+    return audio_path, extracted.content_type, extracted.decode_errors
 
 
 def _chunk_names(session: RecordingSession) -> list[str]:
+    """The stored chunks, in order: exactly the indices from `first_chunk_index` (0, or 1 for
+    clients that count from 1) to one before `expected_chunks`, or `chunks_missing`."""
     indices = list(Chunk.objects.filter(session=session).order_by("index").values_list("index", flat=True))
-    if indices != list(range(len(indices))) or (
-        session.expected_chunks is not None and len(indices) != session.expected_chunks
-    ):
+    first = session.first_chunk_index
+    end = session.expected_chunks if session.expected_chunks is not None else first + len(indices)
+    if indices != list(range(first, end)):
         raise utils.MediaError("chunks_missing", "Some chunks of the recording are missing; it cannot be joined.")
     return [chunk_storage_name(session.id, index) for index in indices]
 
@@ -224,7 +306,7 @@ def _store_outputs(session: RecordingSession, outputs: dict[str, tuple[Path, str
         "thumbnail_bytes": None,
     }
     for kind, (path, content_type) in outputs.items():
-        name = media_storage_name(session.id, path.name)
+        name = output_storage_name(session.view_id, path.name)
         size = path.stat().st_size
         with MovableFile(str(path)) as output_file:
             default_storage.save(name, output_file)

@@ -210,7 +210,9 @@ _sweep_lock = threading.Lock()
 _sweep_pid: int | None = None
 
 
-def keep_recovering(*, enqueue: Callable[[str], None], waiting: Callable[[], list[str]]) -> None:
+def keep_recovering(
+    *, enqueue: Callable[[str], None], waiting: Callable[[], list[str]], settle_overdue: Callable[[], object]
+) -> None:
     """With an in-process backend a killed process takes its queued runs with it: from a thread of
     this process (once), sweep for them now and every RECORDER_PROCESSING_STALE_SECONDS / 2."""
     global _sweep_pid
@@ -218,13 +220,18 @@ def keep_recovering(*, enqueue: Callable[[str], None], waiting: Callable[[], lis
         if _sweep_pid == os.getpid():
             return
         _sweep_pid = os.getpid()
-    threading.Thread(target=_sweep_forever, args=(enqueue, waiting), name="recorder-recovery", daemon=True).start()
+    threading.Thread(
+        target=_sweep_forever, args=(enqueue, waiting, settle_overdue), name="recorder-recovery", daemon=True
+    ).start()
 
 
-def _sweep_forever(enqueue: Callable[[str], None], waiting: Callable[[], list[str]]) -> None:
+def _sweep_forever(
+    enqueue: Callable[[str], None], waiting: Callable[[], list[str]], settle_overdue: Callable[[], object]
+) -> None:
     interval_seconds = max(1.0, settings.RECORDER_PROCESSING_STALE_SECONDS / 2)
     while True:
         try:
+            settle_overdue()
             mark_waiting(waiting())
             for session_id in recover_stale(enqueue=enqueue):
                 logger.warning("recording %s: its run had stopped; queued again", session_id)

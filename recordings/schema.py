@@ -32,6 +32,7 @@ _CHECKSUM = "^((sha256:)?[0-9a-fA-F]{64})?$"  # what serializers.ChunkUploadInpu
 _BINARY = openapi.Schema(type=openapi.TYPE_STRING, format=openapi.FORMAT_BINARY)
 
 EXAMPLE_SESSION_ID = "8d7f2b8e-4c1a-4f5e-9a57-2f0b7c1d9e21"
+EXAMPLE_VIEW_ID = "5b0c7d2e-91f4-4a8b-b3c6-2e9d1f0a7c44"
 _UPLOAD_FORMS = (
     "\n\nThe chunk can be sent three ways (Swagger UI shows the first):\n"
     "1. `multipart/form-data`: fields `session_id`, `chunk_index`, file field `video_chunk` "
@@ -47,12 +48,21 @@ _UPLOAD_FORMS = (
 )
 
 
+# Routes kept for clients that put the session id in the path (README "Compatibility"): the same
+# operations as their canonical routes, so they are described there, not listed twice.
+COMPATIBILITY_PATHS = frozenset({"/api/receive-video-chunk/{session_id}/", "/api/finalize-recording/{session_id}/"})
+
+
 class CanonicalPathsGenerator(OpenAPISchemaGenerator):
     """Every route also answers without its trailing slash; the schema lists the slashed one only."""
 
     def get_endpoints(self, request):
         endpoints = super().get_endpoints(request)
-        return {path: endpoint for path, endpoint in endpoints.items() if path.endswith("/")}
+        return {
+            path: endpoint
+            for path, endpoint in endpoints.items()
+            if path.endswith("/") and path not in COMPATIBILITY_PATHS
+        }
 
 
 class OptionalBodySchema(SwaggerAutoSchema):
@@ -150,6 +160,7 @@ _CHUNK_EXAMPLE = {
 
 _RECORDING_EXAMPLE = {
     "session_id": EXAMPLE_SESSION_ID,
+    "view_id": EXAMPLE_VIEW_ID,
     "title": "Demo",
     "status": "ready",
     "created_at": "2026-11-24T10:00:00Z",
@@ -158,6 +169,7 @@ _RECORDING_EXAMPLE = {
     "mime_type": "video/webm;codecs=vp8,opus",
     "container": "webm",
     "expected_chunks": 8,
+    "first_chunk_index": 0,
     "received_chunks": 8,
     "received_bytes": 236128,
     "received_ranges": [[0, 7]],
@@ -174,9 +186,11 @@ _RECORDING_EXAMPLE = {
     "source_sha256": "0c9d1f0e6b7a5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d",
     "processing_seconds": 0.61,
     "processing_steps": {"join": 0.002, "probe": 0.02, "remux": 0.04, "audio": 0.14, "thumbnail": 0.04, "store": 0.004},
-    "video_url": f"http://127.0.0.1:8000/api/recordings/{EXAMPLE_SESSION_ID}/video/",
-    "audio_url": f"http://127.0.0.1:8000/api/recordings/{EXAMPLE_SESSION_ID}/audio/",
-    "thumbnail_url": f"http://127.0.0.1:8000/api/recordings/{EXAMPLE_SESSION_ID}/thumbnail/",
+    "warnings": [],
+    "watch_url": f"http://127.0.0.1:8000/r/{EXAMPLE_VIEW_ID}/",
+    "video_url": f"http://127.0.0.1:8000/api/recordings/{EXAMPLE_VIEW_ID}/video/",
+    "audio_url": f"http://127.0.0.1:8000/api/recordings/{EXAMPLE_VIEW_ID}/audio/",
+    "thumbnail_url": f"http://127.0.0.1:8000/api/recordings/{EXAMPLE_VIEW_ID}/thumbnail/",
     "error": None,
 }
 
@@ -257,6 +271,8 @@ start_recording = swagger_auto_schema(
                     "chunk_url": "http://127.0.0.1:8000/api/receive-video-chunk/",
                     "finalize_url": "http://127.0.0.1:8000/api/finalize-recording/",
                     "status_url": f"http://127.0.0.1:8000/api/get-recorded-data/{EXAMPLE_SESSION_ID}/",
+                    "view_id": EXAMPLE_VIEW_ID,
+                    "watch_url": f"http://127.0.0.1:8000/r/{EXAMPLE_VIEW_ID}/",
                 }
             },
         ),
@@ -268,7 +284,7 @@ start_recording = swagger_auto_schema(
         "413": _error(
             "`request_too_large`: a body past DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE.",
             "request_too_large",
-            "This JSON body may hold at most 1048576 bytes (DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE).",
+            "This body may hold at most 1048576 bytes (DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE).",
         ),
         "411": _CHUNK_ERRORS["411"],
         "503": _SERVER_BUSY,
@@ -301,7 +317,9 @@ finalize_recording = swagger_auto_schema(
     tags=["upload"],
     operation_summary="Finalize a recording (optionally with its last chunk)",
     operation_description="With `is_final=true`, fixes the chunk count (`total_chunks`, else the last chunk's "
-    "index + 1, else the highest received + 1). When every chunk is stored, processing starts in the "
+    "index + 1). Given neither, it answers 202 `finalizing` and waits RECORDER_FINALIZE_GRACE_SECONDS (longer "
+    "while a chunk of it is being received) for chunks still on their way, then takes the highest received + 1. "
+    "When every chunk is stored, processing starts in the "
     "background and the answer is 202 `processing` at once, whatever the recording's length: poll "
     "get-recorded-data (200 if it had already finished). "
     "Missing chunks: 202 with status `finalizing` and `missing_chunks`; each late chunk that completes "
@@ -345,7 +363,9 @@ get_recorded_data = swagger_auto_schema(
     tags=["results"],
     operation_summary="A recording's status, metadata and media URLs",
     operation_description="Poll after finalize until `status` is `ready` or `failed`. `received_ranges` tells a "
-    "client which chunks the server has (to resume after a network drop). URLs are null until ready.",
+    "client which chunks the server has (to resume after a network drop). URLs are null until ready. "
+    "The id is the session id or the view id; read by view id (what viewers have), the answer has no "
+    "`session_id`. `warnings` lists what processing played past (e.g. `timestamps_out_of_order`).",
     responses={
         "200": openapi.Response("The recording.", RecordingOutput, examples={"application/json": _RECORDING_EXAMPLE}),
         "404": _AUTH_ERRORS["404"],

@@ -5,7 +5,7 @@ import re
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 
-from .models import MAX_CHUNKS
+from .models import MAX_CHUNKS, Status
 
 _CHECKSUM = re.compile(r"^(?:sha256:)?([0-9a-fA-F]{64})$")
 
@@ -62,8 +62,10 @@ class ChunkUploadInput(serializers.Serializer):
 class FinalizeInput(ChunkUploadInput):
     is_final = serializers.BooleanField(
         required=False,
-        default=False,
-        help_text="true/false, 1/0, yes/no, on/off. False or missing: this call is a plain chunk upload.",
+        allow_null=True,
+        default=None,
+        help_text="true/false, 1/0, yes/no, on/off. False: this call is a plain chunk upload. Missing: the same "
+        "when the call carries a chunk; without one, it is a finalize (the end call of clients that send none).",
     )
     total_chunks = serializers.IntegerField(
         min_value=1,
@@ -93,6 +95,8 @@ class StartRecordingOutput(serializers.Serializer):
     chunk_url = serializers.URLField()
     finalize_url = serializers.URLField()
     status_url = serializers.URLField()
+    view_id = serializers.UUIDField(help_text="The read-only id to share: watch page and media URLs use it.")
+    watch_url = serializers.URLField(help_text="The recording's watch page, by view id.")
 
 
 class ChunkReceiptOutput(serializers.Serializer):
@@ -110,48 +114,110 @@ class RecordingErrorOutput(serializers.Serializer):
     detail = serializers.CharField()
 
 
+class RecordingWarningOutput(serializers.Serializer):
+    code = serializers.CharField(
+        help_text="`timestamps_out_of_order`, `decode_errors`, `streams_joined`: stable, for machines."
+    )
+    detail = serializers.CharField()
+    count = serializers.IntegerField(help_text="How many times the step's report said so.")
+
+
+class OptionalTextField(serializers.CharField):
+    """A text column that is blank until known: null in the API."""
+
+    def to_representation(self, value):
+        return super().to_representation(value) or None
+
+
+# Every status a reader can see: `deleting` answers 404 instead.
+READABLE_STATUSES = [status for status in Status.values if status != Status.DELETING]
+
+
 class RecordingOutput(serializers.Serializer):
-    session_id = serializers.UUIDField()
-    title = serializers.CharField(allow_blank=True)
-    status = serializers.ChoiceField(choices=["recording", "finalizing", "processing", "ready", "failed"])
-    created_at = serializers.DateTimeField()
-    finalized_at = serializers.DateTimeField(allow_null=True)
-    ready_at = serializers.DateTimeField(allow_null=True)
-    mime_type = serializers.CharField(allow_blank=True, help_text="As the client reported it; may be empty.")
-    container = serializers.CharField(allow_blank=True, help_text="`webm` or `mp4` once the first chunk is in.")
-    expected_chunks = serializers.IntegerField(allow_null=True)
-    received_chunks = serializers.IntegerField()
-    received_bytes = serializers.IntegerField()
+    """A recording as the API shows it, read from a services.RecordingReadout."""
+
+    session_id = serializers.UUIDField(
+        source="session.id", help_text="Absent when the recording is read through its view id."
+    )
+    view_id = serializers.UUIDField(
+        source="session.view_id", help_text="The read-only id: watch page and media URLs use it."
+    )
+    title = serializers.CharField(source="session.title", allow_blank=True)
+    status = serializers.ChoiceField(source="session.status", choices=READABLE_STATUSES)
+    created_at = serializers.DateTimeField(source="session.created_at")
+    finalized_at = serializers.DateTimeField(source="session.finalized_at", allow_null=True)
+    ready_at = serializers.DateTimeField(source="session.ready_at", allow_null=True)
+    mime_type = serializers.CharField(
+        source="session.mime_type", allow_blank=True, help_text="As the client reported it; may be empty."
+    )
+    container = serializers.CharField(
+        source="session.container", allow_blank=True, help_text="`webm` or `mp4` once the first chunk is in."
+    )
+    expected_chunks = serializers.IntegerField(
+        source="session.expected_chunks",
+        allow_null=True,
+        help_text="One past the last chunk index, once known: after finalize (and its wait, when it gave no count).",
+    )
+    first_chunk_index = serializers.IntegerField(
+        source="session.first_chunk_index", help_text="1 for clients found to count their chunks from 1."
+    )
+    received_chunks = serializers.IntegerField(source="progress.received_chunks")
+    received_bytes = serializers.IntegerField(source="progress.received_bytes")
     received_ranges = serializers.ListField(
+        source="progress.received_ranges",
         child=serializers.ListField(child=serializers.IntegerField(), min_length=2, max_length=2),
         help_text="Inclusive index ranges of stored chunks, e.g. [[0, 41], [43, 57]].",
     )
     missing_chunks = serializers.ListField(
+        source="progress.missing_chunks",
         child=serializers.IntegerField(),
         allow_null=True,
         help_text="Indices not yet received, once the chunk count is known (after finalize); the first 1,000.",
     )
     missing_chunks_count = serializers.IntegerField(
-        allow_null=True, help_text="How many indices are not yet received, once the chunk count is known."
+        source="progress.missing_chunks_count",
+        allow_null=True,
+        help_text="How many indices are not yet received, once the chunk count is known.",
     )
-    duration = serializers.FloatField(allow_null=True, help_text="Seconds.")
-    width = serializers.IntegerField(allow_null=True)
-    height = serializers.IntegerField(allow_null=True)
-    fps = serializers.FloatField(allow_null=True)
-    video_codec = serializers.CharField(allow_null=True)
-    audio_codec = serializers.CharField(allow_null=True)
-    has_audio = serializers.BooleanField(allow_null=True)
-    has_video = serializers.BooleanField(allow_null=True)
-    size = serializers.IntegerField(allow_null=True, help_text="Bytes of the served video file.")
-    source_sha256 = serializers.CharField(allow_null=True, help_text="SHA-256 of the joined chunks.")
-    processing_seconds = serializers.FloatField(allow_null=True, help_text="Wall-clock seconds of the last run.")
+    duration = serializers.FloatField(source="session.duration_seconds", allow_null=True, help_text="Seconds.")
+    width = serializers.IntegerField(source="session.width", allow_null=True)
+    height = serializers.IntegerField(source="session.height", allow_null=True)
+    fps = serializers.FloatField(source="session.fps", allow_null=True)
+    video_codec = OptionalTextField(source="session.video_codec", allow_null=True)
+    audio_codec = OptionalTextField(source="session.audio_codec", allow_null=True)
+    has_audio = serializers.BooleanField(source="session.has_audio", allow_null=True)
+    has_video = serializers.BooleanField(source="session.has_video", allow_null=True)
+    size = serializers.IntegerField(
+        source="session.video_bytes", allow_null=True, help_text="Bytes of the served video file."
+    )
+    source_sha256 = OptionalTextField(
+        source="session.source_sha256", allow_null=True, help_text="SHA-256 of the joined chunks."
+    )
+    processing_seconds = serializers.FloatField(
+        source="session.processing_seconds", allow_null=True, help_text="Wall-clock seconds of the last run."
+    )
     processing_steps = serializers.DictField(
-        child=serializers.FloatField(), help_text="Seconds per step (join, probe, remux, audio, thumbnail, store)."
+        source="session.processing_steps",
+        child=serializers.FloatField(),
+        help_text="Seconds per step (join, probe, remux, audio, thumbnail, store).",
     )
-    video_url = serializers.URLField(allow_null=True)
-    audio_url = serializers.URLField(allow_null=True)
-    thumbnail_url = serializers.URLField(allow_null=True)
+    warnings = RecordingWarningOutput(
+        source="session.warnings",
+        many=True,
+        help_text="What processing noticed and played past (timestamp jumps, decode errors, joined streams); "
+        "empty when the recording came through clean.",
+    )
+    watch_url = serializers.URLField(source="links.watch_url", help_text="The watch page, by view id.")
+    video_url = serializers.URLField(source="links.video_url", allow_null=True)
+    audio_url = serializers.URLField(source="links.audio_url", allow_null=True)
+    thumbnail_url = serializers.URLField(source="links.thumbnail_url", allow_null=True)
     error = RecordingErrorOutput(allow_null=True)
+
+
+class RecordingViewOutput(RecordingOutput):
+    """A recording read through its view id: everything but the session id."""
+
+    session_id = None
 
 
 class FinalizeOutput(RecordingOutput):

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from django.conf import settings
+from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
-from . import chunks, files, processing, tasks
+from . import chunks, files, inflight, processing, tasks
 from .errors import RecorderError
 from .locks import database_write_lock
 from .models import GONE_STATUSES, MAX_CHUNKS, Chunk, RecordingSession, Status, chunk_storage_name, transition
@@ -41,17 +42,38 @@ def hash_upload_token(upload_token: str) -> str:
 
 def get_session(*, session_id: str | uuid.UUID) -> RecordingSession:
     """The recording with this id, or `session_not_found` (also for ids that are not UUIDs)."""
+    return _live(RecordingSession.objects.filter(pk=_parse_id(session_id)).first(), session_id)
+
+
+@dataclass(frozen=True)
+class Readable:
+    session: RecordingSession
+    by_view_id: bool  # read through its view id: whoever asked must not learn the session id
+
+
+def get_readable(*, recording_id: str | uuid.UUID) -> Readable:
+    """The recording whose session id or view id this is (both are random UUID4s)."""
+    parsed_id = _parse_id(recording_id)
+    session = RecordingSession.objects.filter(Q(pk=parsed_id) | Q(view_id=parsed_id)).first() if parsed_id else None
+    session = _live(session, recording_id)
+    return Readable(session=session, by_view_id=session.id != parsed_id)
+
+
+def _parse_id(recording_id: str | uuid.UUID) -> uuid.UUID | None:
     try:
-        parsed_id = uuid.UUID(str(session_id))
+        return uuid.UUID(str(recording_id))
     except ValueError:
-        parsed_id = None
-    session = RecordingSession.objects.filter(pk=parsed_id).first() if parsed_id else None
+        return None
+
+
+def _live(session: RecordingSession | None, asked_id: str | uuid.UUID) -> RecordingSession:
     if session is None or session.status in GONE_STATUSES:
-        raise session_not_found(session_id)
+        raise session_not_found(asked_id)
     if session.status == Status.EXPIRED:
         raise RecorderError(
             code="recording_expired",
-            detail=f"Recording {session.id} expired on {session.expired_at:%Y-%m-%d %H:%M} UTC; its files are gone.",
+            detail=f"Recording {asked_id!s:.64} expired on {session.expired_at:%Y-%m-%d %H:%M} UTC; "
+            "its files are gone.",
             status=410,
         )
     return session
@@ -61,9 +83,17 @@ def session_not_found(session_id: str | uuid.UUID) -> RecorderError:
     return RecorderError(code="session_not_found", detail=f"No recording has the id {session_id!s:.64}.", status=404)
 
 
-def authorize_upload(*, session_id: str | uuid.UUID, upload_token: str | None) -> RecordingSession:
-    """The recording, if `upload_token` is its token: 401 without a token, 403 with a wrong one."""
+def authorize_upload(
+    *, session_id: str | uuid.UUID, upload_token: str | None, destructive: bool = False
+) -> RecordingSession:
+    """The recording, if the caller may write to it: 401 without a token, 403 with a wrong one.
+
+    With RECORDER_WRITE_AUTH=session, the session id alone may add chunks and finalize (the chunk
+    checks refuse a recording that is no longer open); `destructive` calls (DELETE) still need the token.
+    """
     if not upload_token:
+        if settings.RECORDER_WRITE_AUTH == "session" and not destructive:
+            return get_session(session_id=session_id)
         raise RecorderError(
             code="token_required",
             detail="Send the upload token from start-recording as `Authorization: Bearer <token>`.",
@@ -121,7 +151,9 @@ def chunk_progress(session: RecordingSession) -> ChunkProgress:
             ranges.append([index, index])
     missing = missing_count = None
     if session.expected_chunks is not None:
-        missing, missing_count = _first_missing(ranges, session.expected_chunks, limit=MISSING_CHUNKS_LISTED)
+        missing, missing_count = _first_missing(
+            ranges, session.expected_chunks, first=session.first_chunk_index, limit=MISSING_CHUNKS_LISTED
+        )
     return ChunkProgress(
         received_chunks=len(rows),
         received_bytes=sum(size for _, size in rows),
@@ -131,10 +163,11 @@ def chunk_progress(session: RecordingSession) -> ChunkProgress:
     )
 
 
-def _first_missing(ranges: list[list[int]], expected: int, *, limit: int) -> tuple[list[int], int]:
-    """The first `limit` indices below `expected` outside the received ranges, and how many there are."""
+def _first_missing(ranges: list[list[int]], expected: int, *, first: int, limit: int) -> tuple[list[int], int]:
+    """The first `limit` indices from `first` to below `expected` outside the received ranges, and how
+    many there are."""
     gaps = []
-    start = 0
+    start = first
     for first, last in [*ranges, [expected, expected]]:
         if first > start and start < expected:
             gaps.append((start, min(first, expected)))
@@ -169,6 +202,13 @@ def receive_chunk(
     bytes) and the rename into place happen under the recording's row lock, so two uploads of
     the same index can never both be written.
     """
+    with inflight.marked(session.id, settings.RECORDER_TEMP_DIR):
+        return _receive_chunk(session, chunk_index, stream, checksums)
+
+
+def _receive_chunk(
+    session: RecordingSession, chunk_index: int | None, stream: BinaryIO, checksums: Iterable[str | None]
+) -> ChunkReceipt:
     with chunks.storage_errors():
         staged = chunks.stage_upload(
             stream, max_bytes=settings.RECORDER_MAX_CHUNK_BYTES, staging_dir=settings.RECORDER_TEMP_DIR
@@ -198,7 +238,9 @@ def receive_chunk(
                 chunks.store_chunk(staged, chunk_storage_name(locked.id, index))
             chunk = Chunk.objects.create(session=locked, index=index, size=staged.size, sha256=staged.sha256)
             _count_chunk(locked, chunk, container)
-            if locked.status == Status.FINALIZING:
+            if locked.status == Status.FINALIZING and locked.expected_chunks is None:
+                _wait_longer(locked)
+            elif locked.status == Status.FINALIZING:
                 _start_processing_if_complete(locked)
         return ChunkReceipt(chunk, True, locked, locked.received_chunks, locked.received_bytes)
     finally:
@@ -251,6 +293,12 @@ def _check_chunk_accepted(session: RecordingSession, index: int, staged: chunks.
             detail=f"A recording holds at most {MAX_CHUNKS} chunks; index {index} is past that.",
             status=409,
         )
+    if index < session.first_chunk_index:
+        raise RecorderError(
+            code="chunk_index_out_of_range",
+            detail=f"This recording counts its chunks from {session.first_chunk_index}; index {index} is before that.",
+            status=409,
+        )
     if session.expected_chunks is not None and index >= session.expected_chunks:
         raise RecorderError(
             code="chunk_index_out_of_range",
@@ -298,26 +346,116 @@ def finalize_recording(
 ) -> RecordingSession:
     """Fix the expected chunk count and start processing once all of them are stored.
 
+    Without a count (no `total_chunks`, no indexed last chunk) the count is decided later, by
+    `settle_finalize`, once chunks still on their way had RECORDER_FINALIZE_GRACE_SECONDS to arrive.
     Calling it again never starts a second run; it answers the current state.
     """
+    count_given = total_chunks is not None or last_chunk_index is not None
+    wait_seconds = settings.RECORDER_FINALIZE_GRACE_SECONDS
+    if not count_given and not wait_seconds and _uploads_in_progress(session):
+        wait_seconds = 0.001  # no grace, but a chunk is being received: settle once it is stored
     with database_write_lock(), transaction.atomic():
         locked = _lock(session)
-        if locked.expected_chunks is None:
-            expected = _expected_chunk_count(locked, total_chunks, last_chunk_index)
-        elif total_chunks is not None and total_chunks != locked.expected_chunks:
+        if locked.expected_chunks is None and (count_given or not wait_seconds):
+            _fix_chunk_count(locked, *_chunk_range(locked, total_chunks, last_chunk_index))
+        elif locked.expected_chunks is None:
+            if locked.status == Status.RECORDING:
+                now = timezone.now()
+                settle_at = now + datetime.timedelta(seconds=wait_seconds)
+                transition(locked, Status.FINALIZING, finalized_at=now, settle_at=settle_at)
+                tasks.schedule_settle(str(locked.id), wait_seconds)
+        elif total_chunks is not None and total_chunks != locked.expected_chunks - locked.first_chunk_index:
             raise RecorderError(
                 code="total_chunks_conflict",
-                detail=f"The recording was finalized with {locked.expected_chunks} chunks, not {total_chunks}.",
+                detail=f"The recording was finalized with {locked.expected_chunks - locked.first_chunk_index} "
+                f"chunks, not {total_chunks}.",
                 status=409,
             )
-        else:
-            expected = locked.expected_chunks
-        if locked.status == Status.RECORDING:
-            transition(locked, Status.FINALIZING, expected_chunks=expected, finalized_at=timezone.now())
         if locked.status == Status.FINALIZING or _may_run_again(locked):
             _start_processing_if_complete(locked)
     locked.refresh_from_db()
     return locked
+
+
+def settle_finalize(session_id: str | uuid.UUID) -> float | None:
+    """Decide the chunk count of a finalize that did not give one, once its wait is over; then
+    process the recording if every chunk is in. Seconds to wait before calling again, or None when
+    there is nothing more to do. Safe to call at any time, from any process, any number of times."""
+    with database_write_lock(), transaction.atomic():
+        locked = RecordingSession.objects.select_for_update().filter(pk=session_id).first()
+        if locked is None or locked.status != Status.FINALIZING or locked.expected_chunks is not None:
+            return None
+        seconds_left = _seconds_left_to_wait(locked)
+        if seconds_left:
+            return seconds_left
+        if locked.highest_chunk_index is None:
+            waited = (timezone.now() - locked.finalized_at).total_seconds()
+            transition(
+                locked,
+                Status.FAILED,
+                error_code="no_chunks",
+                error_detail=f"The recording was finalized, but no chunk arrived in the {waited:.1f} s after it.",
+                settle_at=None,
+            )
+            return None
+        _fix_chunk_count(locked, *_chunk_range(locked, None, None))
+        _start_processing_if_complete(locked)
+    return None
+
+
+def settle_overdue_finalizes() -> list[uuid.UUID]:
+    """Settle the finalizes whose wait is over but nobody settled (the process that would have
+    was killed): for the recovery sweep and `recover_stale_recordings`."""
+    overdue = RecordingSession.objects.filter(
+        status=Status.FINALIZING,
+        expected_chunks__isnull=True,
+        settle_at__lt=timezone.now() - datetime.timedelta(seconds=1),
+    ).values_list("id", flat=True)
+    settled = []
+    for session_id in overdue:
+        if settle_finalize(session_id) is None:
+            settled.append(session_id)
+    return settled
+
+
+# While a chunk is being received, a waiting finalize looks again this often.
+_IN_PROGRESS_POLL_SECONDS = 0.25
+
+
+def _seconds_left_to_wait(session: RecordingSession) -> float:
+    now = timezone.now()
+    longest_wait_over = now >= session.finalized_at + datetime.timedelta(
+        seconds=settings.RECORDER_FINALIZE_MAX_WAIT_SECONDS
+    )
+    if longest_wait_over:
+        return 0.0
+    if session.settle_at is not None and now < session.settle_at:
+        return (session.settle_at - now).total_seconds()
+    return _IN_PROGRESS_POLL_SECONDS if _uploads_in_progress(session) else 0.0
+
+
+def _uploads_in_progress(session: RecordingSession) -> int:
+    return inflight.count(
+        session.id, settings.RECORDER_TEMP_DIR, max_age_seconds=settings.RECORDER_FINALIZE_MAX_WAIT_SECONDS
+    )
+
+
+def _wait_longer(session: RecordingSession) -> None:
+    """A chunk arrived while a finalize waits for the count: more may be on their way."""
+    settle_at = timezone.now() + datetime.timedelta(seconds=settings.RECORDER_FINALIZE_GRACE_SECONDS)
+    if session.settle_at is None or settle_at > session.settle_at:
+        session.settle_at = settle_at
+        session.save(update_fields=["settle_at"])
+
+
+def _fix_chunk_count(session: RecordingSession, first_index: int, end_index: int) -> None:
+    fields = {"expected_chunks": end_index, "first_chunk_index": first_index, "settle_at": None}
+    if session.status == Status.RECORDING:
+        transition(session, Status.FINALIZING, finalized_at=timezone.now(), **fields)
+        return
+    for name, value in fields.items():
+        setattr(session, name, value)
+    session.save(update_fields=list(fields))
 
 
 def _may_run_again(session: RecordingSession) -> bool:
@@ -330,28 +468,45 @@ def _may_run_again(session: RecordingSession) -> bool:
     )
 
 
-def _expected_chunk_count(session: RecordingSession, total_chunks: int | None, last_chunk_index: int | None) -> int:
+def _chunk_range(session: RecordingSession, total_chunks: int | None, last_chunk_index: int | None) -> tuple[int, int]:
+    """The first chunk index and one past the last: from the count given, or the highest index stored."""
+    first = 1 if _counts_from_one(session) else 0
     highest = session.highest_chunk_index
     if total_chunks is not None:
-        expected = total_chunks
+        end = first + total_chunks
     elif last_chunk_index is not None:
-        expected = last_chunk_index + 1
+        end = last_chunk_index + 1
     else:
-        expected = 0 if highest is None else highest + 1
-    if expected == 0:
+        end = 0 if highest is None else highest + 1
+    if end <= first:
         raise RecorderError(code="no_chunks", detail="A recording needs at least one chunk before it is finalized.")
-    if highest is not None and highest >= expected:
+    if highest is not None and highest >= end:
         raise RecorderError(
             code="total_chunks_too_small",
-            detail=f"total_chunks is {expected}, but chunk {highest} was already received.",
+            detail=f"total_chunks is {end - first}, but chunk {highest} was already received.",
         )
-    return expected
+    return first, end
+
+
+def _counts_from_one(session: RecordingSession) -> bool:
+    """A client that numbers its chunks from 1: no chunk 0, and chunk 1 starts with the container
+    header (a recording's first bytes). Otherwise its recording would wait for ever for chunk 0."""
+    if session.first_chunk_index == 1:
+        return True
+    lowest = Chunk.objects.filter(session=session).order_by("index").values_list("index", flat=True).first()
+    if lowest != 1:
+        return False
+    with chunks.storage_errors(), default_storage.open(chunk_storage_name(session.id, 1), "rb") as first_chunk:
+        head = first_chunk.read(chunks.SNIFF_BYTES)
+    return chunks.sniff_container(head) is not None
 
 
 def _start_processing_if_complete(session: RecordingSession) -> None:
-    # Every stored index is below expected_chunks (finalize and the chunk checks see to it), so the
-    # running count says whether the set is complete.
-    if session.received_chunks != session.expected_chunks:
+    # Every stored index is in [first_chunk_index, expected_chunks) (finalize and the chunk checks
+    # see to it), so the running count says whether the set is complete.
+    if session.expected_chunks is None:
+        return
+    if session.received_chunks != session.expected_chunks - session.first_chunk_index:
         return
     transition(session, Status.PROCESSING, **_processing_request())
     enqueue_processing(str(session.id))
@@ -370,7 +525,9 @@ def _processing_request() -> dict:
 
 def recover_stale_recordings() -> list[uuid.UUID]:
     """Queue again every recording whose processing run died (or, with an in-process backend, never
-    ran); those out of attempts become `failed`. Safe to run from cron at any time."""
+    ran); those out of attempts become `failed`. Finalizes whose wait ended unsettled are settled.
+    Safe to run from cron at any time."""
+    settle_overdue_finalizes()
     return tasks.recover_stale_recordings()
 
 
@@ -500,21 +657,22 @@ MEDIA_KINDS = ("video", "audio", "thumbnail")
 
 
 def media_file(*, session_id: str, kind: str) -> MediaFile:
-    """Where a ready recording's video, audio or thumbnail is stored, with what to serve it as."""
+    """Where a ready recording's video, audio or thumbnail is stored, with what to serve it as.
+    `session_id` may be the view id; nothing served names the session id."""
     if kind not in MEDIA_KINDS:
         raise RecorderError(
             code="not_found", detail=f"A recording has no {kind!s:.32}; use video, audio or thumbnail.", status=404
         )
-    session = get_session(session_id=session_id)
+    session = get_readable(recording_id=session_id).session
     if session.status != Status.READY:
         raise RecorderError(
             code="media_not_ready",
-            detail=f"Recording {session.id} is {session.status}; its files are served once it is ready.",
+            detail=f"Recording {session_id!s:.64} is {session.status}; its files are served once it is ready.",
             status=404,
         )
     storage_name = getattr(session, f"{kind}_name")
     if not storage_name:
-        raise RecorderError(code=f"no_{kind}", detail=f"Recording {session.id} has no {kind}.", status=404)
+        raise RecorderError(code=f"no_{kind}", detail=f"Recording {session_id!s:.64} has no {kind}.", status=404)
     size = getattr(session, f"{kind}_bytes")
     content_type = "image/jpeg" if kind == "thumbnail" else getattr(session, f"{kind}_content_type")
     extension = storage_name.rsplit(".", 1)[-1]
@@ -523,7 +681,7 @@ def media_file(*, session_id: str, kind: str) -> MediaFile:
         storage_name=storage_name,
         size=size,
         content_type=content_type,
-        etag=f'"{session.id.hex[:12]}-{int(ready_timestamp * 1000):x}-{size:x}"',
+        etag=f'"{session.view_id.hex[:12]}-{int(ready_timestamp * 1000):x}-{size:x}"',
         last_modified=int(ready_timestamp),
-        download_name=f"{slugify(session.title) or f'recording-{session.id}'}-{kind}.{extension}",
+        download_name=f"{slugify(session.title) or f'recording-{session.view_id}'}-{kind}.{extension}",
     )

@@ -1,11 +1,16 @@
 """What runs in the background: thin tasks that look the recording up and call `processing`."""
 
 import datetime
+import heapq
+import logging
+import os
+import threading
+import time
 import uuid
 from functools import partial
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone
 from django_tasks import task
 from django_tasks_db import DatabaseBackend
@@ -14,6 +19,8 @@ from . import processing, runs
 from .backends import waiting_arguments
 from .locks import after_write_lock
 from .models import Status
+
+logger = logging.getLogger("recordings.tasks")
 
 
 @task()
@@ -61,6 +68,75 @@ def _schedule_watch(session_id: str) -> None:
     watch_processing_task.using(run_after=run_after).enqueue(session_id)
 
 
+@task()
+def settle_finalize_task(session_id: str) -> str:
+    """Decide the chunk count of a finalize that gave none, once chunks on their way had time to arrive."""
+    _settle(session_id)
+    return runs.current_status(session_id) or "gone"
+
+
+def schedule_settle(session_id: str, delay_seconds: float) -> None:
+    """Settle this finalize in `delay_seconds`, once the caller's transaction has committed.
+
+    Backends that can defer a task (database, rq) hold it for that long; with the in-process ones
+    one settling thread of this process does it (a killed process loses it: the recovery sweep settles
+    overdue finalizes). Settling takes a few queries, so it never waits behind a processing run,
+    except with the `immediate` backend, where the settling thread runs the processing it starts.
+    """
+    transaction.on_commit(partial(after_write_lock, partial(_schedule_settle, session_id, delay_seconds)), robust=True)
+
+
+def _schedule_settle(session_id: str, delay_seconds: float) -> None:
+    if settle_finalize_task.get_backend().supports_defer:
+        run_after = timezone.now() + datetime.timedelta(seconds=delay_seconds)
+        settle_finalize_task.using(run_after=run_after).enqueue(session_id)
+        return
+    _settler.add(session_id, time.monotonic() + delay_seconds)
+
+
+class _Settler:
+    """One thread per process settles every waiting finalize when its time comes: a waiting
+    recording costs an entry in a heap, not a thread, however many there are."""
+
+    def __init__(self):
+        self._condition = threading.Condition()
+        self._due: list[tuple[float, str]] = []
+        self._started_in_pid: int | None = None
+
+    def add(self, session_id: str, due: float) -> None:
+        with self._condition:
+            if self._started_in_pid != os.getpid():  # first use, or first use after a fork
+                self._started_in_pid = os.getpid()
+                self._due = []
+                threading.Thread(target=self._run, name="recorder-settle", daemon=True).start()
+            heapq.heappush(self._due, (due, session_id))
+            self._condition.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    self._condition.wait(timeout=self._due[0][0] - time.monotonic() if self._due else None)
+                _, session_id = heapq.heappop(self._due)
+            try:
+                _settle(session_id)
+            except Exception:
+                logger.exception("recording %s: settling its finalize failed; the recovery sweep retries", session_id)
+            finally:
+                connections.close_all()  # this thread's connections only
+
+
+_settler = _Settler()
+
+
+def _settle(session_id: str) -> None:
+    from . import services  # services queues tasks: imported here, not at the top, to avoid a cycle
+
+    seconds_left = services.settle_finalize(session_id)
+    if seconds_left is not None:
+        _schedule_settle(session_id, seconds_left)
+
+
 def recover_stale_recordings() -> list[uuid.UUID]:
     """Queue again every recording whose processing run died or never started; see runs.recover_stale."""
     return runs.recover_stale(enqueue=enqueue_processing)
@@ -68,4 +144,10 @@ def recover_stale_recordings() -> list[uuid.UUID]:
 
 def keep_recovering() -> None:
     """With the embedded backend: sweep for lost runs from this process, marking its own waiting ones."""
-    runs.keep_recovering(enqueue=enqueue_processing, waiting=lambda: [args[0] for args in waiting_arguments() if args])
+    from . import services  # see _settle
+
+    runs.keep_recovering(
+        enqueue=enqueue_processing,
+        waiting=lambda: [args[0] for args in waiting_arguments() if args],
+        settle_overdue=services.settle_overdue_finalizes,
+    )

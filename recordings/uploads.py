@@ -25,8 +25,22 @@ class ChunkUpload:
 _ENVELOPE_BYTES = 64 * 1024
 
 
+# What other clients of this protocol call the same fields (README "Compatibility"): each is read
+# as the field it stands for, and two names of one field that disagree are refused.
+FIELD_ALIASES = {
+    "session_id": ("video_id", "videoId", "sessionId"),
+    "chunk_index": ("blob_index", "chunkIndex"),
+    "is_final": ("is_last", "isFinal", "isLast"),
+    "total_chunks": ("totalChunks",),
+}
+
+
 def read_chunk_upload(
-    request: Request, input_serializer: type[serializers.Serializer], *, empty_body_is_a_chunk: bool = True
+    request: Request,
+    input_serializer: type[serializers.Serializer],
+    *,
+    empty_body_is_a_chunk: bool = True,
+    path_session_id: str | None = None,
 ) -> ChunkUpload:
     """Validate the scalars with `input_serializer` and find the chunk, whatever the transport.
 
@@ -55,15 +69,38 @@ def read_chunk_upload(
     # The token is taken from headers or the body only: query strings end up in access logs.
     upload_token = _upload_token(request, body_fields.pop("upload_token", None))
     query_fields = {key: value for key, value in request.query_params.dict().items() if key != "upload_token"}
-    values = {**query_fields, **body_fields}
+    values = _canonical_fields({**query_fields, **body_fields}, path_session_id)
     values["checksum_header"] = request.headers.get("X-Chunk-SHA256")
     validated = input_serializer(data=values)
     validated.is_valid(raise_exception=True)
     fields = dict(validated.validated_data)
     is_empty_raw_body = is_raw_media_type(request.content_type or "") and not isinstance(data, RawBody)
-    if is_empty_raw_body and not empty_body_is_a_chunk and fields.get("is_final") and fields["chunk_index"] is None:
-        stream = None
+    if is_empty_raw_body and not empty_body_is_a_chunk and fields.get("is_final") is not False:
+        if fields["chunk_index"] is None:
+            stream = None
+    if "is_final" in fields and fields["is_final"] is None:
+        fields["is_final"] = stream is None  # no flag: a call with no chunk can only mean the end
     return ChunkUpload(fields=fields, upload_token=upload_token, stream=stream)
+
+
+def _canonical_fields(values: dict, path_session_id: str | None) -> dict:
+    """`values` with every alias renamed to its field; the session id in the URL path counts as one."""
+    for field_name, aliases in FIELD_ALIASES.items():
+        given = [(name, values.pop(name)) for name in (field_name, *aliases) if name in values]
+        if field_name == "session_id" and path_session_id is not None:
+            given.insert(0, ("the URL path", path_session_id))
+        if not given:
+            continue
+        (first_name, first_value), *others = given
+        for other_name, other_value in others:
+            if str(other_value).strip().lower() != str(first_value).strip().lower():
+                raise RecorderError(
+                    code="conflicting_fields",
+                    detail=f"{first_name} says {str(first_value)[:64]!r} but {other_name} says "
+                    f"{str(other_value)[:64]!r}; both name the field {field_name!r}.",
+                )
+        values[field_name] = first_value
+    return values
 
 
 def refuse_chunked_body(request: Request) -> None:

@@ -10,12 +10,14 @@ import ctypes
 import os
 import re
 import resource
+import selectors
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Importing moviepy loads a `.env` file found above its install directory into os.environ, which
@@ -27,6 +29,9 @@ from moviepy.video.io.ffmpeg_reader import FFmpegInfosParser  # noqa: E402
 
 DEFAULT_TIMEOUT_SECONDS = 3600
 _QUIET = ["-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+# For the steps whose report is counted (StepReport): warnings too, each line tagged with its level
+# ("[error] "), and no "Last message repeated n times" folding, so one line is one occurrence.
+_COUNTED = ["-hide_banner", "-nostdin", "-loglevel", "repeat+level+warning", "-y"]
 
 
 class MediaError(Exception):
@@ -131,7 +136,8 @@ def _limit_child(limits: Limits, parent_pid: int) -> Callable[[], None]:
 @dataclass(frozen=True)
 class _Finished:
     returncode: int
-    report: str  # what ffmpeg wrote to stderr, at most _REPORT_BYTES of it
+    report: str  # what ffmpeg wrote to stderr, at most _REPORT_BYTES of it (and, when counted, its end)
+    counts: dict[bytes, int] = field(default_factory=dict)  # each counted phrase, in the whole report
 
 
 # What ffmpeg and its libraries print, or how they die, when an allocation (or a thread's stack)
@@ -142,26 +148,21 @@ _OVERSIZED_PICTURE = re.compile(r"Picture size (\d+x\d+) exceeds specified max p
 _CRASH_SIGNALS = frozenset({-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS})
 
 
-def _run(command: list[str], *, limits: Limits, what: str) -> _Finished:
-    """Run `command` under `limits`. A limit that stopped it is a MediaError with its own code."""
-    with tempfile.TemporaryFile() as report_file:
-        try:
-            completed = subprocess.run(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=report_file,
-                timeout=limits.timeout_seconds,
-                check=False,
-                preexec_fn=_limit_child(limits, os.getpid()),  # system calls only, safe beside threads
-            )
-        except subprocess.TimeoutExpired as error:
-            raise MediaError(
-                "processing_timeout", f"{what} took longer than {limits.timeout_seconds:.0f} s."
-            ) from error
-        report_file.seek(0)
-        report = report_file.read(_REPORT_BYTES).decode("utf-8", "replace")
-    finished = _Finished(completed.returncode, report)
+def _run(command: list[str], *, limits: Limits, what: str, counted: tuple[bytes, ...] = ()) -> _Finished:
+    """Run `command` under `limits`. A limit that stopped it is a MediaError with its own code.
+
+    With `counted` phrases, the report is read through a pipe as it is written and each phrase is
+    counted in all of it, however long: a report in a file would count against RLIMIT_FSIZE, the
+    output's own bound, and one warning per packet can outgrow the output.
+    """
+    try:
+        if counted:
+            returncode, report, counts = _run_counting(command, limits, counted)
+        else:
+            returncode, report, counts = *_run_to_file(command, limits), {}
+    except subprocess.TimeoutExpired as error:
+        raise MediaError("processing_timeout", f"{what} took longer than {limits.timeout_seconds:.0f} s.") from error
+    finished = _Finished(returncode, report, counts)
     if oversized := _OVERSIZED_PICTURE.search(report):
         raise MediaError(
             "frame_too_large",
@@ -185,6 +186,92 @@ def _run(command: list[str], *, limits: Limits, what: str) -> _Finished:
     return finished
 
 
+def _run_to_file(command: list[str], limits: Limits) -> tuple[int, str]:
+    with tempfile.TemporaryFile() as report_file:
+        completed = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=report_file,
+            timeout=limits.timeout_seconds,
+            check=False,
+            preexec_fn=_limit_child(limits, os.getpid()),  # system calls only, safe beside threads
+        )
+        report_file.seek(0)
+        return completed.returncode, report_file.read(_REPORT_BYTES).decode("utf-8", "replace")
+
+
+# The end of a counted report is kept too: when a step fails after a flood of warnings, the line
+# that says why comes last.
+_REPORT_TAIL_BYTES = 64 * 1024
+_PIPE_READ_BYTES = 64 * 1024
+
+
+class _CountedReport:
+    """The first _REPORT_BYTES and the last _REPORT_TAIL_BYTES of a report, and how often each phrase
+    occurs in all of it: counted block by block, so memory stays bounded whatever ffmpeg writes."""
+
+    def __init__(self, phrases: tuple[bytes, ...]):
+        self.counts = dict.fromkeys(phrases, 0)
+        self._overlap = max(len(phrase) for phrase in phrases) - 1  # a phrase cut by a block boundary
+        self._carry = b""
+        self._head = bytearray()
+        self._tail = bytearray()
+        self._left_out_bytes = 0
+
+    def feed(self, block: bytes) -> None:
+        room = _REPORT_BYTES - len(self._head)
+        self._head += block[:room]
+        if len(block) > room:
+            self._tail += block[room:]
+            if len(self._tail) > _REPORT_TAIL_BYTES:
+                self._left_out_bytes += len(self._tail) - _REPORT_TAIL_BYTES
+                del self._tail[:-_REPORT_TAIL_BYTES]
+        window = self._carry + block
+        for phrase in self.counts:
+            # the carry is shorter than any phrase, so no occurrence is counted twice
+            self.counts[phrase] += window.count(phrase) - self._carry.count(phrase)
+        self._carry = window[-self._overlap :] if self._overlap else b""
+
+    @property
+    def text(self) -> str:
+        report = self._head.decode("utf-8", "replace")
+        if self._left_out_bytes:
+            report += f"\n[... {self._left_out_bytes} bytes of the report left out ...]\n"
+        return report + self._tail.decode("utf-8", "replace")
+
+
+def _run_counting(command: list[str], limits: Limits, phrases: tuple[bytes, ...]) -> tuple[int, str, dict[bytes, int]]:
+    report = _CountedReport(phrases)
+    deadline = time.monotonic() + limits.timeout_seconds
+    with subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=_limit_child(limits, os.getpid()),  # system calls only, safe beside threads
+    ) as process:
+        try:
+            with selectors.DefaultSelector() as selector:  # not select(): a server's fds pass 1024
+                selector.register(process.stderr, selectors.EVENT_READ)
+                while True:
+                    remaining_seconds = deadline - time.monotonic()
+                    if remaining_seconds <= 0:
+                        raise subprocess.TimeoutExpired(command, limits.timeout_seconds)
+                    if not selector.select(remaining_seconds):
+                        continue
+                    block = os.read(process.stderr.fileno(), _PIPE_READ_BYTES)
+                    if not block:
+                        break
+                    report.feed(block)
+            returncode = process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+    return returncode, report.text, report.counts
+
+
 def _frame_limit(limits: Limits) -> list[str]:
     return ["-max_pixels", str(limits.max_frame_pixels)] if limits.max_frame_pixels else []
 
@@ -201,19 +288,75 @@ def run_ffmpeg(arguments: list[str], *, limits: Limits) -> None:
     output is left to the caller's work directory, which goes with it; it is never served.
     """
     finished = _run([FFMPEG_BINARY, *_QUIET, *_frame_limit(limits), *arguments], limits=limits, what="ffmpeg")
+    _raise_if_failed(finished)
+
+
+def _raise_if_failed(finished: _Finished) -> None:
     if finished.returncode != 0:
-        message = finished.report.strip().splitlines()
-        raise MediaError("media_undecodable", "ffmpeg failed: " + (message[-1] if message else "no message"))
+        raise MediaError("media_undecodable", "ffmpeg failed: " + _failure_line(finished.report))
+
+
+_LEVEL_TAG = re.compile(r"\[(?:panic|fatal|error|warning|info|verbose|debug|trace)\] ")
+
+
+def _failure_line(report: str) -> str:
+    """The last error in a report (a counted one also holds warnings), without its level tag."""
+    lines = report.strip().splitlines()
+    errors = [line for line in lines if "[error] " in line or "[fatal] " in line or "[panic] " in line]
+    line = (errors or lines or ["no message"])[-1]
+    return _LEVEL_TAG.sub("", line, count=1)
+
+
+# --- What a step reported and played past ----------------------------------------------------------
+
+# One line per packet whose timestamp goes backwards: the command line's fix-up before a stream
+# copy, and a muxer refusing one.
+_TIMESTAMP_PHRASES = (b"Non-monotonic DTS", b"non monotonically increasing dts")
+_ERROR_TAG = b"[error] "  # every error-level line carries it under the _COUNTED log level
+# What the Matroska demuxer says when it skips damaged bytes and resyncs (the probe looks for them too).
+_DAMAGE_WORDS = (
+    "Invalid length",
+    "Duplicate element",
+    "exceeds containing master element",
+    "Invalid EBML",
+    "EBML header parsing failed",
+    "resync",
+)
+_DAMAGE_PHRASES = tuple(words.encode() for words in _DAMAGE_WORDS)
+_COUNTED_PHRASES = (*_TIMESTAMP_PHRASES, _ERROR_TAG, *_DAMAGE_PHRASES)
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What one ffmpeg step reported and played past, counted in its whole report (not only the
+    part kept): a step that fails raises MediaError instead."""
+
+    timestamps_out_of_order: int = 0  # packets whose timestamps went backwards
+    errors: int = 0  # other error lines: in the audio step, packets it could not read or decode
+    damage: int = 0  # places where the demuxer skipped damaged structure (Matroska)
+
+
+def _run_ffmpeg_counted(arguments: list[str], *, limits: Limits) -> StepReport:
+    """`run_ffmpeg`, counting what the report says it played past."""
+    finished = _run(
+        [FFMPEG_BINARY, *_COUNTED, *_frame_limit(limits), *arguments],
+        limits=limits,
+        what="ffmpeg",
+        counted=_COUNTED_PHRASES,
+    )
+    _raise_if_failed(finished)
+    timestamp_errors = finished.counts[b"non monotonically increasing dts"]  # error-level lines
+    return StepReport(
+        timestamps_out_of_order=sum(finished.counts[phrase] for phrase in _TIMESTAMP_PHRASES),
+        errors=finished.counts[_ERROR_TAG] - timestamp_errors,
+        damage=sum(finished.counts[phrase] for phrase in _DAMAGE_PHRASES),
+    )
 
 
 # --- Probe ---------------------------------------------------------------------------------------
 
 _INPUT_FORMAT = re.compile(r"^Input #0, ([^,]+(?:,[^,\s]+)*), from", re.MULTILINE)
-_DAMAGE = re.compile(
-    r"^\[[^\]]+\] .*(?:Invalid length|Duplicate element|exceeds containing master element|Invalid EBML"
-    r"|EBML header parsing failed|resync).*$",
-    re.MULTILINE,
-)
+_DAMAGE = re.compile(r"^\[[^\]]+\] .*(?:" + "|".join(map(re.escape, _DAMAGE_WORDS)) + ").*$", re.MULTILINE)
 _DURATION = re.compile(r"Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
 _AUDIO_CODEC = re.compile(r"Stream #0:\d+.*?: Audio: ([\w-]+)")
 _AUDIO_SAMPLE_RATE = re.compile(r"Stream #0:\d+.*?: Audio: [^\n]*?, (\d+) Hz")
@@ -343,9 +486,10 @@ def _output(family: tuple, info: MediaInfo, *, copy_audio: bool) -> OutputFormat
 BITEXACT_ARGS = ("-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact")
 
 
-def remux(source_path: Path, destination_path: Path, plan: RemuxPlan, *, limits: Limits) -> None:
-    """Write `source_path` into `destination_path` per `plan`: first video and audio stream only."""
-    run_ffmpeg(
+def remux(source_path: Path, destination_path: Path, plan: RemuxPlan, *, limits: Limits) -> StepReport:
+    """Write `source_path` into `destination_path` per `plan`: first video and audio stream only.
+    Its report counts the packets whose timestamps went backwards (chunks joined out of order)."""
+    return _run_ffmpeg_counted(
         [
             "-i",
             str(source_path),
@@ -375,10 +519,21 @@ AUDIO_FORMATS: dict[str, OutputFormat] = {
 }
 
 
-def extract_audio(source_path: Path, destination_path: Path, audio_format: str, *, limits: Limits) -> OutputFormat:
-    """Encode the first audio track of `source_path` alone (`-vn`) into `audio_format`."""
+@dataclass(frozen=True)
+class ExtractedAudio:
+    output: OutputFormat
+    decode_errors: int  # packets of the source's audio that could not be read or decoded
+
+    @property
+    def content_type(self) -> str:
+        return self.output.content_type
+
+
+def extract_audio(source_path: Path, destination_path: Path, audio_format: str, *, limits: Limits) -> ExtractedAudio:
+    """Encode the first audio track of `source_path` alone (`-vn`) into `audio_format`. It decodes
+    every audio packet anyway, so its report counts the ones that could not be decoded."""
     output = AUDIO_FORMATS[audio_format]
-    run_ffmpeg(
+    report = _run_ffmpeg_counted(
         [
             "-i",
             str(source_path),
@@ -395,7 +550,54 @@ def extract_audio(source_path: Path, destination_path: Path, audio_format: str, 
         ],
         limits=limits,
     )
-    return output
+    return ExtractedAudio(output, decode_errors=report.errors)
+
+
+# --- Joining segments ------------------------------------------------------------------------------
+
+
+def concat_segments(segment_paths: list[Path], destination_path: Path, container: str, *, limits: Limits) -> StepReport:
+    """Join whole recordings (a restarted recorder's streams) end to end into one file, stream copy.
+
+    ffmpeg's concat demuxer starts each segment where the one before ended; a segment with no
+    Duration (raw MediaRecorder WebM) is measured by its last packet, so the timestamps run on
+    without a gap or an overlap. Matroska in (WebM or not), Matroska out: it holds every codec a
+    browser records, PCM included; MP4 in, MP4 out. The remux then makes what is served.
+    """
+    list_path = destination_path.with_name(f"{destination_path.name}.ffconcat")
+    list_path.write_text("ffconcat version 1.0\n" + "".join(f"file {_concat_quoted(path)}\n" for path in segment_paths))
+    return _run_ffmpeg_counted(
+        [
+            "-f",
+            "concat",
+            "-safe",
+            "0",  # absolute paths, all of them in the run's work folder
+            "-protocol_whitelist",
+            "file",
+            "-i",
+            str(list_path),
+            "-map",
+            "0:v:0?",
+            "-map",
+            "0:a:0?",
+            "-dn",
+            "-sn",
+            "-c",
+            "copy",
+            *BITEXACT_ARGS,
+            "-f",
+            "mp4" if container == "mp4" else "matroska",
+            str(destination_path),
+        ],
+        limits=limits,
+    )
+
+
+def _concat_quoted(path: Path) -> str:
+    text = str(path.resolve())
+    if "\n" in text or "\r" in text:
+        raise ValueError(f"{text!r}: a concat list holds one path a line")
+    return "'" + text.replace("'", "'\\''") + "'"
 
 
 # --- Thumbnail ---------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """The HTTP API: parse input, call one service, render output. No ORM, files or ffmpeg here."""
 
+from dataclasses import dataclass
+
 from django.urls import reverse
 from rest_framework import status
 from rest_framework.negotiation import DefaultContentNegotiation
@@ -11,13 +13,14 @@ from rest_framework.views import APIView
 from . import schema, services
 from .errors import RecorderError
 from .models import RecordingSession, Status
-from .parsers import BoundedJSONParser, JsonChunkParser, RawChunkParser
+from .parsers import BoundedJSONParser, IgnoredBodyParser, JsonChunkParser, RawChunkParser
 from .responses import deliver_stored_file
 from .serializers import (
     ChunkReceiptOutput,
     ChunkUploadInput,
     FinalizeInput,
     RecordingOutput,
+    RecordingViewOutput,
     StartRecordingInput,
     StartRecordingOutput,
 )
@@ -30,47 +33,39 @@ def _absolute(request: Request, url_name: str, **kwargs) -> str:
     return request.build_absolute_uri(reverse(url_name, kwargs=kwargs or None))
 
 
-def _recording_payload(request: Request, session: RecordingSession) -> dict:
-    progress = services.chunk_progress(session)
+@dataclass(frozen=True)
+class RecordingReadout:
+    """What RecordingOutput shows: the recording, its chunk progress and its absolute URLs."""
+
+    session: RecordingSession
+    progress: services.ChunkProgress
+    links: dict[str, str | None]
+
+    @property
+    def error(self) -> dict | None:
+        return (
+            {"code": self.session.error_code, "detail": self.session.error_detail} if self.session.error_code else None
+        )
+
+
+def _readout(request: Request, session: RecordingSession) -> RecordingReadout:
+    """Every URL in it uses the view id, never the session id (a write secret in `session` mode)."""
     is_ready = session.status == Status.READY
 
     def media_url(kind: str) -> str | None:
         if not (is_ready and getattr(session, f"{kind}_name")):
             return None
-        return _absolute(request, "recording-media", session_id=session.id, kind=kind)
+        return _absolute(request, "recording-media", session_id=session.view_id, kind=kind)
 
-    return {
-        "session_id": session.id,
-        "title": session.title,
-        "status": session.status,
-        "created_at": session.created_at,
-        "finalized_at": session.finalized_at,
-        "ready_at": session.ready_at,
-        "mime_type": session.mime_type,
-        "container": session.container,
-        "expected_chunks": session.expected_chunks,
-        "received_chunks": progress.received_chunks,
-        "received_bytes": progress.received_bytes,
-        "received_ranges": progress.received_ranges,
-        "missing_chunks": progress.missing_chunks,
-        "missing_chunks_count": progress.missing_chunks_count,
-        "duration": session.duration_seconds,
-        "width": session.width,
-        "height": session.height,
-        "fps": session.fps,
-        "video_codec": session.video_codec or None,
-        "audio_codec": session.audio_codec or None,
-        "has_audio": session.has_audio,
-        "has_video": session.has_video,
-        "size": session.video_bytes,
-        "source_sha256": session.source_sha256 or None,
-        "processing_seconds": session.processing_seconds,
-        "processing_steps": session.processing_steps,
-        "video_url": media_url("video"),
-        "audio_url": media_url("audio"),
-        "thumbnail_url": media_url("thumbnail"),
-        "error": {"code": session.error_code, "detail": session.error_detail} if session.error_code else None,
+    links = {
+        "watch_url": _absolute(request, "watch", session_id=session.view_id),
+        **{f"{kind}_url": media_url(kind) for kind in services.MEDIA_KINDS},
     }
+    return RecordingReadout(session=session, progress=services.chunk_progress(session), links=links)
+
+
+def _recording_response(request: Request, session: RecordingSession, **response_options) -> Response:
+    return Response(RecordingOutput(_readout(request, session)).data, **response_options)
 
 
 def _chunk_receipt_response(receipt: services.ChunkReceipt) -> Response:
@@ -98,7 +93,7 @@ def _receive(session: RecordingSession, upload: ChunkUpload) -> services.ChunkRe
 
 
 class StartRecordingView(APIView):
-    parser_classes = [BoundedJSONParser, FormParser, MultiPartParser]
+    parser_classes = [BoundedJSONParser, FormParser, MultiPartParser, IgnoredBodyParser]
     throttle_scope = "start"
 
     @schema.start_recording
@@ -119,6 +114,8 @@ class StartRecordingView(APIView):
             "chunk_url": _absolute(request, "receive-video-chunk"),
             "finalize_url": _absolute(request, "finalize-recording"),
             "status_url": _absolute(request, "get-recorded-data", session_id=session.id),
+            "view_id": session.view_id,
+            "watch_url": _absolute(request, "watch", session_id=session.view_id),
         }
         return Response(StartRecordingOutput(payload).data, status=status.HTTP_201_CREATED)
 
@@ -128,8 +125,8 @@ class ReceiveChunkView(APIView):
     throttle_scope = "chunk"
 
     @schema.receive_chunk
-    def post(self, request: Request) -> Response:
-        upload = read_chunk_upload(request, ChunkUploadInput)
+    def post(self, request: Request, session_id: str | None = None) -> Response:
+        upload = read_chunk_upload(request, ChunkUploadInput, path_session_id=session_id)
         session = services.authorize_upload(session_id=upload.fields["session_id"], upload_token=upload.upload_token)
         return _chunk_receipt_response(_receive(session, upload))
 
@@ -139,8 +136,8 @@ class FinalizeRecordingView(APIView):
     throttle_scope = "finalize"
 
     @schema.finalize_recording
-    def post(self, request: Request) -> Response:
-        upload = read_chunk_upload(request, FinalizeInput, empty_body_is_a_chunk=False)
+    def post(self, request: Request, session_id: str | None = None) -> Response:
+        upload = read_chunk_upload(request, FinalizeInput, empty_body_is_a_chunk=False, path_session_id=session_id)
         session = services.authorize_upload(session_id=upload.fields["session_id"], upload_token=upload.upload_token)
         receipt = None
         if upload.stream is not None or not upload.fields["is_final"]:
@@ -153,9 +150,8 @@ class FinalizeRecordingView(APIView):
             last_chunk_index=receipt.chunk.index if receipt else None,
         )
         finished = session.status in (Status.READY, Status.FAILED)
-        return Response(
-            RecordingOutput(_recording_payload(request, session)).data,
-            status=status.HTTP_200_OK if finished else status.HTTP_202_ACCEPTED,
+        return _recording_response(
+            request, session, status=status.HTTP_200_OK if finished else status.HTTP_202_ACCEPTED
         )
 
 
@@ -164,8 +160,10 @@ class RecordingView(APIView):
 
     @schema.get_recorded_data
     def get(self, request: Request, session_id: str) -> Response:
-        session = services.get_session(session_id=session_id)
-        return Response(RecordingOutput(_recording_payload(request, session)).data)
+        """By session id (its owner) or view id (a viewer: the answer holds no session id)."""
+        readable = services.get_readable(recording_id=session_id)
+        output = RecordingViewOutput if readable.by_view_id else RecordingOutput
+        return Response(output(_readout(request, readable.session)).data)
 
 
 class RecordingResourceView(APIView):
@@ -176,7 +174,7 @@ class RecordingResourceView(APIView):
     @schema.delete_recording
     def delete(self, request: Request, session_id: str) -> Response:
         upload_token = read_upload_token(request)
-        session = services.authorize_upload(session_id=session_id, upload_token=upload_token)
+        session = services.authorize_upload(session_id=session_id, upload_token=upload_token, destructive=True)
         services.delete_recording(session=session)
         return Response(status=status.HTTP_204_NO_CONTENT)
 

@@ -45,6 +45,7 @@ def post_chunk(
         request_headers["Authorization"] = f"Bearer {token}"
     fields = {"session_id": started.session_id, **({"chunk_index": index} if index is not None else {})}
     fields.update(extra or {})
+    fields = {key: value for key, value in fields.items() if value is not None}  # None: leave the field out
     if transport == "multipart":
         if chunk is not None:
             fields[file_field] = SimpleUploadedFile("blob", chunk, content_type="video/webm")
@@ -70,6 +71,8 @@ def finalize(
     transport: str = "multipart",
     chunk: bytes | None = None,
     index: int | None = None,
+    url: str = "/api/finalize-recording/",
+    token: str | None = "default",
     **extra,
 ):
     return post_chunk(
@@ -78,7 +81,8 @@ def finalize(
         chunk,
         index=index,
         transport=transport,
-        url="/api/finalize-recording/",
+        url=url,
+        token=token,
         extra={"is_final": "true", **extra},
     )
 

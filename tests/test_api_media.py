@@ -182,7 +182,7 @@ def test_x_sendfile_names_the_stored_file_and_sends_no_body(api, ready, settings
     response = api.get(f"{body['audio_url']}?download=1")
     assert (response.status_code, response.content) == (200, b"")
     sendfile_path = response["X-Sendfile"]
-    assert sendfile_path == str(media_root / "recordings" / body["session_id"] / "audio.mp3")
+    assert sendfile_path == str(media_root / "outputs" / body["view_id"] / "audio.mp3")
     with open(sendfile_path, "rb") as audio:
         assert len(audio.read()) > 0
     assert response["Content-Type"] == "audio/mpeg"

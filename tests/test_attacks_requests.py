@@ -96,9 +96,11 @@ def test_a_deletion_cut_short_before_its_files_went_looks_deleted_and_expire_fin
     RecordingSession.objects.filter(pk=started.session_id).update(status=Status.DELETING)
     assert api.get(f"/api/get-recorded-data/{started.session_id}/").status_code == 404
     assert api.get(f"/api/recordings/{started.session_id}/video/").status_code == 404
-    assert any((media_root / "recordings" / started.session_id).rglob("*.webm"))
+    outputs = media_root / "outputs" / str(RecordingSession.objects.get(pk=started.session_id).view_id)
+    assert any(outputs.rglob("*.webm"))
     call_command("expire_recordings")
     assert not (media_root / "recordings" / started.session_id).exists()
+    assert not outputs.exists()
     assert not RecordingSession.objects.filter(pk=started.session_id).exists()
 
 

@@ -19,8 +19,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def files_of(media_root, session_id: str) -> list[str]:
-    folder = media_root / "recordings" / session_id
-    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+    """Every file of a recording: its chunks (under its session id) and outputs (under its view id)."""
+    session = RecordingSession.objects.get(pk=session_id)
+    folders = [media_root / "recordings" / session_id, media_root / "outputs" / str(session.view_id)]
+    return sorted(str(path.relative_to(folder)) for folder in folders for path in folder.rglob("*") if path.is_file())
 
 
 def age(session_id: str, **ago) -> None:

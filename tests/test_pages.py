@@ -18,14 +18,18 @@ def test_the_recorder_page_loads_its_module_and_styles(client):
     assert 'aria-live="polite"' in html
 
 
-def test_the_watch_page_names_the_recording_and_its_status_url(api, client):
+@pytest.mark.parametrize("opened_by", ["view_id", "session_id"])
+def test_the_watch_page_names_the_recording_and_its_status_url_by_view_id_only(api, client, opened_by):
     started = start(api, title="Quarterly <demo>")
-    response = client.get(f"/r/{started.session_id}/")
+    view_id = started.body["view_id"]
+    assert started.body["watch_url"] == f"http://testserver/r/{view_id}/"
+    response = client.get(f"/r/{started.body[opened_by]}/")  # links shared before view ids still work
     assert response.status_code == 200
     html = response.content.decode()
     assert "Quarterly &lt;demo&gt;" in html  # escaped, never raw
-    assert f'data-status-url="/api/get-recorded-data/{started.session_id}/"' in html
-    assert client.get(f"/r/{started.session_id}").status_code == 200
+    assert f'data-status-url="/api/get-recorded-data/{view_id}/"' in html
+    assert started.session_id not in html  # a viewer never learns the write id
+    assert client.get(f"/r/{started.body[opened_by]}").status_code == 200
 
 
 @pytest.mark.parametrize("session_id", [str(uuid.uuid4()), "not-a-uuid", "%2e%2e"])

@@ -83,7 +83,8 @@ def test_record_five_seconds_stop_and_watch_it(make_run_server):
         page.screenshot(path=ARTIFACTS_DIR / "recorder.png", full_page=True)
 
         page.get_by_role("link", name="Open the watch page").click()
-        page.wait_for_url(f"{base_url}/r/{recorded['sessionId']}/")
+        _, recording = call("GET", f"{base_url}/api/get-recorded-data/{recorded['sessionId']}/")
+        page.wait_for_url(f"{base_url}/r/{recording['view_id']}/")  # the view id: never the session id
         page.locator("#media").wait_for(state="visible")
         playback = page.evaluate(
             """async () => {

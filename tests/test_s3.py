@@ -63,12 +63,14 @@ def test_chunks_and_outputs_are_objects_and_nothing_stays_on_local_disk(s3_servi
     prefix = f"recordings/{session_id}/"
     for index, chunk in enumerate(recording.chunks):
         assert hashlib.sha256(objects[f"{prefix}chunks/{index}"]).digest() == hashlib.sha256(chunk).digest()
-    assert {key for key in objects if key.startswith(prefix) and "/chunks/" not in key} == {
-        f"{prefix}video.webm",
-        f"{prefix}audio.mp3",
-        f"{prefix}thumbnail.jpg",
+    assert {key for key in objects if key.startswith(prefix) and "/chunks/" not in key} == set()
+    outputs = f"outputs/{body['view_id']}/"  # what a redirect shows a viewer: never the session id
+    assert {key for key in objects if key.startswith(outputs)} == {
+        f"{outputs}video.webm",
+        f"{outputs}audio.mp3",
+        f"{outputs}thumbnail.jpg",
     }
-    assert len(objects[f"{prefix}video.webm"]) == body["size"]
+    assert len(objects[f"{outputs}video.webm"]) == body["size"]
     media_root = server.work_dir / "media"
     assert not (media_root / "recordings").exists()  # every byte went to the bucket
     assert [path for path in (media_root / ".tmp").rglob("*") if path.is_file()] == []  # work dirs cleaned up
@@ -79,13 +81,15 @@ def test_media_urls_redirect_to_presigned_urls_that_serve_ranges(s3_service, s3_
     session_id, _ = upload_recording([server.base_url], load_chrome_set("vp9_opus").chunks)
     body = wait_until_finished(server.base_url, session_id)
     assert body["video_url"].startswith(server.base_url)  # the JSON is the same as with local files
-    video = s3_server.objects(bucket)[f"recordings/{session_id}/video.webm"]
+    outputs = f"outputs/{body['view_id']}/"
+    video = s3_server.objects(bucket)[f"{outputs}video.webm"]
 
     status, headers = get_without_following(body["video_url"])
     assert status == 302
     assert headers["Cache-Control"] == "no-store"
     location = headers["Location"]
-    assert location.startswith(f"{s3_server.endpoint_url}/{bucket}/recordings/{session_id}/video.webm?")
+    assert location.startswith(f"{s3_server.endpoint_url}/{bucket}/{outputs}video.webm?")
+    assert session_id not in location
     query = parse_qs(urlsplit(location).query)
     assert query["X-Amz-Expires"] == ["900"]
     assert query["response-content-type"] == ["video/webm"]
@@ -100,7 +104,7 @@ def test_media_urls_redirect_to_presigned_urls_that_serve_ranges(s3_service, s3_
     assert status == 302
     status, headers, audio = get_bytes(headers["Location"])
     assert status == 200
-    assert audio == s3_server.objects(bucket)[f"recordings/{session_id}/audio.mp3"]
+    assert audio == s3_server.objects(bucket)[f"{outputs}audio.mp3"]
     assert headers["Content-Disposition"].startswith("attachment;")
 
 

@@ -181,7 +181,7 @@ async function finish() {
   }
   ui.resultVideo.src = recording.video_url || "";
   if (recording.thumbnail_url) ui.resultVideo.poster = recording.thumbnail_url;
-  ui.watchLink.href = `/r/${recording.session_id}/`;
+  ui.watchLink.href = recording.watch_url;
   ui.result.hidden = false;
   setPhase("done");
   say(`Your recording is ready: ${recording.duration.toFixed(1)} seconds.`);

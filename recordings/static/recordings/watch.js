@@ -17,6 +17,19 @@ function withDownload(url) {
   return `${url}${url.includes("?") ? "&" : "?"}download=1`;
 }
 
+function showWarnings(warnings) {
+  const list = $("warning-list");
+  list.replaceChildren(
+    ...warnings.map((warning) => {
+      const item = document.createElement("li");
+      item.dataset.code = warning.code;
+      item.textContent = warning.detail;
+      return item;
+    }),
+  );
+  $("warnings").hidden = warnings.length === 0;
+}
+
 function show(recording) {
   const video = $("video");
   if (recording.thumbnail_url) video.poster = recording.thumbnail_url;
@@ -34,6 +47,7 @@ function show(recording) {
   $("resolution").textContent = recording.width ? `${recording.width} × ${recording.height}` : "audio only";
   $("size").textContent = recording.size ? size(recording.size) : "–";
   $("created").textContent = new Date(recording.created_at).toLocaleString();
+  showWarnings(recording.warnings || []);
   $("media").hidden = false;
   $("status").textContent = "Ready.";
 }
