@@ -43,14 +43,14 @@ def main() -> None:
             size = body["size"]
             start = size // 2
             range_header = {"Range": f"bytes={start}-{start + MiB - 1}"}
-            video_path = f"/api/recordings/{session_id}/video/"
+            video_path = f"/api/recordings/{body['view_id']}/video/"
             http.request("GET", video_path, headers=range_header)  # warm the connection and the worker
             latencies = []
             for _ in range(args.requests):
                 status, seconds, payload = http.request("GET", video_path, headers=range_header)
                 assert status == 206 and len(payload) == min(MiB, size - start), (status, len(payload))
                 latencies.append(seconds)
-            stored = server.work_dir / "media" / f"recordings/{session_id}/video.webm"
+            stored = server.work_dir / "media" / f"outputs/{body['view_id']}/video.webm"
             pread_latencies = []
             fd = os.open(stored, os.O_RDONLY)
             try:

@@ -29,10 +29,11 @@ def check_recorder_settings(app_configs, **kwargs) -> list[Error]:
                 f"RECORDER_WRITE_AUTH={settings.RECORDER_WRITE_AUTH!r}; choose token or session.", id="recordings.E006"
             )
         )
-    if not 0 <= settings.RECORDER_FINALIZE_GRACE_SECONDS <= settings.RECORDER_FINALIZE_MAX_WAIT_SECONDS:
+    if not 0 <= settings.RECORDER_FINALIZE_GRACE_SECONDS <= settings.RECORDER_FINALIZE_MAX_WAIT_SECONDS <= 86400:
         errors.append(
             Error(
-                "RECORDER_FINALIZE_GRACE_SECONDS must be between 0 and RECORDER_FINALIZE_MAX_WAIT_SECONDS.",
+                "RECORDER_FINALIZE_GRACE_SECONDS must be between 0 and RECORDER_FINALIZE_MAX_WAIT_SECONDS, "
+                "which must be at most a day.",
                 id="recordings.E007",
             )
         )

@@ -34,7 +34,7 @@ def delete_all_files(session: RecordingSession) -> None:
 
 def work_dir_prefix(session: RecordingSession) -> str:
     """The name every processing run's work folder of this recording starts with."""
-    return f"process-{session.id}-"
+    return f"process-{session.view_id}-"  # ffmpeg may name it in an error a viewer reads
 
 
 def remove_work_dirs(session: RecordingSession, temp_dir: Path) -> int:

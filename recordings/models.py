@@ -43,8 +43,11 @@ class RecordingSession(models.Model):
     # are leaves it unknown until `settle_at`: chunks still on their way are waited for until then.
     expected_chunks = models.PositiveIntegerField(null=True, blank=True)
     settle_at = models.DateTimeField(null=True, blank=True)
-    # 1 for clients that count their chunks from 1 (their chunk 1 carries the container header).
+    # 1 for clients that count their chunks from 1 (no chunk 0; chunk 1 carries the container
+    # header): looked at again as chunks 0 and 1 arrive, until processing starts.
     first_chunk_index = models.PositiveSmallIntegerField(default=0)
+    # The finalize's total_chunks, when it gave one: with counting from 1 the last index is this, not this - 1.
+    total_chunks_given = models.PositiveIntegerField(null=True, blank=True)
     # Running totals of the stored chunks, kept under the recording's row lock, so taking a chunk
     # costs the same whether it is the 1st or the 3,600th of the recording.
     received_chunks = models.PositiveIntegerField(default=0)

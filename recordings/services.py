@@ -17,7 +17,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
-from . import chunks, files, inflight, processing, tasks
+from . import chunks, files, inflight, processing, streams, tasks
 from .errors import RecorderError
 from .locks import database_write_lock
 from .models import GONE_STATUSES, MAX_CHUNKS, Chunk, RecordingSession, Status, chunk_storage_name, transition
@@ -202,7 +202,7 @@ def receive_chunk(
     bytes) and the rename into place happen under the recording's row lock, so two uploads of
     the same index can never both be written.
     """
-    with inflight.marked(session.id, settings.RECORDER_TEMP_DIR):
+    with chunks.storage_errors(), inflight.marked(session.id, settings.RECORDER_TEMP_DIR):
         return _receive_chunk(session, chunk_index, stream, checksums)
 
 
@@ -241,6 +241,8 @@ def _receive_chunk(
             if locked.status == Status.FINALIZING and locked.expected_chunks is None:
                 _wait_longer(locked)
             elif locked.status == Status.FINALIZING:
+                if index in (0, 1):
+                    _reconsider_first_index(locked)
                 _start_processing_if_complete(locked)
         return ChunkReceipt(chunk, True, locked, locked.received_chunks, locked.received_bytes)
     finally:
@@ -293,10 +295,16 @@ def _check_chunk_accepted(session: RecordingSession, index: int, staged: chunks.
             detail=f"A recording holds at most {MAX_CHUNKS} chunks; index {index} is past that.",
             status=409,
         )
-    if index < session.first_chunk_index:
+    counted_from_one_to_the_end = (
+        session.first_chunk_index == 1
+        and session.total_chunks_given is not None
+        and (session.highest_chunk_index or 0) >= session.total_chunks_given
+    )
+    if index == 0 and counted_from_one_to_the_end:
         raise RecorderError(
             code="chunk_index_out_of_range",
-            detail=f"This recording counts its chunks from {session.first_chunk_index}; index {index} is before that.",
+            detail=f"This recording counts its chunks from 1 and its chunk {session.highest_chunk_index} is stored; "
+            "a chunk 0 cannot be part of it.",
             status=409,
         )
     if session.expected_chunks is not None and index >= session.expected_chunks:
@@ -357,7 +365,7 @@ def finalize_recording(
     with database_write_lock(), transaction.atomic():
         locked = _lock(session)
         if locked.expected_chunks is None and (count_given or not wait_seconds):
-            _fix_chunk_count(locked, *_chunk_range(locked, total_chunks, last_chunk_index))
+            _fix_chunk_count(locked, *_chunk_range(locked, total_chunks, last_chunk_index), total_chunks)
         elif locked.expected_chunks is None:
             if locked.status == Status.RECORDING:
                 now = timezone.now()
@@ -398,7 +406,7 @@ def settle_finalize(session_id: str | uuid.UUID) -> float | None:
                 settle_at=None,
             )
             return None
-        _fix_chunk_count(locked, *_chunk_range(locked, None, None))
+        _fix_chunk_count(locked, *_chunk_range(locked, None, None), None)
         _start_processing_if_complete(locked)
     return None
 
@@ -448,8 +456,13 @@ def _wait_longer(session: RecordingSession) -> None:
         session.save(update_fields=["settle_at"])
 
 
-def _fix_chunk_count(session: RecordingSession, first_index: int, end_index: int) -> None:
-    fields = {"expected_chunks": end_index, "first_chunk_index": first_index, "settle_at": None}
+def _fix_chunk_count(session: RecordingSession, first_index: int, end_index: int, total_chunks: int | None) -> None:
+    fields = {
+        "expected_chunks": end_index,
+        "first_chunk_index": first_index,
+        "total_chunks_given": total_chunks,
+        "settle_at": None,
+    }
     if session.status == Status.RECORDING:
         transition(session, Status.FINALIZING, finalized_at=timezone.now(), **fields)
         return
@@ -472,6 +485,8 @@ def _chunk_range(session: RecordingSession, total_chunks: int | None, last_chunk
     """The first chunk index and one past the last: from the count given, or the highest index stored."""
     first = 1 if _counts_from_one(session) else 0
     highest = session.highest_chunk_index
+    if total_chunks is not None and first == 0 and highest == total_chunks and not _has_chunk_zero(session):
+        first = 1  # the only reading under which chunk `total_chunks` belongs: chunk 1 is still on its way
     if total_chunks is not None:
         end = first + total_chunks
     elif last_chunk_index is not None:
@@ -488,17 +503,32 @@ def _chunk_range(session: RecordingSession, total_chunks: int | None, last_chunk
     return first, end
 
 
+def _reconsider_first_index(session: RecordingSession) -> None:
+    """Chunk 0 or 1 arrived after the count was fixed (uploads not awaited): it may show that the
+    client counts from 1 after all, or from 0. With a total_chunks, the last index moves with it."""
+    first = 1 if _counts_from_one(session) else 0
+    if first == session.first_chunk_index:
+        return
+    session.first_chunk_index = first
+    if session.total_chunks_given is not None:
+        session.expected_chunks = first + session.total_chunks_given
+    session.save(update_fields=["first_chunk_index", "expected_chunks"])
+
+
+def _has_chunk_zero(session: RecordingSession) -> bool:
+    return Chunk.objects.filter(session=session, index=0).exists()
+
+
 def _counts_from_one(session: RecordingSession) -> bool:
-    """A client that numbers its chunks from 1: no chunk 0, and chunk 1 starts with the container
-    header (a recording's first bytes). Otherwise its recording would wait for ever for chunk 0."""
-    if session.first_chunk_index == 1:
-        return True
+    """A client that numbers its chunks from 1: no chunk 0, and chunk 1 starts with a WebM,
+    Matroska or MP4 header (a recording's first bytes; not Ogg, whose every page starts alike).
+    Otherwise its recording would wait for ever for chunk 0."""
     lowest = Chunk.objects.filter(session=session).order_by("index").values_list("index", flat=True).first()
     if lowest != 1:
         return False
     with chunks.storage_errors(), default_storage.open(chunk_storage_name(session.id, 1), "rb") as first_chunk:
         head = first_chunk.read(chunks.SNIFF_BYTES)
-    return chunks.sniff_container(head) is not None
+    return chunks.sniff_container(head) in streams.STREAM_CONTAINERS
 
 
 def _start_processing_if_complete(session: RecordingSession) -> None:

@@ -484,6 +484,8 @@ def _output(family: tuple, info: MediaInfo, *, copy_audio: bool) -> OutputFormat
 # No random ids, dates or encoder versions in the outputs: processing a recording twice, on any
 # worker, gives the same bytes (and the same ETag-worthy file).
 BITEXACT_ARGS = ("-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact")
+# The first video and the first audio stream, whichever exist; no data or subtitle streams.
+_FIRST_VIDEO_AND_AUDIO = ("-map", "0:v:0?", "-map", "0:a:0?", "-dn", "-sn")
 
 
 def remux(source_path: Path, destination_path: Path, plan: RemuxPlan, *, limits: Limits) -> StepReport:
@@ -493,12 +495,7 @@ def remux(source_path: Path, destination_path: Path, plan: RemuxPlan, *, limits:
         [
             "-i",
             str(source_path),
-            "-map",
-            "0:v:0?",
-            "-map",
-            "0:a:0?",
-            "-dn",
-            "-sn",
+            *_FIRST_VIDEO_AND_AUDIO,
             *plan.output.codec_args,
             *BITEXACT_ARGS,
             "-f",
@@ -576,12 +573,7 @@ def concat_segments(segment_paths: list[Path], destination_path: Path, container
             "file",
             "-i",
             str(list_path),
-            "-map",
-            "0:v:0?",
-            "-map",
-            "0:a:0?",
-            "-dn",
-            "-sn",
+            *_FIRST_VIDEO_AND_AUDIO,
             "-c",
             "copy",
             *BITEXACT_ARGS,

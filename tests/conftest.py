@@ -65,6 +65,21 @@ def load_chrome_set(name: str) -> Recording:
     )
 
 
+def recording_files(media_root: Path, session_id: str) -> list[str]:
+    """Every stored file of a recording: its chunks (under its session id), its outputs (under its view id)."""
+    from recordings.models import RecordingSession
+
+    view_id = RecordingSession.objects.filter(pk=session_id).values_list("view_id", flat=True).first()
+    folders = [media_root / "recordings" / session_id, media_root / "outputs" / str(view_id)]
+    return sorted(str(path.relative_to(folder)) for folder in folders for path in folder.rglob("*") if path.is_file())
+
+
+def output_path(media_root: Path, session_id: str, file_name: str) -> Path:
+    from recordings.models import RecordingSession
+
+    return media_root / "outputs" / str(RecordingSession.objects.get(pk=session_id).view_id) / file_name
+
+
 def split_bytes(data: bytes, parts: int) -> list[bytes]:
     """Cut a file at arbitrary byte offsets, as MediaRecorder's timeslice does."""
     step = -(-len(data) // parts)
@@ -279,11 +294,9 @@ def make_target_server(target: str, work: Path, extra_env: dict[str, str], *, re
             os.killpg(server.pid, signal.SIGKILL)
 
 
-@pytest.fixture(scope="session")
-def make_run_server(tmp_path_factory):
-    """`make run` on a free port, with its own database and media root; stopped after the session."""
-    work = tmp_path_factory.mktemp("make-run")
-    environment = {
+def run_server_environment(work: Path, **overrides: str) -> dict[str, str]:
+    """What `make run` gets in the tests: its own database and media root, chunks kept, no throttles."""
+    return {
         "DJANGO_DEBUG": "1",
         "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}",
         "MEDIA_ROOT": str(work / "media"),
@@ -298,8 +311,15 @@ def make_run_server(tmp_path_factory):
             ],
             "off",
         ),
+        **overrides,
     }
-    with make_target_server("run", work, environment) as (base_url, log_path):
+
+
+@pytest.fixture(scope="session")
+def make_run_server(tmp_path_factory):
+    """`make run` on a free port, with its own database and media root; stopped after the session."""
+    work = tmp_path_factory.mktemp("make-run")
+    with make_target_server("run", work, run_server_environment(work)) as (base_url, log_path):
         yield LiveServer(base_url=base_url, media_root=work / "media", log_path=log_path)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from recordings import utils
-from tests.conftest import load_chrome_set, make_target_server
+from tests.conftest import load_chrome_set, make_target_server, run_server_environment
 from tests.live_client import call, wait_until_finished
 
 pytestmark = pytest.mark.live_server_process
@@ -30,23 +30,9 @@ GRACE_SECONDS = 1.5
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     work = tmp_path_factory.mktemp("clients-in-the-wild")
-    environment = {
-        "DJANGO_DEBUG": "1",
-        "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}",
-        "MEDIA_ROOT": str(work / "media"),
-        "RECORDER_KEEP_CHUNKS": "1",
-        "RECORDER_WRITE_AUTH": "session",
-        "RECORDER_FINALIZE_GRACE_SECONDS": str(GRACE_SECONDS),
-        **dict.fromkeys(
-            [
-                "RECORDER_THROTTLE_START",
-                "RECORDER_THROTTLE_CHUNK",
-                "RECORDER_THROTTLE_FINALIZE",
-                "RECORDER_THROTTLE_READ",
-            ],
-            "off",
-        ),
-    }
+    environment = run_server_environment(
+        work, RECORDER_WRITE_AUTH="session", RECORDER_FINALIZE_GRACE_SECONDS=str(GRACE_SECONDS)
+    )
     with make_target_server("run", work, environment) as (base_url, _):
         yield base_url
 

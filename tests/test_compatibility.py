@@ -247,12 +247,16 @@ def test_chunks_counted_from_one_with_total_chunks(api, vp8):
     assert late_zero.json()["code"] in ("recording_closed", "chunk_index_out_of_range")
 
 
-def test_a_chunk_zero_after_counting_from_one_was_decided_is_refused(api, vp8):
+def test_a_chunk_zero_that_comes_after_all_shows_the_client_counts_from_zero(api, vp8):
     started = start(api)
-    upload_all_from_one(api, started, vp8.chunks[:3])
-    finalize(api, started, total_chunks=8)
-    response = post_chunk(api, started, vp8.chunks[0], index=0)
-    assert (response.status_code, response.json()["code"]) == (409, "chunk_index_out_of_range")
+    cumulative = [b"".join(vp8.chunks[: position + 1]) for position in range(3)]  # every chunk has a header
+    for index in (1, 2):
+        assert post_chunk(api, started, cumulative[index], index=index).status_code == 201
+    assert finalize(api, started, total_chunks=8).json()["first_chunk_index"] == 1  # as far as anyone can tell
+    response = post_chunk(api, started, cumulative[0], index=0)
+    assert response.status_code == 201, response.json()
+    body = status_of(api, started.session_id)
+    assert (body["first_chunk_index"], body["expected_chunks"], body["missing_chunks"]) == (0, 8, [3, 4, 5, 6, 7])
 
 
 def test_a_missing_chunk_zero_is_not_mistaken_for_counting_from_one(api, vp8):
@@ -289,3 +293,20 @@ def test_many_waiting_finalizes_cost_one_thread_not_one_each(api, vp8, settings)
     # let the settles fire now, as no-ops, rather than during another test
     RecordingSession.objects.update(status=Status.EXPIRED)
     time.sleep(2.5)
+
+
+@pytest.mark.parametrize("count", ["is_last", "total_chunks"])
+def test_counting_from_one_is_recognised_when_chunk_one_comes_after_the_end_call(api, vp8, count):
+    """Uploads not awaited: chunks 2-8 and the end call land while chunk 1 (with the header) is on its way."""
+    started = start(api)
+    for position in range(1, 7):
+        assert post_chunk(api, started, vp8.chunks[position], index=position + 1).status_code == 201
+    if count == "is_last":
+        finalize(api, started, chunk=vp8.chunks[7], index=8)
+    else:
+        assert post_chunk(api, started, vp8.chunks[7], index=8).status_code == 201
+        finalize(api, started, total_chunks=8)
+    late_first = post_chunk(api, started, vp8.chunks[0], index=1)
+    assert late_first.status_code == 201, late_first.json()
+    body = wait_for(api, started.session_id, "ready")  # before: `finalizing` for ever, waiting for chunk 0
+    assert (body["first_chunk_index"], body["expected_chunks"], body["source_sha256"]) == (1, 9, vp8.joined_sha256)

@@ -12,17 +12,10 @@ from django.utils import timezone
 
 from recordings import services
 from recordings.models import Chunk, RecordingSession
-from tests.conftest import load_chrome_set
+from tests.conftest import load_chrome_set, recording_files
 from tests.recorder_client import finalize, post_chunk, start, upload_all
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def files_of(media_root, session_id: str) -> list[str]:
-    """Every file of a recording: its chunks (under its session id) and outputs (under its view id)."""
-    session = RecordingSession.objects.get(pk=session_id)
-    folders = [media_root / "recordings" / session_id, media_root / "outputs" / str(session.view_id)]
-    return sorted(str(path.relative_to(folder)) for folder in folders for path in folder.rglob("*") if path.is_file())
 
 
 def age(session_id: str, **ago) -> None:
@@ -46,8 +39,8 @@ def test_an_idle_upload_expires_with_its_chunks_and_answers_410(api, media_root,
     call_command("expire_recordings")
     assert "1 idle upload(s) and 0 old recording(s) expired" in capsys.readouterr().out
 
-    assert files_of(media_root, idle.session_id) == []
-    assert files_of(media_root, active.session_id) == ["chunks/0", "chunks/1", "chunks/2"]
+    assert recording_files(media_root, idle.session_id) == []
+    assert recording_files(media_root, active.session_id) == ["chunks/0", "chunks/1", "chunks/2"]
     for response in (
         api.get(f"/api/get-recorded-data/{idle.session_id}/"),
         post_chunk(api, idle, recording.chunks[3], index=3),
@@ -69,11 +62,11 @@ def test_ready_recordings_stay_until_a_retention_is_set(api, media_root, setting
         ready_at=timezone.now() - datetime.timedelta(days=400)
     )
     assert services.expire_recordings().past_retention == []  # kept for ever by default
-    assert files_of(media_root, started.session_id) == ["audio.mp3", "thumbnail.jpg", "video.webm"]
+    assert recording_files(media_root, started.session_id) == ["audio.mp3", "thumbnail.jpg", "video.webm"]
 
     settings.RECORDER_RETENTION_DAYS = 365
     assert [str(session_id) for session_id in services.expire_recordings().past_retention] == [started.session_id]
-    assert files_of(media_root, started.session_id) == []
+    assert recording_files(media_root, started.session_id) == []
     response = api.get(f"/api/recordings/{started.session_id}/video/")
     assert (response.status_code, response.json()["code"]) == (410, "recording_expired")
 
@@ -84,7 +77,7 @@ def test_the_owner_deletes_a_recording_and_every_file_it_has(api, media_root, se
     started = start(api)
     upload_all(api, started, recording.chunks)
     finalize(api, started)
-    assert len(files_of(media_root, started.session_id)) == 8 + 3
+    assert len(recording_files(media_root, started.session_id)) == 8 + 3
     url = f"/api/recordings/{started.session_id}/"
 
     assert api.delete(url).status_code == 401

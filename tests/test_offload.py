@@ -102,14 +102,14 @@ def test_nginx_sends_the_file_and_its_ranges_named_by_the_service(nginx_in_front
     session_id, _ = upload_recording([base_url], recording.chunks)
     finished = wait_until_finished(base_url, session_id)
     assert finished["status"] == "ready", finished["error"]
-    video = (media_root / "recordings" / session_id / "video.webm").read_bytes()
-    video_path = f"/api/recordings/{session_id}/video/"
+    video = (media_root / "outputs" / finished["view_id"] / "video.webm").read_bytes()
+    video_path = f"/api/recordings/{finished['view_id']}/video/"
     assert finished["video_url"] == f"{base_url}{video_path}"
 
     # The service itself answers with a name and no body ...
     status, headers, content = request(f"{server.base_url}{video_path}")
     assert (status, content) == (200, b"")
-    assert headers["X-Accel-Redirect"] == f"/protected-media/recordings/{session_id}/video.webm"
+    assert headers["X-Accel-Redirect"] == f"/protected-media/outputs/{finished['view_id']}/video.webm"
     # ... and through nginx the client gets the bytes, whole or by range.
     status, headers, content = request(f"{base_url}{video_path}")
     assert status == 200
@@ -123,4 +123,4 @@ def test_nginx_sends_the_file_and_its_ranges_named_by_the_service(nginx_in_front
     etag = request(f"{server.base_url}{video_path}")[1]["ETag"]
     assert request(f"{base_url}{video_path}", {"If-None-Match": etag})[0] == 304
     # The internal location is not reachable from outside.
-    assert request(f"{base_url}/protected-media/recordings/{session_id}/video.webm")[0] == 404
+    assert request(f"{base_url}/protected-media/outputs/{finished['view_id']}/video.webm")[0] == 404

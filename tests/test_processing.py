@@ -12,15 +12,10 @@ from django.utils import timezone
 
 from recordings import locks, processing, services
 from recordings.models import RecordingSession
-from tests.conftest import load_chrome_set
+from tests.conftest import load_chrome_set, output_path, recording_files
 from tests.recorder_client import finalize, start, status_of, upload_all
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def recording_files(media_root: Path, session_id: str) -> list[str]:
-    folder = media_root / "recordings" / session_id
-    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
 
 
 def ffmpeg_children() -> list[int]:
@@ -101,7 +96,7 @@ def test_process_recording_command_rebuilds_outputs_in_place(api, media_root, ca
     finalize(api, started)
     first = status_of(api, started.session_id)
     before = recording_files(media_root, started.session_id)
-    video_before = (media_root / "recordings" / started.session_id / "video.mp4").read_bytes()
+    video_before = output_path(media_root, started.session_id, "video.mp4").read_bytes()
 
     call_command("process_recording", started.session_id)
 
@@ -110,7 +105,7 @@ def test_process_recording_command_rebuilds_outputs_in_place(api, media_root, ca
     assert second["status"] == "ready"
     assert second["ready_at"] > first["ready_at"]
     assert recording_files(media_root, started.session_id) == before
-    assert (media_root / "recordings" / started.session_id / "video.mp4").read_bytes() == video_before
+    assert output_path(media_root, started.session_id, "video.mp4").read_bytes() == video_before
 
 
 def test_process_recording_command_rejects_a_recording_still_uploading(api):

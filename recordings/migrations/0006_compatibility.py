@@ -43,6 +43,11 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name="recordingsession",
+            name="total_chunks_given",
+            field=models.PositiveIntegerField(blank=True, null=True),
+        ),
+        migrations.AddField(
+            model_name="recordingsession",
             name="warnings",
             field=models.JSONField(blank=True, default=list),
         ),
