@@ -72,20 +72,38 @@ class JsonChunkParser(BaseParser):
 class IgnoredBodyParser(BaseParser):
     """Any body that is not JSON or a form, where the body is optional (start-recording): clients
     of this protocol post `fetch(url, {body: {}})`, i.e. the text `[object Object]`. It is read and
-    dropped (a server that leaves a body unread may reset the connection), within the small-body limit."""
+    dropped (a server that leaves a body unread may reset the connection), within the small-body
+    limit; a JSON object sent as text/plain is read as JSON."""
 
     media_type = "*/*"
 
     def parse(self, stream, media_type=None, parser_context=None) -> dict:
         limit_bytes = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        if _declared_length((parser_context or {}).get("request")) > limit_bytes:
+        declared_bytes = _declared_length((parser_context or {}).get("request"))
+        if declared_bytes > limit_bytes:
             raise _json_too_large(limit_bytes)
+        if (media_type or "").split(";", 1)[0].strip().lower() == "text/plain":
+            return _json_object_or_nothing(stream, limit_bytes, declared_bytes)
         read_bytes = 0
         while stream is not None and (block := stream.read(READ_BYTES)):
             read_bytes += len(block)
             if read_bytes > limit_bytes:
                 raise _json_too_large(limit_bytes)
         return {}
+
+
+def _json_object_or_nothing(stream, limit_bytes: int, declared_bytes: int) -> dict:
+    """`fetch(url, {body: JSON.stringify(fields)})` without a Content-Type sends JSON as text/plain:
+    its fields are taken when it is a JSON object, and the body is ignored otherwise."""
+    with memory_budget.reserve(_JSON_MEMORY_FACTOR * max(declared_bytes, 1)):
+        body = stream.read(limit_bytes + 1) if stream is not None else b""
+        if len(body) > limit_bytes:
+            raise _json_too_large(limit_bytes)
+        try:
+            parsed = json.loads(body)
+        except (ValueError, RecursionError):
+            return {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
 class BoundedJSONParser(JSONParser):

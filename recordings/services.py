@@ -389,11 +389,17 @@ def settle_finalize(session_id: str | uuid.UUID) -> float | None:
     """Decide the chunk count of a finalize that did not give one, once its wait is over; then
     process the recording if every chunk is in. Seconds to wait before calling again, or None when
     there is nothing more to do. Safe to call at any time, from any process, any number of times."""
+    waiting = _waiting_for_count(RecordingSession.objects.filter(pk=session_id).first())
+    if waiting is None:
+        return None
+    seconds_left = _seconds_left_to_wait(waiting, look_at_uploads=True)  # outside the lock: it lists a folder
+    if seconds_left:
+        return seconds_left
     with database_write_lock(), transaction.atomic():
-        locked = RecordingSession.objects.select_for_update().filter(pk=session_id).first()
-        if locked is None or locked.status != Status.FINALIZING or locked.expected_chunks is not None:
+        locked = _waiting_for_count(RecordingSession.objects.select_for_update().filter(pk=session_id).first())
+        if locked is None:
             return None
-        seconds_left = _seconds_left_to_wait(locked)
+        seconds_left = _seconds_left_to_wait(locked, look_at_uploads=False)  # a chunk may have come meanwhile
         if seconds_left:
             return seconds_left
         if locked.highest_chunk_index is None:
@@ -430,7 +436,14 @@ def settle_overdue_finalizes() -> list[uuid.UUID]:
 _IN_PROGRESS_POLL_SECONDS = 0.25
 
 
-def _seconds_left_to_wait(session: RecordingSession) -> float:
+def _waiting_for_count(session: RecordingSession | None) -> RecordingSession | None:
+    """`session` if it is a finalize still waiting to decide its chunk count."""
+    if session is None or session.status != Status.FINALIZING or session.expected_chunks is not None:
+        return None
+    return session
+
+
+def _seconds_left_to_wait(session: RecordingSession, *, look_at_uploads: bool) -> float:
     now = timezone.now()
     longest_wait_over = now >= session.finalized_at + datetime.timedelta(
         seconds=settings.RECORDER_FINALIZE_MAX_WAIT_SECONDS
@@ -439,7 +452,7 @@ def _seconds_left_to_wait(session: RecordingSession) -> float:
         return 0.0
     if session.settle_at is not None and now < session.settle_at:
         return (session.settle_at - now).total_seconds()
-    return _IN_PROGRESS_POLL_SECONDS if _uploads_in_progress(session) else 0.0
+    return _IN_PROGRESS_POLL_SECONDS if look_at_uploads and _uploads_in_progress(session) else 0.0
 
 
 def _uploads_in_progress(session: RecordingSession) -> int:

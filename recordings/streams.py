@@ -4,8 +4,9 @@ Most recorders send one stream: a header in the first chunk, then data. Two kind
 each of their streams starts with a chunk that starts with a header: clients that send
 `new Blob(allChunksSoFar)` every time (each chunk holds the whole recording so far), and recorders
 restarted mid-recording. Of two streams in a row, the first is dropped when it is a prefix of the
-second (the second carries it and more); otherwise both are kept, as segments to be joined end to
-end (`utils.concat_segments`). Everything streams in blocks; docs/processing.md, "Streams".
+second (the second carries it and more), the second when it is a prefix of the first (an older
+copy that arrived late); otherwise both are kept, as segments to be joined end to end
+(`utils.concat_segments`). Everything streams in blocks; docs/processing.md, "Streams".
 """
 
 import hashlib
@@ -182,6 +183,14 @@ class _Join:
     def _end_current(self) -> None:
         """The current stream is complete: it becomes the undecided one, for the next to compare with."""
         self.current.file.close()
+        if self.previous is not None and self.compared_bytes == self.current.size:
+            # all of it is the start of the stream before: an older cumulative Blob that arrived
+            # late (index-less uploads overtaking each other). It adds nothing: dropped.
+            self._stop_comparing()
+            os.unlink(self.current.path)
+            self.current = None
+            self.digest_without_previous = None
+            return
         if self.previous is not None:  # it ended before it had matched all of the stream before
             self._keep_previous()
         self.previous = Segment(self.current.path, self.current.size, self.current.head)

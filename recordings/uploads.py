@@ -16,9 +16,24 @@ from .parsers import CHUNK_FIELD_NAMES, RawBody, is_raw_media_type
 
 @dataclass(frozen=True)
 class ChunkUpload:
+    """Use it as a context manager: a chunk spooled to a temporary file is removed when the request
+    is refused before the chunk is stored (storing it takes the file over)."""
+
     fields: dict  # validated scalars: session_id, chunk_index, checksum, checksum_header (is_final, total_chunks)
     upload_token: str | None
     stream: BinaryIO | None  # None when the request carries no chunk
+
+    def __enter__(self) -> "ChunkUpload":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        _close(self.stream)
+
+
+def _close(stream: BinaryIO | None) -> None:
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
 
 
 # Room for multipart boundaries and the scalar fields around the chunk itself.
@@ -69,10 +84,14 @@ def read_chunk_upload(
     # The token is taken from headers or the body only: query strings end up in access logs.
     upload_token = _upload_token(request, body_fields.pop("upload_token", None))
     query_fields = {key: value for key, value in request.query_params.dict().items() if key != "upload_token"}
-    values = _canonical_fields({**query_fields, **body_fields}, path_session_id)
-    values["checksum_header"] = request.headers.get("X-Chunk-SHA256")
-    validated = input_serializer(data=values)
-    validated.is_valid(raise_exception=True)
+    try:
+        values = _canonical_fields({**query_fields, **body_fields}, path_session_id)
+        values["checksum_header"] = request.headers.get("X-Chunk-SHA256")
+        validated = input_serializer(data=values)
+        validated.is_valid(raise_exception=True)
+    except BaseException:
+        _close(stream)
+        raise
     fields = dict(validated.validated_data)
     is_empty_raw_body = is_raw_media_type(request.content_type or "") and not isinstance(data, RawBody)
     if is_empty_raw_body and not empty_body_is_a_chunk and fields.get("is_final") is not False:
@@ -93,7 +112,7 @@ def _canonical_fields(values: dict, path_session_id: str | None) -> dict:
             continue
         (first_name, first_value), *others = given
         for other_name, other_value in others:
-            if str(other_value).strip().lower() != str(first_value).strip().lower():
+            if _as_field(field_name, other_value) != _as_field(field_name, first_value):
                 raise RecorderError(
                     code="conflicting_fields",
                     detail=f"{first_name} says {str(first_value)[:64]!r} but {other_name} says "
@@ -101,6 +120,23 @@ def _canonical_fields(values: dict, path_session_id: str | None) -> dict:
                 )
         values[field_name] = first_value
     return values
+
+
+_FIELDS_FOR_COMPARING = {
+    "session_id": serializers.UUIDField(),
+    "chunk_index": serializers.IntegerField(),
+    "is_final": serializers.BooleanField(),
+    "total_chunks": serializers.IntegerField(),
+}
+
+
+def _as_field(field_name: str, value):
+    """A value as its field reads it (`1` and `true`, a UUID with or without dashes, are the same),
+    or as plain text when the field would refuse it (the serializer reports that afterwards)."""
+    try:
+        return _FIELDS_FOR_COMPARING[field_name].to_internal_value(value)
+    except (serializers.ValidationError, TypeError, ValueError):
+        return str(value).strip().lower()
 
 
 def refuse_chunked_body(request: Request) -> None:

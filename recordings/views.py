@@ -126,9 +126,11 @@ class ReceiveChunkView(APIView):
 
     @schema.receive_chunk
     def post(self, request: Request, session_id: str | None = None) -> Response:
-        upload = read_chunk_upload(request, ChunkUploadInput, path_session_id=session_id)
-        session = services.authorize_upload(session_id=upload.fields["session_id"], upload_token=upload.upload_token)
-        return _chunk_receipt_response(_receive(session, upload))
+        with read_chunk_upload(request, ChunkUploadInput, path_session_id=session_id) as upload:
+            session = services.authorize_upload(
+                session_id=upload.fields["session_id"], upload_token=upload.upload_token
+            )
+            return _chunk_receipt_response(_receive(session, upload))
 
 
 class FinalizeRecordingView(APIView):
@@ -137,13 +139,17 @@ class FinalizeRecordingView(APIView):
 
     @schema.finalize_recording
     def post(self, request: Request, session_id: str | None = None) -> Response:
-        upload = read_chunk_upload(request, FinalizeInput, empty_body_is_a_chunk=False, path_session_id=session_id)
-        session = services.authorize_upload(session_id=upload.fields["session_id"], upload_token=upload.upload_token)
-        receipt = None
-        if upload.stream is not None or not upload.fields["is_final"]:
-            receipt = _receive(session, upload)
-            if not upload.fields["is_final"]:
-                return _chunk_receipt_response(receipt)
+        with read_chunk_upload(
+            request, FinalizeInput, empty_body_is_a_chunk=False, path_session_id=session_id
+        ) as upload:
+            session = services.authorize_upload(
+                session_id=upload.fields["session_id"], upload_token=upload.upload_token
+            )
+            receipt = None
+            if upload.stream is not None or not upload.fields["is_final"]:
+                receipt = _receive(session, upload)
+                if not upload.fields["is_final"]:
+                    return _chunk_receipt_response(receipt)
         session = services.finalize_recording(
             session=session,
             total_chunks=upload.fields["total_chunks"],

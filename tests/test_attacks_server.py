@@ -533,19 +533,28 @@ def test_finalize_answers_at_once_while_processing_runs_in_the_background(tmp_pa
     assert finished["video_codec"] == "h264"
 
 
+def view_id_of(base_url: str, session_id: str) -> str:
+    return call("GET", f"{base_url}/api/get-recorded-data/{session_id}/")[1]["view_id"]
+
+
 def test_a_process_runs_one_recording_at_a_time(tmp_path, slow_recording):
     environment = {"GUNICORN_WORKERS": "1", "RECORDER_PROCESSING_CONCURRENCY": "1"}
     with gunicorn(tmp_path, extra_env=environment) as server:
         sessions = [upload(server.base_url, slow_recording) for _ in range(3)]
         for session_id, token in sessions:
             assert finalize(server.base_url, session_id, token, len(slow_recording))[0] == 202
+        # a run's work folder, which its ffmpeg commands name, is named by the recording's view id
+        view_ids = [view_id_of(server.base_url, sid) for sid, _ in sessions]
         most_at_once = 0
         while any(
             call("GET", f"{server.base_url}/api/get-recorded-data/{sid}/")[1]["status"] == "processing"
             for sid, _ in sessions
         ):
             working_on = {
-                sid for sid, _ in sessions for _, command in ffmpeg_processes(tmp_path).values() if sid in command
+                view_id
+                for view_id in view_ids
+                for _, command in ffmpeg_processes(tmp_path).values()
+                if view_id in command
             }
             most_at_once = max(most_at_once, len(working_on))
             time.sleep(0.05)
@@ -564,7 +573,7 @@ def test_a_killed_worker_leaves_no_ffmpeg_behind_and_the_next_run_cleans_its_fol
         os.kill(worker_pid, signal.SIGKILL)  # the worker process only; gunicorn starts another
         gone = wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in running) or None, 5, "ffmpeg to die")
         assert gone  # before: ffmpeg went on under PID 1, with no timeout
-        work_dirs = list((tmp_path / "media" / ".tmp").glob(f"process-{session_id}-*"))
+        work_dirs = list((tmp_path / "media" / ".tmp").glob(f"process-{view_id_of(server.base_url, session_id)}-*"))
         assert work_dirs, "the killed run's work folder"
         call("GET", f"{server.base_url}/api/get-recorded-data/{session_id}/")  # the new worker's first request
         finished = wait_until_finished(server.base_url, session_id, timeout_seconds=180)

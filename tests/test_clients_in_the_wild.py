@@ -276,3 +276,73 @@ def test_the_view_id_reads_but_never_writes_and_nothing_a_viewer_gets_names_the_
         with urllib.request.urlopen(request, timeout=30) as response:
             seen.append(str(dict(response.headers)))
     assert all(session_id not in text and uuid.UUID(session_id).hex[:12] not in text for text in seen)
+
+
+# --- a client of this kind, as its JavaScript runs in Chromium -------------------------------------------------
+
+LEGACY_CLIENT_PAGE = """<!doctype html>
+<meta charset="utf-8">
+<title>A recorder extension written for the original protocol</title>
+<script>
+async function hex(blob) {
+  const digest = await crypto.subtle.digest("SHA-256", await blob.arrayBuffer());
+  return [...new Uint8Array(digest)].map((byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+// What such extensions do: no token, the id in the path and as `video_id`, chunks counted from 1,
+// uploads never awaited, and the end call fired as the recorder stops, without a count.
+window.recordFor = async (api, seconds) => {
+  const started = await fetch(`${api}/api/start-recording/`, { method: "POST", body: {} });
+  const { session_id } = await started.json();
+  const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+  const recorder = new MediaRecorder(stream, { mimeType: "video/webm;codecs=vp8,opus" });
+  const blobs = [];
+  const uploads = [];
+  let blobIndex = 0;
+  recorder.ondataavailable = (event) => {
+    blobs.push(event.data);
+    const form = new FormData();
+    form.append("video_id", session_id);
+    form.append("blob_index", String(++blobIndex));
+    form.append("video_chunk", event.data);
+    uploads.push(fetch(`${api}/api/receive-video-chunk/${session_id}/`, { method: "POST", body: form }));
+  };
+  const started_at = performance.now();
+  recorder.onstop = () => {
+    uploads.push(fetch(`${api}/api/finalize-recording/${session_id}/`, { method: "POST" }));
+  };
+  recorder.start(500);
+  await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+  const stopped = new Promise((resolve) => recorder.addEventListener("stop", resolve));
+  recorder.stop();
+  await stopped;
+  const recordedMs = performance.now() - started_at;
+  stream.getTracks().forEach((track) => track.stop());
+  const statuses = await Promise.all(uploads.map(async (upload) => (await upload).status));
+  return { session_id, statuses, recordedMs, sha256: await hex(new Blob(blobs)), chunks: blobs.length };
+};
+window.pageReady = true;
+</script>
+"""
+
+
+@pytest.mark.browser
+def test_an_extension_of_this_kind_works_unchanged_in_chromium(server, tmp_path):
+    from tests.test_recorder_page import chromium, static_site, wait_until
+
+    site = tmp_path / "extension"
+    site.mkdir()
+    (site / "index.html").write_text(LEGACY_CLIENT_PAGE)
+    with static_site(site) as site_url, chromium() as context:
+        page = context.new_page()
+        page.goto(f"{site_url}/index.html")
+        wait_until(page, "window.pageReady === true")
+        result = page.evaluate("(api) => window.recordFor(api, 4)", server)
+
+    assert set(result["statuses"][:-1]) == {201}, result["statuses"]  # before: 404 for every one
+    assert result["statuses"][-1] == 202  # the end call: it waits for chunks still on their way
+    ready = wait_until_finished(server, result["session_id"])
+    assert ready["status"] == "ready", ready["error"]
+    assert (ready["first_chunk_index"], ready["received_chunks"]) == (1, result["chunks"])
+    assert ready["source_sha256"] == result["sha256"]  # byte for byte what the browser recorded
+    assert played_seconds(server, ready, tmp_path) == pytest.approx(result["recordedMs"] / 1000, abs=0.6)

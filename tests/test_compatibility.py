@@ -310,3 +310,46 @@ def test_counting_from_one_is_recognised_when_chunk_one_comes_after_the_end_call
     assert late_first.status_code == 201, late_first.json()
     body = wait_for(api, started.session_id, "ready")  # before: `finalizing` for ever, waiting for chunk 0
     assert (body["first_chunk_index"], body["expected_chunks"], body["source_sha256"]) == (1, 9, vp8.joined_sha256)
+
+
+@pytest.mark.parametrize(
+    ("extra", "is_refused"),
+    [
+        ({"is_final": "true", "is_last": "1"}, False),
+        ({"total_chunks": "8", "totalChunks": 8}, False),
+        ({"is_final": "true", "isLast": "false"}, True),
+        ({"total_chunks": 8, "totalChunks": 9}, True),
+    ],
+)
+def test_two_names_that_say_the_same_thing_differently_agree(api, vp8, extra, is_refused):
+    started = start(api)
+    upload_all(api, started, vp8.chunks)
+    response = post_chunk(api, started, None, index=None, url="/api/finalize-recording/", transport="json", extra=extra)
+    assert (response.status_code == 400 and response.json()["code"] == "conflicting_fields") == is_refused
+
+
+def test_a_session_id_without_dashes_in_the_path_agrees_with_the_body(api, vp8):
+    started = start(api)
+    url = f"/api/receive-video-chunk/{uuid.UUID(started.session_id).hex}/"
+    response = post_chunk(api, started, vp8.chunks[0], index=0, url=url)
+    assert response.status_code == 201, response.json()
+
+
+def test_a_json_object_sent_as_text_plain_keeps_its_fields(api):
+    """fetch(url, {method: "POST", body: JSON.stringify({title})}) sets no Content-Type: text/plain."""
+    response = api.generic(
+        "POST", "/api/start-recording/", b'{"title": "Standup"}', content_type="text/plain;charset=UTF-8"
+    )
+    assert response.status_code == 201, response.content
+    assert status_of(api, response.json()["session_id"])["title"] == "Standup"
+
+
+def test_a_refused_json_chunk_leaves_no_temporary_file(api, vp8, settings):
+    started = start(api)
+    response = post_chunk(api, started, vp8.chunks[0], index=0, transport="json", extra={"blob_index": 5})
+    assert response.json()["code"] == "conflicting_fields"
+    unknown = post_chunk(
+        api, started, vp8.chunks[0], index=0, transport="json", extra={"session_id": str(uuid.uuid4())}
+    )
+    assert unknown.json()["code"] == "session_not_found"
+    assert [path.name for path in settings.RECORDER_TEMP_DIR.iterdir()] == []

@@ -120,6 +120,17 @@ def test_a_cumulative_client_is_processed_as_its_last_blob(api, set_name):
     assert stored_video(session).read_bytes() == stored_video(ordinary).read_bytes()
 
 
+def test_cumulative_blobs_that_overtook_each_other_are_processed_as_the_longest(api):
+    """Index-less uploads of a cumulative client, one overtaking another: Blob 2 lands after Blob 3."""
+    recording = load_chrome_set("vp8_opus")
+    blobs = cumulative(recording.chunks)
+    session = processed([blobs[position] for position in (0, 1, 3, 2, 4, 5, 6, 7)])
+    assert session.status == "ready", session.error_detail
+    assert session.source_sha256 == recording.joined_sha256  # before: blob 3 and blob 2 both kept, joined
+    assert session.duration_seconds == pytest.approx(recording.duration_seconds, abs=0.2)
+    assert session.warnings == []
+
+
 # --- Restarted recorders --------------------------------------------------------------------------------
 
 
@@ -192,7 +203,9 @@ MP4 = b"\x00\x00\x00\x18ftypisom" + b"\x00" * 12
         ([H1 + b"x", H1 + b"x"], [H1 + b"x"]),  # the same Blob twice
         ([H1, b"x", H2, b"y"], [H1 + b"x", H2 + b"y"]),  # a restarted recorder
         ([H1, H1 + b"x", H2, H2 + b"y"], [H1 + b"x", H2 + b"y"]),  # cumulative, restarted
-        ([H1 + b"xy", H1 + b"x"], [H1 + b"xy", H1 + b"x"]),  # a shorter stream extends nothing
+        ([H1 + b"xy", H1 + b"x"], [H1 + b"xy"]),  # an older copy that arrived late adds nothing
+        ([H1, H1 + b"xy", H1 + b"x", H1 + b"xyz"], [H1 + b"xyz"]),  # ... and the next still extends
+        ([H1 + b"xy", H1 + b"xz"], [H1 + b"xy", H1 + b"xz"]),  # the same length, not the same bytes
         ([H1 + b"x", H1 + b"y"], [H1 + b"x", H1 + b"y"]),  # one byte differs: not a replacement
         ([b"", H1, b"", b"x", b""], [H1 + b"x"]),  # empty Blobs hold nothing
         ([MP4, b"moof", MP4 + b"moof" + b"mdat"], [MP4 + b"moof" + b"mdat"]),
