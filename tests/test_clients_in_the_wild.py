@@ -346,3 +346,29 @@ def test_an_extension_of_this_kind_works_unchanged_in_chromium(server, tmp_path)
     assert (ready["first_chunk_index"], ready["received_chunks"]) == (1, result["chunks"])
     assert ready["source_sha256"] == result["sha256"]  # byte for byte what the browser recorded
     assert played_seconds(server, ready, tmp_path) == pytest.approx(result["recordedMs"] / 1000, abs=0.6)
+
+
+@pytest.mark.browser
+def test_the_watch_page_says_what_processing_played_past(server):
+    from tests.test_recorder_page import chromium, wait_until
+
+    recording = load_chrome_set("vp8_opus")
+    _, started = post_json(f"{server}/api/start-recording/", {"title": "Raced"})
+    for position in (0, 1, 2, 4, 3, 5, 6, 7):  # index-less uploads that overtook each other
+        post_form(
+            f"{server}/api/receive-video-chunk/",
+            {"session_id": started["session_id"]},
+            {"video_chunk": recording.chunks[position]},
+        )
+    post_json(f"{server}/api/finalize-recording/", {"session_id": started["session_id"], "is_final": True})
+    ready = wait_until_finished(server, started["session_id"])
+    with chromium() as context:
+        page = context.new_page()
+        page.goto(ready["watch_url"])
+        wait_until(page, "!document.getElementById('media').hidden")
+        assert page.locator("#warnings").is_visible()
+        listed = page.locator("#warning-list li")
+        assert listed.count() == 1
+        assert listed.first.get_attribute("data-code") == "timestamps_out_of_order"
+        assert "packets had a timestamp earlier" in listed.first.inner_text()
+        assert started["session_id"] not in page.content()

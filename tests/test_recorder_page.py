@@ -86,6 +86,7 @@ def test_record_five_seconds_stop_and_watch_it(make_run_server):
         _, recording = call("GET", f"{base_url}/api/get-recorded-data/{recorded['sessionId']}/")
         page.wait_for_url(f"{base_url}/r/{recording['view_id']}/")  # the view id: never the session id
         page.locator("#media").wait_for(state="visible")
+        assert page.locator("#warnings").is_hidden()  # a clean recording says nothing
         playback = page.evaluate(
             """async () => {
                 const video = document.getElementById('video');
