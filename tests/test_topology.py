@@ -7,6 +7,9 @@ metadata) that the embedded mode (SQLite, local files, processing in-process) ma
 """
 
 import hashlib
+import json
+import threading
+import time
 import urllib.request
 from contextlib import ExitStack
 
@@ -14,7 +17,7 @@ import pytest
 
 from bench.harness import db_workers, gunicorn, service_environment
 from tests.conftest import load_chrome_set
-from tests.live_client import upload_recording, wait_until_finished
+from tests.live_client import call, start_session, upload_recording, wait_until_finished
 
 pytestmark = [pytest.mark.live_server_process, pytest.mark.postgres]
 
@@ -90,3 +93,41 @@ def test_two_web_processes_two_workers_postgresql_and_s3_make_what_the_embedded_
         assert not (server.work_dir / "media" / "recordings").exists()
     assert worker_logs.count(" ready in ") == len(RECORDINGS)
     assert " ready in " not in web_logs
+
+
+def test_a_finalize_without_a_count_is_settled_by_a_worker_and_a_late_chunk_gets_in(postgres_url, tmp_path):
+    """The `database` backend defers the settling as a task a db_worker runs when the wait is over."""
+    recording = load_chrome_set("vp8_opus")
+    shared = {
+        "DATABASE_URL": postgres_url,
+        "MEDIA_ROOT": str(tmp_path / "media"),  # one machine: the worker reads the chunks the web process stored
+        "RECORDER_TASKS_BACKEND": "database",
+        "RECORDER_FINALIZE_GRACE_SECONDS": "1",
+    }
+    with ExitStack() as stack:
+        web = stack.enter_context(gunicorn(tmp_path / "web", extra_env=shared))
+        worker_dir = tmp_path / "worker"
+        worker_dir.mkdir()
+        stack.enter_context(db_workers({**service_environment(worker_dir), **shared}, worker_dir, count=1))
+        session_id, token = start_session(web.base_url)
+        auth = {"Authorization": f"Bearer {token}", "Content-Type": "video/webm"}
+        chunk_url = f"{web.base_url}/api/receive-video-chunk/?session_id={session_id}&chunk_index="
+        for index, chunk in enumerate(recording.chunks[:-1]):
+            assert call("POST", f"{chunk_url}{index}", chunk, auth)[0] == 201
+        end_call = {}
+        body = json.dumps({"session_id": session_id, "is_final": True}).encode()
+        finalize_headers = {**auth, "Content-Type": "application/json"}
+        ender = threading.Thread(
+            target=lambda: end_call.update(
+                answer=call("POST", f"{web.base_url}/api/finalize-recording/", body, finalize_headers)
+            )
+        )
+        ender.start()
+        time.sleep(0.3)
+        assert call("POST", f"{chunk_url}7", recording.chunks[-1], auth)[0] == 201
+        ender.join()
+        assert end_call["answer"][0] == 202
+        finished = wait_until_finished(web.base_url, session_id)
+    assert finished["status"] == "ready", finished["error"]
+    assert (finished["expected_chunks"], finished["source_sha256"]) == (8, recording.joined_sha256)
+    assert "recordings.tasks.settle_finalize_task state=SUCCESSFUL" in (worker_dir / "worker-0.log").read_text()
