@@ -117,6 +117,7 @@ class _Inbound:
         self.body_received = 0
         self.in_memory_bytes = 0  # what this body counts against the worker's memory for bodies
         self.close_after = False  # a body not read here (chunked), or bytes after the request
+        self.upload_marker = None  # recordings.inflight's marker while a chunk upload's body arrives
 
     @property
     def complete(self) -> bool:
@@ -358,8 +359,25 @@ class BufferingThreadWorker(ThreadWorker):
             raise _Refused(503, "server_busy", "The server is reading as many uploads as it buffers at once.")
         inbound.head_bytes = b"\r\n".join(kept)
         inbound.body_started = now
+        if inbound.body_length:
+            self._mark_upload(inbound, lines[0])
         if inbound.body_length and len(kept) != len(lines):
             self._send_quietly(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _mark_upload(self, inbound: _Inbound, request_line: bytes) -> None:
+        """A chunk upload whose URL names its recording is marked in progress while its body
+        arrives, so that a finalize waiting for late chunks waits for it (recordings/inflight.py)."""
+        from recordings import inflight
+
+        parts = request_line.split(b" ")
+        if len(parts) != 3 or parts[0] != b"POST":
+            return
+        session_id = inflight.session_id_of_upload(parts[1].decode("latin-1"))
+        if session_id is not None:
+            try:
+                inbound.upload_marker = inflight.mark(session_id, self.limits.spool_dir)
+            except OSError:
+                pass  # the marker is a courtesy to a waiting finalize: a full disk is met by the upload itself
 
     def _store_body(self, conn, inbound: _Inbound, data: bytes) -> None:
         if inbound.body is None:
@@ -569,6 +587,11 @@ class BufferingThreadWorker(ThreadWorker):
             pass
 
     def _release(self, conn, inbound: _Inbound) -> None:
+        if inbound.upload_marker is not None:
+            from recordings import inflight
+
+            inflight.unmark(inbound.upload_marker)
+            inbound.upload_marker = None
         self._memory_in_use -= inbound.in_memory_bytes
         self._buffered_in_use -= inbound.body_received
         self._buffered_by_client[conn.client_key] -= inbound.body_received

@@ -153,6 +153,8 @@ class _Parser:
                         raise malformed("the body holds more than one chunk field")
                     self._chunk_file = self._chunk(key)
                 else:
+                    if key in fields:  # json.loads keeps the last silently; a client meant one of them
+                        raise malformed(f"the member {key[:64]!r} appears twice")
                     fields[key] = _loads(self._raw_value())
                 self._skip_whitespace()
                 separator = self._take()

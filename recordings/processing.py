@@ -145,9 +145,10 @@ def _build_outputs(session: RecordingSession, timer: StepTimer) -> dict:
         container = _container_of(joined)
         for segment in joined.segments:
             costs.check_structure(container, segment.path)
-        source_path, concat_report = _single_source(joined, container, work_dir, timer)
+        joinable = _joinable(joined, container, timer)
+        source_path, concat_report = _single_source(joinable, container, work_dir, timer)
         with timer.step("probe"):
-            source_info = utils.probe(source_path, limits=costs.probe_limits(joined.size))
+            source_info = utils.probe(source_path, container=container, limits=costs.probe_limits(joined.size))
         plan = utils.plan_remux(container, source_info)
         costs.check_probed(container, source_info, plan, joined.size)
         video_path = work_dir / f"video.{plan.output.extension}"
@@ -156,13 +157,13 @@ def _build_outputs(session: RecordingSession, timer: StepTimer) -> dict:
         # the remux, probe and thumbnail run here.
         with ThreadPoolExecutor(max_workers=1) as audio_worker:
             audio_job = (
-                audio_worker.submit(_extract_audio, source_path, joined.size, work_dir, timer)
+                audio_worker.submit(_extract_audio, source_path, container, joined.size, work_dir, timer)
                 if source_info.has_audio
                 else None
             )
             with timer.step("remux"):
-                remux_report = utils.remux(source_path, video_path, plan, limits=video_limits)
-                info = utils.probe(video_path, limits=video_limits)
+                remux_report = utils.remux(source_path, video_path, plan, container=container, limits=video_limits)
+                info = utils.probe(video_path, container=plan.output.extension, limits=video_limits)
             if not info.duration_seconds:
                 raise utils.MediaError("media_undecodable", "The recording has no measurable duration.")
             costs.check_duration(info.duration_seconds)
@@ -174,6 +175,7 @@ def _build_outputs(session: RecordingSession, timer: StepTimer) -> dict:
                         video_path,
                         thumbnail_path,
                         at_seconds=utils.thumbnail_time(info.duration_seconds),
+                        container=plan.output.extension,
                         limits=costs.thumbnail_limits(joined.size),
                     )
                 outputs["thumbnail"] = (thumbnail_path, "image/jpeg")
@@ -198,7 +200,8 @@ def _build_outputs(session: RecordingSession, timer: StepTimer) -> dict:
         "has_video": info.has_video,
         "has_audio": info.has_audio,
         "warnings": _warnings(
-            segments=len(joined.segments),
+            segments=len(joinable),
+            segments_left_out=len(joined.segments) - len(joinable),
             timestamps_out_of_order=concat_report.timestamps_out_of_order + remux_report.timestamps_out_of_order,
             audio_decode_errors=audio_decode_errors,
         ),
@@ -224,26 +227,60 @@ def _container_of(joined: streams.JoinedStreams) -> str:
 
 
 def _single_source(
-    joined: streams.JoinedStreams, container: str, work_dir: Path, timer: StepTimer
+    segments: list[streams.Segment], container: str, work_dir: Path, timer: StepTimer
 ) -> tuple[Path, utils.StepReport]:
     """The one file the next steps read: the stream itself, or a restarted recorder's streams joined."""
-    if len(joined.segments) == 1:
-        return joined.segments[0].path, utils.StepReport()
+    if len(segments) == 1:
+        return segments[0].path, utils.StepReport()
     source_path = work_dir / "joined"
     with timer.step("concat"):
         report = utils.concat_segments(
-            [segment.path for segment in joined.segments],
+            [segment.path for segment in segments],
             source_path,
             container,
-            limits=costs.video_limits(joined.size),
+            limits=costs.video_limits(sum(segment.size for segment in segments)),
         )
     costs.check_concatenated(container, report)
     return source_path, report
 
 
-def _warnings(*, segments: int, timestamps_out_of_order: int, audio_decode_errors: int) -> list[dict]:
+def _joinable(joined: streams.JoinedStreams, container: str, timer: StepTimer) -> list[streams.Segment]:
+    """The streams that can be joined by stream copy: those with the first one's tracks and codecs,
+    in its order. A restart that added or dropped the camera or microphone, or changed a codec,
+    would otherwise put one stream's packets in another's track: it is left out (and said)."""
+    if len(joined.segments) == 1:
+        return joined.segments
+    with timer.step("probe_streams"):
+        layouts = [_layout(segment, container) for segment in joined.segments]
+    if not layouts[0]:
+        raise utils.MediaError("media_undecodable", "The recording's first stream holds no readable audio or video.")
+    return [segment for segment, layout in zip(joined.segments, layouts, strict=True) if layout == layouts[0]]
+
+
+def _layout(segment: streams.Segment, container: str) -> tuple[str, ...]:
+    try:
+        return utils.probe(segment.path, container=container, limits=costs.probe_limits(segment.size)).stream_layout
+    except utils.MediaError as error:
+        if error.code != "media_undecodable":
+            raise
+        return ()  # unreadable: not joined
+
+
+def _warnings(
+    *, segments: int, segments_left_out: int, timestamps_out_of_order: int, audio_decode_errors: int
+) -> list[dict]:
     """What the recording's steps played past, for its owner to see: stable codes, counts, words."""
     warnings = []
+    if segments_left_out:
+        warnings.append(
+            {
+                "code": "streams_left_out",
+                "detail": f"{segments_left_out} of the recorder's {segments + segments_left_out} streams had other "
+                "tracks or codecs than the first (a camera or microphone added or removed, another codec) and "
+                "were left out of the video.",
+                "count": segments_left_out,
+            }
+        )
     if segments > 1:
         warnings.append(
             {
@@ -274,12 +311,14 @@ def _warnings(*, segments: int, timestamps_out_of_order: int, audio_decode_error
     return warnings
 
 
-def _extract_audio(source_path: Path, source_bytes: int, work_dir: Path, timer: StepTimer) -> tuple[Path, str, int]:
+def _extract_audio(
+    source_path: Path, container: str, source_bytes: int, work_dir: Path, timer: StepTimer
+) -> tuple[Path, str, int]:
     audio_format = settings.RECORDER_AUDIO_FORMAT
     audio_path = work_dir / f"audio.{utils.AUDIO_FORMATS[audio_format].extension}"
     limits = costs.audio_limits(audio_format, source_bytes)
     with timer.step("audio"):
-        extracted = utils.extract_audio(source_path, audio_path, audio_format, limits=limits)
+        extracted = utils.extract_audio(source_path, audio_path, audio_format, container=container, limits=limits)
     return audio_path, extracted.content_type, extracted.decode_errors
 
 

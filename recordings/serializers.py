@@ -21,6 +21,10 @@ class TextField(serializers.CharField):
     def to_internal_value(self, data):
         if not isinstance(data, str):
             self.fail("invalid")
+        try:
+            data.encode("utf-8")  # a lone surrogate ("\ud800" in JSON) is no text PostgreSQL can store
+        except UnicodeEncodeError:
+            self.fail("invalid")
         return super().to_internal_value(data)
 
 

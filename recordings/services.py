@@ -37,7 +37,8 @@ RETRYABLE_ERROR_CODES = frozenset({"chunks_missing", "processing_error"})
 
 def hash_upload_token(upload_token: str) -> str:
     """Tokens are 256 random bits, so a plain SHA-256 is enough; no slow KDF is needed."""
-    return hashlib.sha256(upload_token.encode("utf-8")).hexdigest()
+    # surrogatepass: a JSON string may hold a lone surrogate ("\ud800"); it hashes to a mismatch, not a 500
+    return hashlib.sha256(upload_token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def get_session(*, session_id: str | uuid.UUID) -> RecordingSession:

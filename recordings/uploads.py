@@ -10,6 +10,7 @@ from rest_framework.request import Request
 
 from .chunks import chunk_too_large
 from .errors import RecorderError
+from .field_names import FIELD_ALIASES
 from .json_chunks import JsonChunkBody
 from .parsers import CHUNK_FIELD_NAMES, RawBody, is_raw_media_type
 
@@ -40,16 +41,6 @@ def _close(stream: BinaryIO | None) -> None:
 _ENVELOPE_BYTES = 64 * 1024
 
 
-# What other clients of this protocol call the same fields (README "Compatibility"): each is read
-# as the field it stands for, and two names of one field that disagree are refused.
-FIELD_ALIASES = {
-    "session_id": ("video_id", "videoId", "sessionId"),
-    "chunk_index": ("blob_index", "chunkIndex"),
-    "is_final": ("is_last", "isFinal", "isLast"),
-    "total_chunks": ("totalChunks",),
-}
-
-
 def read_chunk_upload(
     request: Request,
     input_serializer: type[serializers.Serializer],
@@ -69,23 +60,26 @@ def read_chunk_upload(
     if isinstance(data, RawBody) or is_raw_media_type(request.content_type or ""):
         body_fields: dict = {}
         stream = _raw_body_stream(request, data)
-    elif hasattr(data, "getlist"):  # multipart or urlencoded form
-        body_fields = {key: data.get(key) for key in data if key not in CHUNK_FIELD_NAMES}
+    elif hasattr(data, "getlist"):  # multipart or urlencoded form: a field may be given twice
+        body_fields = {key: data.getlist(key) for key in data if key not in CHUNK_FIELD_NAMES}
         stream = _chunk_from_form(data)
     elif isinstance(data, JsonChunkBody):  # JSON, the chunk already decoded to a temporary file
-        body_fields = data.fields
+        body_fields = {key: [value] for key, value in data.fields.items()}
         stream = data.chunk
     elif isinstance(data, dict):  # an empty body with a JSON content type
-        body_fields = dict(data)
+        body_fields = {key: [value] for key, value in data.items()}
         stream = None
     else:
         raise RecorderError(code="malformed_body", detail="A JSON body must be an object.")
 
     # The token is taken from headers or the body only: query strings end up in access logs.
-    upload_token = _upload_token(request, body_fields.pop("upload_token", None))
-    query_fields = {key: value for key, value in request.query_params.dict().items() if key != "upload_token"}
+    upload_token = _upload_token(request, (body_fields.pop("upload_token", None) or [None])[0])
+    query_fields = {key: request.query_params.getlist(key) for key in request.query_params if key != "upload_token"}
     try:
-        values = _canonical_fields({**query_fields, **body_fields}, path_session_id)
+        values = _canonical_fields(
+            [("the URL path", {"session_id": [path_session_id]} if path_session_id is not None else {})]
+            + [("the query string", query_fields), ("the body", body_fields)]
+        )
         values["checksum_header"] = request.headers.get("X-Chunk-SHA256")
         validated = input_serializer(data=values)
         validated.is_valid(raise_exception=True)
@@ -102,15 +96,21 @@ def read_chunk_upload(
     return ChunkUpload(fields=fields, upload_token=upload_token, stream=stream)
 
 
-def _canonical_fields(values: dict, path_session_id: str | None) -> dict:
-    """`values` with every alias renamed to its field; the session id in the URL path counts as one."""
-    for field_name, aliases in FIELD_ALIASES.items():
-        given = [(name, values.pop(name)) for name in (field_name, *aliases) if name in values]
-        if field_name == "session_id" and path_session_id is not None:
-            given.insert(0, ("the URL path", path_session_id))
-        if not given:
-            continue
-        (first_name, first_value), *others = given
+_FIELD_OF_NAME = {alias: field_name for field_name, aliases in FIELD_ALIASES.items() for alias in aliases}
+
+
+def _canonical_fields(sources: list[tuple[str, dict[str, list]]]) -> dict:
+    """One value per field from every place a request may name it (path, query string, body; each
+    field under any of its names, each name possibly repeated): all of them must agree, else 400
+    `conflicting_fields`. The first place wins: a request never says two things about one field."""
+    given: dict[str, list[tuple[str, object]]] = {}
+    for where, fields in sources:
+        for name, values in fields.items():
+            field_name = _FIELD_OF_NAME.get(name, name)
+            given.setdefault(field_name, []).extend((f"{name} in {where}", value) for value in values)
+    values = {}
+    for field_name, named in given.items():
+        (first_name, first_value), *others = named
         for other_name, other_value in others:
             if _as_field(field_name, other_value) != _as_field(field_name, first_value):
                 raise RecorderError(
@@ -133,8 +133,9 @@ _FIELDS_FOR_COMPARING = {
 def _as_field(field_name: str, value):
     """A value as its field reads it (`1` and `true`, a UUID with or without dashes, are the same),
     or as plain text when the field would refuse it (the serializer reports that afterwards)."""
+    field = _FIELDS_FOR_COMPARING.get(field_name)
     try:
-        return _FIELDS_FOR_COMPARING[field_name].to_internal_value(value)
+        return field.to_internal_value(value) if field is not None else value
     except (serializers.ValidationError, TypeError, ValueError):
         return str(value).strip().lower()
 

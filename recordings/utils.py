@@ -58,6 +58,9 @@ class MediaInfo:
     # not what the file's structure declares); empty when it read the file cleanly.
     damage: str = ""
     audio_sample_rate: int | None = None
+    # Its audio and video streams in file order, e.g. ("audio:opus", "video:vp8"): what a join of
+    # two streams by stream copy needs to be equal.
+    stream_layout: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -353,12 +356,29 @@ def _run_ffmpeg_counted(arguments: list[str], *, limits: Limits) -> StepReport:
     )
 
 
+# --- Inputs ----------------------------------------------------------------------------------------
+
+# Each container is read with its own demuxer, named, never guessed: ffmpeg's guess scores a file
+# accepted as MP4 (`ftyp` at byte 4) below the DASH manifest or MPEG-TS it may really be, and would
+# read that instead (a DASH manifest opens other files of the server). `file` is the only protocol.
+DEMUXERS = {"webm": "matroska", "matroska": "matroska", "mp4": "mov", "ogg": "ogg"}
+# The names ffmpeg gives those demuxers, for the concat demuxer's whitelist of what its files may be.
+_DEMUXER_NAMES = {"matroska": "matroska,webm", "mov": "mov,mp4,m4a,3gp,3g2,mj2", "ogg": "ogg"}
+
+
+def input_args(path: Path, container: str | None) -> list[str]:
+    """`-i path`, read as `container` (webm, matroska, mp4, ogg) only; None: ffmpeg guesses (tests)."""
+    forced = ["-f", DEMUXERS[container]] if container is not None else []
+    return ["-protocol_whitelist", "file", *forced, "-i", str(path)]
+
+
 # --- Probe ---------------------------------------------------------------------------------------
 
 _INPUT_FORMAT = re.compile(r"^Input #0, ([^,]+(?:,[^,\s]+)*), from", re.MULTILINE)
 _DAMAGE = re.compile(r"^\[[^\]]+\] .*(?:" + "|".join(map(re.escape, _DAMAGE_WORDS)) + ").*$", re.MULTILINE)
 _DURATION = re.compile(r"Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
 _AUDIO_CODEC = re.compile(r"Stream #0:\d+.*?: Audio: ([\w-]+)")
+_STREAM = re.compile(r"^\s*Stream #0:\d+\S*: (Video|Audio): ([\w-]+)", re.MULTILINE)
 _AUDIO_SAMPLE_RATE = re.compile(r"Stream #0:\d+.*?: Audio: [^\n]*?, (\d+) Hz")
 
 
@@ -368,7 +388,7 @@ PROBE_LIMITS = Limits(timeout_seconds=60)
 PROBE_MEMORY_BYTES = 512 * 1024 * 1024
 
 
-def probe(path: Path, *, limits: Limits = PROBE_LIMITS) -> MediaInfo:
+def probe(path: Path, *, container: str | None = None, limits: Limits = PROBE_LIMITS) -> MediaInfo:
     """Read container, duration, codecs, size and fps with `ffmpeg -i` and moviepy's parser.
 
     Works on raw MediaRecorder files too, which have no Duration: `duration_seconds` is then None.
@@ -376,7 +396,7 @@ def probe(path: Path, *, limits: Limits = PROBE_LIMITS) -> MediaInfo:
     """
     try:
         finished = _run(
-            [FFMPEG_BINARY, "-hide_banner", "-nostdin", *_frame_limit(limits), "-i", str(path)],
+            [FFMPEG_BINARY, "-hide_banner", "-nostdin", *_frame_limit(limits), *input_args(path, container)],
             limits=Limits(
                 limits.timeout_seconds,
                 min(limits.memory_bytes or PROBE_MEMORY_BYTES, PROBE_MEMORY_BYTES),
@@ -419,6 +439,7 @@ def probe(path: Path, *, limits: Limits = PROBE_LIMITS) -> MediaInfo:
         fps=infos.get("video_fps") if infos["video_found"] else None,
         damage=damage.group(0) if (damage := _DAMAGE.search(report)) else "",
         audio_sample_rate=int(rate.group(1)) if (rate := _AUDIO_SAMPLE_RATE.search(report)) else None,
+        stream_layout=tuple(f"{kind.lower()}:{codec}" for kind, codec in _STREAM.findall(report)),
     )
 
 
@@ -488,13 +509,14 @@ BITEXACT_ARGS = ("-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+
 _FIRST_VIDEO_AND_AUDIO = ("-map", "0:v:0?", "-map", "0:a:0?", "-dn", "-sn")
 
 
-def remux(source_path: Path, destination_path: Path, plan: RemuxPlan, *, limits: Limits) -> StepReport:
+def remux(
+    source_path: Path, destination_path: Path, plan: RemuxPlan, *, container: str | None = None, limits: Limits
+) -> StepReport:
     """Write `source_path` into `destination_path` per `plan`: first video and audio stream only.
     Its report counts the packets whose timestamps went backwards (chunks joined out of order)."""
     return _run_ffmpeg_counted(
         [
-            "-i",
-            str(source_path),
+            *input_args(source_path, container),
             *_FIRST_VIDEO_AND_AUDIO,
             *plan.output.codec_args,
             *BITEXACT_ARGS,
@@ -526,14 +548,15 @@ class ExtractedAudio:
         return self.output.content_type
 
 
-def extract_audio(source_path: Path, destination_path: Path, audio_format: str, *, limits: Limits) -> ExtractedAudio:
+def extract_audio(
+    source_path: Path, destination_path: Path, audio_format: str, *, container: str | None = None, limits: Limits
+) -> ExtractedAudio:
     """Encode the first audio track of `source_path` alone (`-vn`) into `audio_format`. It decodes
     every audio packet anyway, so its report counts the ones that could not be decoded."""
     output = AUDIO_FORMATS[audio_format]
     report = _run_ffmpeg_counted(
         [
-            "-i",
-            str(source_path),
+            *input_args(source_path, container),
             "-map",
             "0:a:0",
             "-vn",
@@ -565,12 +588,15 @@ def concat_segments(segment_paths: list[Path], destination_path: Path, container
     list_path.write_text("ffconcat version 1.0\n" + "".join(f"file {_concat_quoted(path)}\n" for path in segment_paths))
     return _run_ffmpeg_counted(
         [
+            "-xerror",  # a segment it cannot open (not of `container`) fails the join, not shortens it
             "-f",
             "concat",
             "-safe",
             "0",  # absolute paths, all of them in the run's work folder
             "-protocol_whitelist",
             "file",
+            "-format_whitelist",
+            f"concat,{_DEMUXER_NAMES[DEMUXERS[container]]}",  # what the segments may be read as
             "-i",
             str(list_path),
             *_FIRST_VIDEO_AND_AUDIO,
@@ -604,15 +630,16 @@ def thumbnail_time(duration_seconds: float | None) -> float:
     return min(1.0, duration_seconds / 2)
 
 
-def make_thumbnail(video_path: Path, destination_path: Path, *, at_seconds: float, limits: Limits) -> None:
+def make_thumbnail(
+    video_path: Path, destination_path: Path, *, at_seconds: float, container: str | None = None, limits: Limits
+) -> None:
     """A JPEG of the frame at `at_seconds` (the first frame if that lands past the end)."""
     for seek_seconds in (at_seconds, 0.0):
         run_ffmpeg(
             [
                 "-ss",
                 f"{seek_seconds:.3f}",
-                "-i",
-                str(video_path),
+                *input_args(video_path, container),
                 "-map",
                 "0:v:0",
                 "-frames:v",

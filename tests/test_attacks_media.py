@@ -305,3 +305,91 @@ def test_a_re_encode_far_out_of_proportion_to_the_upload_is_refused(api, tmp_pat
     # before: a minute of a processing slot spent on x264 for a few dozen KB, then processing_timeout
     assert (body["status"], body["error"]["code"]) == ("failed", "unsupported_media")
     assert "qtrle" in body["error"]["detail"]
+
+
+# --- Found by a third attack (issue 13's features): formats ffmpeg would guess otherwise, mismatched restarts ---
+
+
+def dash_manifest_disguised_as_mp4(media_path: Path) -> bytes:
+    """An MPEG-DASH manifest whose first bytes read `<!--ftypjp2 -->`: `ftyp` at byte 4, so it was
+    taken for MP4, while ffmpeg's own guess reads it as DASH and opens the file it names."""
+    return (
+        '<!--ftypjp2 -->\n<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" mediaPresentationDuration="PT3S" '
+        'minBufferTime="PT1S" profiles="urn:mpeg:dash:profile:isoff-on-demand:2011"><Period>'
+        '<AdaptationSet mimeType="video/webm"><Representation id="1" bandwidth="300000">'
+        f"<BaseURL>file://{media_path}</BaseURL></Representation></AdaptationSet></Period></MPD>"
+    ).encode()
+
+
+def test_a_dash_manifest_sent_as_mp4_never_makes_a_recording_of_a_file_on_the_server(api, tmp_path):
+    elsewhere = tmp_path / "not-uploaded.webm"  # a media file on the server that nobody uploaded
+    elsewhere.write_bytes(b"".join(load_chrome_set("vp8_opus").chunks))
+    body, _ = process_upload(api, dash_manifest_disguised_as_mp4(elsewhere))
+    assert (body["status"], body["error"]["code"]) == ("failed", "media_undecodable")  # before: ready, 86 KB of it
+
+
+def test_a_dash_manifest_after_a_real_mp4_stream_is_left_out_of_the_join(api, tmp_path):
+    elsewhere = tmp_path / "not-uploaded.webm"
+    elsewhere.write_bytes(b"".join(load_chrome_set("vp8_opus").chunks))
+    recording = load_chrome_set("mp4_avc1_opus")
+    started = start(api)
+    upload_all(api, started, [*recording.chunks, dash_manifest_disguised_as_mp4(elsewhere)])
+    body = finalize(api, started).json()
+    assert body["status"] == "ready", body["error"]
+    assert [warning["code"] for warning in body["warnings"]] == ["streams_left_out"]
+    assert body["duration"] == pytest.approx(recording.duration_seconds, abs=0.3)  # before: the other file joined in
+
+
+def matroska_hiding_another_format(inner: bytes) -> bytes:
+    """EBML magic and a `webm` DocType within the first bytes, but outside the EBML header (in a Void
+    element): taken for WebM, while ffmpeg's guess scores Matroska low and reads `inner` as what it is."""
+
+    def element(element_id: bytes, payload: bytes) -> bytes:
+        return element_id + b"\x01" + len(payload).to_bytes(7, "big") + payload
+
+    header = b"\x1a\x45\xdf\xa3\x84\x42\x86\x81\x01"  # EBMLVersion 1, no DocType
+    segment = b"\x18\x53\x80\x67\x01\xff\xff\xff\xff\xff\xff\xff"
+    track = element(b"\xae", element(b"\xd7", b"\x01") + element(b"\x83", b"\x01") + element(b"\x86", b"V_VP8"))
+    return header + segment + element(b"\xec", b"\x42\x82\x84webm" + inner) + element(b"\x16\x54\xae\x6b", track)
+
+
+def test_mpeg_ts_hidden_in_a_webm_look_alike_is_not_read_as_mpeg_ts(api, tmp_path):
+    ts_path = tmp_path / "inner.ts"
+    subprocess.run(
+        [
+            utils.ffmpeg_executable(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=10:duration=2",
+            "-c:v",
+            "libx264",
+            "-f",
+            "mpegts",
+            str(ts_path),
+        ],
+        check=True,
+    )
+    body, _ = process_upload(api, matroska_hiding_another_format(ts_path.read_bytes()))
+    assert body["status"] == "failed"  # before: ready, h264 from the MPEG-TS inside, no warning
+    assert body["error"]["code"] in ("media_undecodable", "unsupported_media")
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("vp8_opus", "vp9_opus"), ("video_only_vp8", "vp8_opus"), ("audio_opus_webm", "vp8_opus")],
+)
+def test_a_restart_with_other_tracks_or_codecs_is_left_out_not_scrambled_in(api, first, second):
+    """Chrome restarted with the camera or microphone added or dropped, or another codec: a stream copy
+    join would put one stream's packets in the other's tracks (before: `ready`, hundreds of decode errors)."""
+    recordings = load_chrome_set(first), load_chrome_set(second)
+    started = start(api)
+    upload_all(api, started, [*recordings[0].chunks, *recordings[1].chunks])
+    body = finalize(api, started).json()
+    assert body["status"] == "ready", body["error"]
+    assert [(warning["code"], warning["count"]) for warning in body["warnings"]] == [("streams_left_out", 1)]
+    assert body["duration"] == pytest.approx(recordings[0].duration_seconds, abs=0.3)
+    assert (body["has_video"], body["has_audio"]) == (recordings[0].has_video, recordings[0].has_audio)

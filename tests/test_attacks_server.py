@@ -579,3 +579,32 @@ def test_a_killed_worker_leaves_no_ffmpeg_behind_and_the_next_run_cleans_its_fol
         finished = wait_until_finished(server.base_url, session_id, timeout_seconds=180)
         assert (finished["status"], finished["video_codec"]) == ("ready", "h264")
     assert not any(folder.exists() for folder in work_dirs)  # the recovered run removed the dead run's folder
+
+
+# --- Found by a third attack: the finalize wait under the server that buffers bodies -------------------------
+
+
+def test_a_finalize_without_a_count_waits_for_a_raw_chunk_still_arriving_at_the_buffering_server(tmp_path):
+    """`make serve` reads each body whole before the app sees it: a chunk whose body was still on its
+    way when the grace period ended got 409 and the video was cut short (7.05 s of 8.1 s)."""
+    recording = load_chrome_set("vp8_opus")
+    with gunicorn(tmp_path, extra_env={"RECORDER_FINALIZE_GRACE_SECONDS": "1"}) as server:
+        session_id, token = upload(server.base_url, recording.chunks[:-1])
+        body = json.dumps({"session_id": session_id, "is_final": True}).encode()
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        last = recording.chunks[-1]
+        head = (
+            f"POST /api/receive-video-chunk/?session_id={session_id}&chunk_index=7 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: video/webm\r\nContent-Length: {len(last)}\r\n\r\n"
+        )
+        connection = open_slowly(server.base_url, head.encode())
+        connection.sendall(last[:1000])  # the upload has begun when the end call goes out
+        assert call("POST", f"{server.base_url}/api/finalize-recording/", body, headers)[0] == 202
+        for offset in range(1000, len(last), len(last) // 6):  # the rest over ~3 s: past the grace period
+            time.sleep(0.5)
+            connection.sendall(last[offset : offset + len(last) // 6])
+        assert first_answer(connection).startswith(b"HTTP/1.1 201")
+        connection.close()
+        finished = wait_until_finished(server.base_url, session_id)
+    assert finished["status"] == "ready", finished["error"]
+    assert (finished["received_chunks"], finished["source_sha256"]) == (8, recording.joined_sha256)

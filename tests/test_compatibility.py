@@ -5,11 +5,13 @@ from 1. The same shapes against a real server: tests/test_clients_in_the_wild.py
 import base64
 import datetime
 import io
+import json
 import threading
 import time
 import uuid
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 
 from recordings import inflight, services
 from recordings.models import RecordingSession, Status
@@ -353,3 +355,101 @@ def test_a_refused_json_chunk_leaves_no_temporary_file(api, vp8, settings):
     )
     assert unknown.json()["code"] == "session_not_found"
     assert [path.name for path in settings.RECORDER_TEMP_DIR.iterdir()] == []
+
+
+@pytest.mark.parametrize("write_auth", ["token", "session"])
+def test_a_token_holding_a_lone_surrogate_is_invalid_not_a_500(api, vp8, settings, write_auth):
+    settings.RECORDER_WRITE_AUTH = write_auth
+    started = start(api)
+    chunk = base64.b64encode(vp8.chunks[0]).decode()
+    body = json.dumps(
+        {"session_id": started.session_id, "chunk_index": 0, "upload_token": "TOKEN", "video_chunk": chunk}
+    ).replace('"TOKEN"', '"\\ud800"')  # json.dumps would escape the surrogate the same way; explicit here
+    response = api.generic("POST", "/api/receive-video-chunk/", body, content_type="application/json")
+    assert (response.status_code, response.json()["code"]) == (403, "token_invalid")  # found by attack: a 500
+
+
+def test_a_title_holding_a_lone_surrogate_is_refused(api):
+    response = api.generic("POST", "/api/start-recording/", '{"title": "a\\ud800b"}', content_type="application/json")
+    assert (response.status_code, response.json()["code"]) == (400, "invalid_request")
+    assert "title" in response.json()["fields"]
+
+
+def other_recording(api) -> str:
+    return start(api).session_id
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["query_and_form", "form_twice", "query_twice", "query_and_json", "json_key_twice", "index_query_and_form"],
+)
+def test_one_field_said_twice_differently_is_refused_wherever_it_is_said(api, vp8, shape):
+    """Found by attack: the body silently won over the query string, the last repeat over the first,
+    so access logs named one recording while another was written."""
+    started, other = start(api), other_recording(api)
+    chunk = vp8.chunks[0]
+    auth = {"Authorization": f"Bearer {started.upload_token}"}
+    url = "/api/receive-video-chunk/"
+    if shape == "query_and_form":
+        response = api.post(
+            f"{url}?session_id={other}", {"session_id": started.session_id, "video_chunk": blob(chunk)}, headers=auth
+        )
+    elif shape == "form_twice":
+        response = api.post(url, {"session_id": [other, started.session_id], "video_chunk": blob(chunk)}, headers=auth)
+    elif shape == "query_twice":
+        response = api.generic(
+            "POST",
+            f"{url}?session_id={other}&session_id={started.session_id}",
+            chunk,
+            content_type="video/webm",
+            headers=auth,
+        )
+    elif shape == "query_and_json":
+        body = json.dumps({"session_id": started.session_id, "video_chunk": base64.b64encode(chunk).decode()})
+        response = api.generic("POST", f"{url}?session_id={other}", body, content_type="application/json", headers=auth)
+    elif shape == "json_key_twice":
+        encoded = base64.b64encode(chunk).decode()
+        body = f'{{"session_id": "{other}", "session_id": "{started.session_id}", "video_chunk": "{encoded}"}}'
+        response = api.generic("POST", url, body, content_type="application/json", headers=auth)
+    else:
+        response = api.post(
+            f"{url}?chunk_index=7",
+            {"session_id": started.session_id, "chunk_index": "6", "video_chunk": blob(chunk)},
+            headers=auth,
+        )
+    assert response.status_code == 400, response.json()
+    assert response.json()["code"] in ("conflicting_fields", "malformed_body")
+    assert RecordingSession.objects.filter(received_chunks__gt=0).count() == 0
+
+
+def test_the_same_value_said_in_the_query_and_the_body_is_fine(api, vp8):
+    started = start(api)
+    response = api.post(
+        f"/api/receive-video-chunk/?session_id={started.session_id}&chunk_index=0",
+        {"session_id": started.session_id, "chunk_index": "0", "video_chunk": blob(vp8.chunks[0])},
+        headers={"Authorization": f"Bearer {started.upload_token}"},
+    )
+    assert response.status_code == 201, response.json()
+
+
+def blob(data: bytes) -> SimpleUploadedFile:
+    return SimpleUploadedFile("blob", data, content_type="video/webm")
+
+
+@pytest.mark.parametrize(
+    ("target", "named"),
+    [
+        ("/api/receive-video-chunk/?session_id={id}&chunk_index=3", True),
+        ("/api/receive-video-chunk?videoId={id}", True),
+        ("/api/finalize-recording/{id}/", True),
+        ("/api/receive-video-chunk/{id}", True),
+        ("/api/receive-video-chunk/", False),  # a form or JSON body names it: not known while it arrives
+        ("/api/receive-video-chunk/?session_id=not-a-uuid", False),
+        ("/api/start-recording/?session_id={id}", False),
+        ("/api/get-recorded-data/{id}/", False),
+    ],
+)
+def test_the_buffering_server_knows_an_uploads_recording_from_its_url(target, named):
+    session_id = uuid.uuid4()
+    found = inflight.session_id_of_upload(target.format(id=session_id))
+    assert found == (session_id if named else None)
