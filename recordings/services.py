@@ -308,7 +308,11 @@ def _check_chunk_accepted(session: RecordingSession, index: int, staged: chunks.
             "a chunk 0 cannot be part of it.",
             status=409,
         )
-    if session.expected_chunks is not None and index >= session.expected_chunks:
+    if (
+        session.expected_chunks is not None
+        and index >= session.expected_chunks
+        and not _may_count_from_one(session, index)
+    ):
         raise RecorderError(
             code="chunk_index_out_of_range",
             detail=f"The recording was finalized with {session.expected_chunks} chunks; index {index} is past its end.",
@@ -531,6 +535,17 @@ def _reconsider_first_index(session: RecordingSession) -> None:
 
 def _has_chunk_zero(session: RecordingSession) -> bool:
     return Chunk.objects.filter(session=session, index=0).exists()
+
+
+def _may_count_from_one(session: RecordingSession, index: int) -> bool:
+    """Chunk `total_chunks` of a client that may count from 1, before its chunk 1 (with the header)
+    has arrived: taken, since refusing it would lose it for good once chunk 1 shows how it counts."""
+    return (
+        session.total_chunks_given is not None
+        and session.first_chunk_index == 0
+        and index == session.expected_chunks
+        and not Chunk.objects.filter(session=session, index__in=(0, 1)).exists()
+    )
 
 
 def _counts_from_one(session: RecordingSession) -> bool:

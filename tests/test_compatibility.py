@@ -453,3 +453,25 @@ def test_the_buffering_server_knows_an_uploads_recording_from_its_url(target, na
     session_id = uuid.uuid4()
     found = inflight.session_id_of_upload(target.format(id=session_id))
     assert found == (session_id if named else None)
+
+
+def test_the_last_chunk_of_a_client_counting_from_one_is_kept_when_it_overtakes_chunk_one(api, vp8):
+    """Found by attack: chunks 2-7, total_chunks=8, chunk 8, then chunk 1 (delayed by a retry): chunk 8
+    got a final 409 and the recording waited for it until it expired."""
+    started = start(api)
+    for position in range(1, 7):
+        assert post_chunk(api, started, vp8.chunks[position], index=position + 1).status_code == 201
+    assert finalize(api, started, total_chunks=8).json()["status"] == "finalizing"
+    overtaking = post_chunk(api, started, vp8.chunks[7], index=8)
+    assert overtaking.status_code == 201, overtaking.json()
+    assert post_chunk(api, started, vp8.chunks[0], index=1).status_code == 201
+    body = wait_for(api, started.session_id, "ready")
+    assert (body["first_chunk_index"], body["expected_chunks"], body["source_sha256"]) == (1, 9, vp8.joined_sha256)
+
+
+def test_a_zero_based_client_still_cannot_go_past_its_total(api, vp8):
+    started = start(api)
+    upload_all(api, started, vp8.chunks[:3])
+    finalize(api, started, total_chunks=8)
+    response = post_chunk(api, started, vp8.chunks[5], index=8)
+    assert (response.status_code, response.json()["code"]) == (409, "chunk_index_out_of_range")
