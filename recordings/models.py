@@ -163,6 +163,9 @@ class Chunk(models.Model):
     index = models.PositiveIntegerField()
     size = models.BigIntegerField()
     sha256 = models.CharField(max_length=64)
+    # It begins with a WebM, Matroska or MP4 header, as read when it arrived: a client's first chunk,
+    # or a restarted recorder's. Tells a client counting from 1 without reading the chunk again.
+    starts_stream = models.BooleanField(default=False)
     received_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -83,7 +83,7 @@ class IgnoredBodyParser(BaseParser):
         if declared_bytes > limit_bytes:
             raise _json_too_large(limit_bytes)
         if (media_type or "").split(";", 1)[0].strip().lower() == "text/plain":
-            return _json_object_or_nothing(stream, limit_bytes, declared_bytes)
+            return _json_object_or_nothing(stream, media_type, parser_context)
         read_bytes = 0
         while stream is not None and (block := stream.read(READ_BYTES)):
             read_bytes += len(block)
@@ -92,17 +92,13 @@ class IgnoredBodyParser(BaseParser):
         return {}
 
 
-def _json_object_or_nothing(stream, limit_bytes: int, declared_bytes: int) -> dict:
+def _json_object_or_nothing(stream, media_type, parser_context) -> dict:
     """`fetch(url, {body: JSON.stringify(fields)})` without a Content-Type sends JSON as text/plain:
     its fields are taken when it is a JSON object, and the body is ignored otherwise."""
-    with memory_budget.reserve(_JSON_MEMORY_FACTOR * max(declared_bytes, 1)):
-        body = stream.read(limit_bytes + 1) if stream is not None else b""
-        if len(body) > limit_bytes:
-            raise _json_too_large(limit_bytes)
-        try:
-            parsed = json.loads(body)
-        except (ValueError, RecursionError):
-            return {}
+    try:
+        parsed = BoundedJSONParser().parse(stream, media_type, parser_context)
+    except ParseError:
+        return {}
     return parsed if isinstance(parsed, dict) else {}
 
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from django.conf import settings
-from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
@@ -237,7 +236,13 @@ def _receive_chunk(
             container = _sniff_if_first(locked, index, staged)
             with chunks.storage_errors():
                 chunks.store_chunk(staged, chunk_storage_name(locked.id, index))
-            chunk = Chunk.objects.create(session=locked, index=index, size=staged.size, sha256=staged.sha256)
+            chunk = Chunk.objects.create(
+                session=locked,
+                index=index,
+                size=staged.size,
+                sha256=staged.sha256,
+                starts_stream=chunks.sniff_container(staged.head) in streams.STREAM_CONTAINERS,
+            )
             _count_chunk(locked, chunk, container)
             if locked.status == Status.FINALIZING and locked.expected_chunks is None:
                 _wait_longer(locked)
@@ -552,12 +557,8 @@ def _counts_from_one(session: RecordingSession) -> bool:
     """A client that numbers its chunks from 1: no chunk 0, and chunk 1 starts with a WebM,
     Matroska or MP4 header (a recording's first bytes; not Ogg, whose every page starts alike).
     Otherwise its recording would wait for ever for chunk 0."""
-    lowest = Chunk.objects.filter(session=session).order_by("index").values_list("index", flat=True).first()
-    if lowest != 1:
-        return False
-    with chunks.storage_errors(), default_storage.open(chunk_storage_name(session.id, 1), "rb") as first_chunk:
-        head = first_chunk.read(chunks.SNIFF_BYTES)
-    return chunks.sniff_container(head) in streams.STREAM_CONTAINERS
+    lowest = Chunk.objects.filter(session=session).order_by("index").values_list("index", "starts_stream").first()
+    return lowest == (1, True)
 
 
 def _start_processing_if_complete(session: RecordingSession) -> None:

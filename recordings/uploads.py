@@ -13,6 +13,7 @@ from .errors import RecorderError
 from .field_names import FIELD_ALIASES
 from .json_chunks import JsonChunkBody
 from .parsers import CHUNK_FIELD_NAMES, RawBody, is_raw_media_type
+from .serializers import FinalizeInput
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ def read_chunk_upload(
     try:
         values = _canonical_fields(
             [("the URL path", {"session_id": [path_session_id]} if path_session_id is not None else {})]
-            + [("the query string", query_fields), ("the body", body_fields)]
+            + [("the query string", query_fields), ("the body", body_fields)],
+            read_as=_UPLOAD_FIELDS,
         )
         values["checksum_header"] = request.headers.get("X-Chunk-SHA256")
         validated = input_serializer(data=values)
@@ -88,9 +90,13 @@ def read_chunk_upload(
         raise
     fields = dict(validated.validated_data)
     is_empty_raw_body = is_raw_media_type(request.content_type or "") and not isinstance(data, RawBody)
-    if is_empty_raw_body and not empty_body_is_a_chunk and fields.get("is_final") is not False:
-        if fields["chunk_index"] is None:
-            stream = None
+    if (
+        is_empty_raw_body
+        and not empty_body_is_a_chunk
+        and fields.get("is_final") is not False
+        and (fields["chunk_index"] is None)
+    ):
+        stream = None
     if "is_final" in fields and fields["is_final"] is None:
         fields["is_final"] = stream is None  # no flag: a call with no chunk can only mean the end
     return ChunkUpload(fields=fields, upload_token=upload_token, stream=stream)
@@ -99,10 +105,11 @@ def read_chunk_upload(
 _FIELD_OF_NAME = {alias: field_name for field_name, aliases in FIELD_ALIASES.items() for alias in aliases}
 
 
-def _canonical_fields(sources: list[tuple[str, dict[str, list]]]) -> dict:
+def _canonical_fields(sources: list[tuple[str, dict[str, list]]], *, read_as: dict) -> dict:
     """One value per field from every place a request may name it (path, query string, body; each
-    field under any of its names, each name possibly repeated): all of them must agree, else 400
-    `conflicting_fields`. The first place wins: a request never says two things about one field."""
+    field under any of its names, each name possibly repeated): all of them must agree, as the
+    serializer field in `read_as` reads them, else 400 `conflicting_fields`. The first place wins:
+    a request never says two things about one field."""
     given: dict[str, list[tuple[str, object]]] = {}
     for where, fields in sources:
         for name, values in fields.items():
@@ -112,7 +119,8 @@ def _canonical_fields(sources: list[tuple[str, dict[str, list]]]) -> dict:
     for field_name, named in given.items():
         (first_name, first_value), *others = named
         for other_name, other_value in others:
-            if _as_field(field_name, other_value) != _as_field(field_name, first_value):
+            field = read_as.get(field_name)
+            if _read(field, other_value) != _read(field, first_value):
                 raise RecorderError(
                     code="conflicting_fields",
                     detail=f"{first_name} says {str(first_value)[:64]!r} but {other_name} says "
@@ -122,18 +130,13 @@ def _canonical_fields(sources: list[tuple[str, dict[str, list]]]) -> dict:
     return values
 
 
-_FIELDS_FOR_COMPARING = {
-    "session_id": serializers.UUIDField(),
-    "chunk_index": serializers.IntegerField(),
-    "is_final": serializers.BooleanField(),
-    "total_chunks": serializers.IntegerField(),
-}
+# Every field an upload call may carry (a finalize's are a superset of a chunk's), as the API reads it.
+_UPLOAD_FIELDS = FinalizeInput().fields
 
 
-def _as_field(field_name: str, value):
+def _read(field: serializers.Field | None, value):
     """A value as its field reads it (`1` and `true`, a UUID with or without dashes, are the same),
-    or as plain text when the field would refuse it (the serializer reports that afterwards)."""
-    field = _FIELDS_FOR_COMPARING.get(field_name)
+    or as plain text when the field refuses it (the serializer reports that afterwards)."""
     try:
         return field.to_internal_value(value) if field is not None else value
     except (serializers.ValidationError, TypeError, ValueError):

@@ -1,5 +1,8 @@
 """A read-only view id per recording, the finalize wait, chunk counting from 1, and warnings.
 
+Chunks stored before this migration count as not starting a stream: a recording uploading across
+the upgrade is not recognised as counting from 1, and waits for its chunk 0 as it did before.
+
 The view id is added in three steps (nullable, filled row by row, then unique), as a unique column
 with a callable default cannot be added to rows that already exist in one go."""
 
@@ -45,6 +48,11 @@ class Migration(migrations.Migration):
             model_name="recordingsession",
             name="total_chunks_given",
             field=models.PositiveIntegerField(blank=True, null=True),
+        ),
+        migrations.AddField(
+            model_name="chunk",
+            name="starts_stream",
+            field=models.BooleanField(default=False),
         ),
         migrations.AddField(
             model_name="recordingsession",
