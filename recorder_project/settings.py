@@ -302,6 +302,12 @@ RECORDER_PROCESSING_MAX_ATTEMPTS = env_int("RECORDER_PROCESSING_MAX_ATTEMPTS", 3
 # Processing runs one process does at once (the embedded backend's threads; any backend waits for a
 # slot). Each run uses up to two ffmpeg processes, each bounded as below.
 RECORDER_PROCESSING_CONCURRENCY = env_int("RECORDER_PROCESSING_CONCURRENCY", 1)
+# The live build (recordings/live.py): a WebM recording's seekable video is built while its chunks
+# arrive, so the work left at Stop does not grow with its length. Off: everything waits for Stop.
+RECORDER_LIVE_BUILD = env_bool("RECORDER_LIVE_BUILD", True)
+# Where the growing videos are kept: every process that advances or finishes one must see it (the
+# same machine, or a shared file system, as MEDIA_ROOT is). Each is moved into storage at Stop.
+RECORDER_LIVE_DIR = Path(env_str("RECORDER_LIVE_DIR", str(MEDIA_ROOT / ".live"))).resolve()
 
 # --- Slow clients (`make serve`: recorder_project/buffering_worker.py) ------------------------------
 # The server reads every request whole before a thread takes it, within these bounds; a client

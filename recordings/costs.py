@@ -116,6 +116,15 @@ def video_limits(source_bytes: int) -> utils.Limits:
     return step_limits(source_bytes, output_bytes=int(VIDEO_GROWTH * source_bytes) + OUTPUT_SLACK_BYTES)
 
 
+def check_output_size(size: int, limits: utils.Limits) -> None:
+    """An output made without ffmpeg (the live build) is held to the bound its ffmpeg step has."""
+    if limits.output_bytes is not None and size > limits.output_bytes:
+        raise utils.MediaError(
+            "output_too_large",
+            f"The video is {size} bytes, more than the {limits.output_bytes} this recording may produce.",
+        )
+
+
 def audio_limits(audio_format: str, source_bytes: int) -> utils.Limits:
     growth = AUDIO_GROWTH.get(audio_format, DEFAULT_AUDIO_GROWTH)
     return step_limits(source_bytes, output_bytes=int(growth * source_bytes) + OUTPUT_SLACK_BYTES)

@@ -3,6 +3,8 @@
 import shutil
 from pathlib import Path
 
+from django.conf import settings
+
 from . import chunks
 from .models import Chunk, RecordingSession, chunk_storage_name, media_storage_name, output_storage_name
 
@@ -23,13 +25,19 @@ def output_names(session: RecordingSession) -> list[str]:
 
 
 def delete_all_files(session: RecordingSession) -> None:
-    """Every file a recording has: its chunks (if still there) and its outputs. Safe to repeat."""
+    """Every file a recording has: its chunks (if still there), its outputs, its live build. Safe to repeat."""
     names = output_names(session)
     if session.chunks_deleted_at is None:
         names += _stored_chunk_names(session)
     chunks.delete_stored_files(names)
     chunks.remove_empty_folders(media_storage_name(session.id, ""))
     chunks.remove_empty_folders(output_storage_name(session.view_id, ""))
+    shutil.rmtree(live_build_dir(session), ignore_errors=True)
+
+
+def live_build_dir(session: RecordingSession) -> Path:
+    """Where the recording's video grows while it records (recordings/live.py)."""
+    return settings.RECORDER_LIVE_DIR / session.view_id.hex
 
 
 def work_dir_prefix(session: RecordingSession) -> str:

@@ -85,6 +85,9 @@ class RecordingSession(models.Model):
     processing_runs_total = models.PositiveIntegerField(default=0)
     processing_seconds = models.FloatField(null=True, blank=True)
     processing_steps = models.JSONField(default=dict, blank=True, help_text="Seconds per step.")
+    # Set when a chunk asked for the live build to advance (recordings/live.py), cleared when the
+    # build has caught up: chunks arriving meanwhile queue no second task. An old one is stale.
+    live_requested_at = models.DateTimeField(null=True, blank=True)
     # What processing noticed but could play past (timestamp jumps, decode errors, joined streams):
     # [{"code": ..., "detail": ..., "count": ...}], from the reports of steps that ran anyway.
     warnings = models.JSONField(default=list, blank=True)
@@ -178,6 +181,25 @@ class Chunk(models.Model):
     @property
     def storage_name(self) -> str:
         return chunk_storage_name(self.session_id, self.index)
+
+
+class LiveBuild(models.Model):
+    """The video a recording's chunks have built so far, while it records (recordings/live.py):
+    where the build stands (its files are in RECORDER_LIVE_DIR) and who is advancing it."""
+
+    session = models.OneToOneField(RecordingSession, on_delete=models.CASCADE, primary_key=True, related_name="live")
+    first_chunk_index = models.PositiveIntegerField()  # the chunk its stream starts with: 0, or 1
+    next_chunk_index = models.PositiveIntegerField()  # the first chunk not wholly read yet
+    state = models.JSONField(default=dict)  # live_webm's state: offsets, open Cluster, track times
+    # Why the live path gave up (the stream holds what only the full pipeline handles); then
+    # nothing advances it again and processing takes the full pipeline.
+    abandoned_reason = models.CharField(max_length=200, blank=True)
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"live build of {self.session_id}"
 
 
 def chunk_storage_name(session_id: uuid.UUID, index: int) -> str:

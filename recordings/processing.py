@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
-from . import costs, files, runs, streams, utils
+from . import costs, files, live, runs, streams, utils
 from .models import (
     Chunk,
     IllegalTransition,
@@ -50,13 +50,14 @@ class StepTimer:
         return round(time.perf_counter() - self.started, 3)
 
 
-def process_recording(session_id: uuid.UUID | str) -> RecordingSession | None:
+def process_recording(session_id: uuid.UUID | str, *, use_live_build: bool = True) -> RecordingSession | None:
     """Build the playable video, audio and thumbnail of a recording whose status is `processing`.
 
     Idempotent: outputs are written under fixed names through an atomic storage, so a second run
     replaces them whole. A failure leaves the chunks untouched and the status `failed` with a code.
     A run claims the recording first: while another run's heartbeat is fresh, this one does nothing.
-    None when the recording no longer exists.
+    Without `use_live_build` it takes the full pipeline, the reference. None when the recording no
+    longer exists.
     """
     with runs.run_slot():
         attempt = runs.claim(session_id)
@@ -64,20 +65,20 @@ def process_recording(session_id: uuid.UUID | str) -> RecordingSession | None:
             session = RecordingSession.objects.filter(pk=session_id).first()
             if attempt is None or session is None:
                 return session
-            return _run(session, attempt)
+            return _run(session, attempt, use_live_build=use_live_build)
         finally:
             if attempt is not None:
                 runs.finished(session_id)
 
 
-def _run(session: RecordingSession, attempt: int) -> RecordingSession:
+def _run(session: RecordingSession, attempt: int, *, use_live_build: bool) -> RecordingSession:
     timer = StepTimer()
     this_run = {"processing_attempts": attempt}
     try:
         with runs.Heartbeat(session.id, attempt):
             if attempt > 1:  # the dead run's work folder, if it died on this machine
                 files.remove_work_dirs(session, settings.RECORDER_TEMP_DIR)
-            results = _build_outputs(session, timer)
+            results = _build_outputs(session, timer, use_live_build=use_live_build)
         transition(
             session,
             Status.READY,
@@ -114,6 +115,8 @@ def _run(session: RecordingSession, attempt: int) -> RecordingSession:
             timer,
             only_if=this_run,
         )
+    finally:
+        live.discard(session)  # used, or of no use to a later run (which takes the full pipeline)
     return session
 
 
@@ -134,7 +137,7 @@ def _fail(session: RecordingSession, code: str, detail: str, timer: StepTimer, *
         session.refresh_from_db()
 
 
-def _build_outputs(session: RecordingSession, timer: StepTimer) -> dict:
+def _build_outputs(session: RecordingSession, timer: StepTimer, *, use_live_build: bool) -> dict:
     settings.RECORDER_TEMP_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.RECORDER_TEMP_DIR, prefix=files.work_dir_prefix(session)) as work:
         work_dir = Path(work)
@@ -161,9 +164,16 @@ def _build_outputs(session: RecordingSession, timer: StepTimer) -> dict:
                 if source_info.has_audio
                 else None
             )
-            with timer.step("remux"):
-                remux_report = utils.remux(source_path, video_path, plan, container=container, limits=video_limits)
-                info = utils.probe(video_path, container=plan.output.extension, limits=video_limits)
+            live_video = live.finish(session) if use_live_build and _may_use_live_build(joinable, plan) else None
+            if live_video is not None:
+                with timer.step("live_finish"):
+                    costs.check_output_size(live_video.size, video_limits)
+                    video_path, remux_report = live_video.path, utils.StepReport()
+                    info = utils.probe(video_path, container=plan.output.extension, limits=video_limits)
+            else:
+                with timer.step("remux"):
+                    remux_report = utils.remux(source_path, video_path, plan, container=container, limits=video_limits)
+                    info = utils.probe(video_path, container=plan.output.extension, limits=video_limits)
             if not info.duration_seconds:
                 raise utils.MediaError("media_undecodable", "The recording has no measurable duration.")
             costs.check_duration(info.duration_seconds)
@@ -207,6 +217,12 @@ def _build_outputs(session: RecordingSession, timer: StepTimer) -> dict:
         ),
         **stored,
     }
+
+
+def _may_use_live_build(segments: list[streams.Segment], plan: utils.RemuxPlan) -> bool:
+    """The live build makes what the remux would: one stream copied into WebM (live_webm checks the
+    rest: its codecs, its order, its structure)."""
+    return len(segments) == 1 and plan.copies_everything and plan.output.muxer == "webm"
 
 
 def _container_of(joined: streams.JoinedStreams) -> str:

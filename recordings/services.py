@@ -16,7 +16,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
-from . import chunks, files, inflight, processing, streams, tasks
+from . import chunks, files, inflight, live, processing, streams, tasks
 from .errors import RecorderError
 from .locks import database_write_lock
 from .models import GONE_STATUSES, MAX_CHUNKS, Chunk, RecordingSession, Status, chunk_storage_name, transition
@@ -283,9 +283,12 @@ def _count_chunk(session: RecordingSession, chunk: Chunk, container: str | None)
     )
     session.last_chunk_at = chunk.received_at
     session.container = container or session.container
-    session.save(
-        update_fields=["received_chunks", "received_bytes", "highest_chunk_index", "last_chunk_at", "container"]
-    )
+    changed = ["received_chunks", "received_bytes", "highest_chunk_index", "last_chunk_at", "container"]
+    if live.wants_advance(session, chunk.received_at):
+        session.live_requested_at = chunk.received_at
+        changed.append("live_requested_at")
+        tasks.enqueue_live_advance(str(session.id))
+    session.save(update_fields=changed)
 
 
 def _check_chunk_accepted(session: RecordingSession, index: int, staged: chunks.StagedChunk) -> None:
@@ -592,7 +595,7 @@ def recover_stale_recordings() -> list[uuid.UUID]:
 
 
 def reprocess_recording(*, session_id: str) -> RecordingSession:
-    """Run processing again (e.g. `manage.py process_recording`): for failed or ready recordings."""
+    """Run the full pipeline again (e.g. `manage.py process_recording`): for failed or ready recordings."""
     with transaction.atomic():
         locked = _lock(get_session(session_id=session_id))
         if locked.chunks_deleted_at is not None:
@@ -604,7 +607,8 @@ def reprocess_recording(*, session_id: str) -> RecordingSession:
             )
         if locked.status != Status.PROCESSING:
             transition(locked, Status.PROCESSING, **_processing_request())
-    processed = processing.process_recording(locked.id)  # a direct, synchronous run, whatever the backend
+    # a direct, synchronous run of the full pipeline (the reference), whatever the backend
+    processed = processing.process_recording(locked.id, use_live_build=False)
     if processed is None:
         raise session_not_found(session_id)
     return processed

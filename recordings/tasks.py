@@ -15,7 +15,7 @@ from django.utils import timezone
 from django_tasks import task
 from django_tasks_db import DatabaseBackend
 
-from . import processing, runs
+from . import live, processing, runs
 from .backends import waiting_arguments
 from .locks import after_write_lock
 from .models import Status
@@ -66,6 +66,18 @@ def _enqueue_run(session_id: str) -> None:
 def _schedule_watch(session_id: str) -> None:
     run_after = timezone.now() + datetime.timedelta(seconds=settings.RECORDER_PROCESSING_STALE_SECONDS)
     watch_processing_task.using(run_after=run_after).enqueue(session_id)
+
+
+@task()
+def advance_live_task(session_id: str) -> str:
+    """Append the chunks stored since the last time to the recording's live build (recordings/live.py)."""
+    live.advance_while_requested(session_id)
+    return runs.current_status(session_id) or "gone"
+
+
+def enqueue_live_advance(session_id: str) -> None:
+    """Queue an advance of the live build once the caller's transaction (which stored a chunk) commits."""
+    transaction.on_commit(partial(after_write_lock, partial(advance_live_task.enqueue, session_id)), robust=True)
 
 
 @task()

@@ -194,11 +194,12 @@ def generated_dir(tmp_path_factory) -> Path:
 
 
 def use_media_root(settings, root: Path) -> Path:
-    """Point MEDIA_ROOT, and the temporary directory inside it, at `root` for this test."""
+    """Point MEDIA_ROOT, and the temporary and live-build directories inside it, at `root` for this test."""
     temp_dir = root / ".tmp"
     temp_dir.mkdir(parents=True)
     settings.MEDIA_ROOT = root
     settings.RECORDER_TEMP_DIR = temp_dir
+    settings.RECORDER_LIVE_DIR = root / ".live"
     settings.FILE_UPLOAD_TEMP_DIR = str(temp_dir)
     return root
 

@@ -35,7 +35,9 @@ def ffmpeg_children() -> list[int]:
     return children
 
 
-def test_ready_recording_has_its_files_and_step_times(api, media_root):
+@pytest.mark.parametrize(("live_build", "video_step"), [(True, "live_finish"), (False, "remux")])
+def test_ready_recording_has_its_files_and_step_times(api, media_root, settings, live_build, video_step):
+    settings.RECORDER_LIVE_BUILD = live_build
     recording = load_chrome_set("vp8_opus")
     started = start(api)
     upload_all(api, started, recording.chunks)
@@ -45,12 +47,13 @@ def test_ready_recording_has_its_files_and_step_times(api, media_root):
     assert recording_files(media_root, started.session_id) == ["audio.mp3", "thumbnail.jpg", "video.webm"]
     assert not (media_root / "recordings" / started.session_id / "chunks").exists()
     assert session.chunks_deleted_at is not None
-    assert set(session.processing_steps) == {"join", "probe", "remux", "audio", "thumbnail", "store"}
+    assert set(session.processing_steps) == {"join", "probe", video_step, "audio", "thumbnail", "store"}
     # audio runs beside remux and thumbnail, so the wall-clock total is at most the sum of the steps
     assert max(session.processing_steps.values()) <= session.processing_seconds
     assert session.processing_seconds <= sum(session.processing_steps.values()) + 0.05
     assert ffmpeg_children() == []
     assert list((media_root / ".tmp").iterdir()) == []  # the per-run work directory is gone
+    assert list((media_root / ".live").iterdir()) == [] if live_build else not (media_root / ".live").exists()
 
 
 def test_undecodable_media_fails_with_a_code_and_keeps_the_chunks(api, media_root):

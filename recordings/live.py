@@ -1,0 +1,289 @@
+"""The live build: a WebM recording's seekable video, made while its chunks arrive.
+
+Each stored chunk asks for the build to advance (services, under the recording's row lock, at most
+one pending request per recording); a background task reads the chunks stored in a row from where
+the build stands and appends them (recordings/live_webm.py). At Stop the processing run finishes
+the build instead of remuxing the whole recording. Where the build stands is in the database
+(LiveBuild) and its files in RECORDER_LIVE_DIR, so any process can go on with it; one at a time,
+under a lease. Anything the live path does not handle, or any doubt (a file shorter than its
+state, another first chunk), and the processing run takes the full pipeline, the reference.
+"""
+
+import datetime
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from . import files, live_webm
+from .locks import database_write_lock
+from .models import Chunk, LiveBuild, RecordingSession, Status, chunk_storage_name
+
+logger = logging.getLogger("recordings.live")
+
+# A process that died while advancing a build holds it this long at most.
+LEASE_SECONDS = 30
+# A request whose task never ran (its process was killed) is asked again by the next chunk after this.
+REQUEST_STALE_SECONDS = 30
+_LEASE_POLL_SECONDS = 0.01
+
+
+@dataclass(frozen=True)
+class LiveVideo:
+    path: Path
+    size: int
+    duration_seconds: float
+
+
+def wants_advance(session: RecordingSession, now: datetime.datetime) -> bool:
+    """Whether a chunk just stored should ask for the build to advance (the caller holds the row
+    lock and saves `live_requested_at`): no request is pending, or the pending one is stale."""
+    if not settings.RECORDER_LIVE_BUILD or session.status != Status.RECORDING:
+        return False
+    requested_at = session.live_requested_at
+    return requested_at is None or requested_at < now - datetime.timedelta(seconds=REQUEST_STALE_SECONDS)
+
+
+def advance_while_requested(session_id: uuid.UUID | str) -> None:
+    """Advance the build until no chunk came meanwhile; then clear the request (the background task).
+
+    A chunk stored while the build advances finds the request still set and asks for nothing; the
+    received-chunk count, compared under the row lock at the end, makes this loop go round again.
+    """
+    while True:
+        session = RecordingSession.objects.filter(pk=session_id).first()
+        if session is None:
+            return
+        seen_chunks = session.received_chunks
+        if session.status == Status.RECORDING:
+            advance(session)
+        with database_write_lock(), transaction.atomic():
+            locked = RecordingSession.objects.select_for_update().filter(pk=session_id).first()
+            if locked is None:
+                return
+            if locked.status != Status.RECORDING or locked.received_chunks == seen_chunks:
+                RecordingSession.objects.filter(pk=session_id).update(live_requested_at=None)
+                return
+
+
+def advance(session: RecordingSession) -> None:
+    """Append the chunks stored in a row after the build's position; never raises (the processing
+    run finishes, or replaces, whatever is left)."""
+    owner = _take_lease(session, wait=False)
+    if owner is None:
+        return  # another process is advancing it and will see these chunks (or the run will)
+    try:
+        build = _build_for(session)
+        if build is not None and not build.abandoned_reason:
+            _advance_build(session, build)
+    except Exception:
+        logger.exception("recording %s: the live build could not advance; processing will do it", session.id)
+    finally:
+        _release_lease(session, owner)
+
+
+def finish(session: RecordingSession) -> LiveVideo | None:
+    """For the processing run of a recording whose chunks are all in: the finished video, or None
+    when the full pipeline must make it. Waits for an advance in progress to end."""
+    if not settings.RECORDER_LIVE_BUILD:
+        return None
+    owner = _take_lease(session, wait=True)
+    try:
+        build = _build_for(session)
+        if build is None or build.abandoned_reason:
+            return None
+        if build.first_chunk_index != session.first_chunk_index:
+            build = _reset(session, build, session.first_chunk_index)
+        _advance_build(session, build, end_index=session.expected_chunks)
+        if build.abandoned_reason:
+            return None
+        if build.next_chunk_index < session.expected_chunks or not build.state.get("at_chunk_end", False):
+            logger.warning("recording %s: the live build stops before the last chunk; full pipeline", session.id)
+            return None
+        directory = files.live_build_dir(session)
+        with open(directory / "video.webm", "r+b") as output, open(directory / "cues.bin", "rb") as cues:
+            finished = live_webm.finish(build.state, output, cues)
+        return LiveVideo(path=directory / "video.webm", size=finished.size, duration_seconds=finished.duration_seconds)
+    except live_webm.NotLive as error:
+        logger.info("recording %s: the live build ends (%s); full pipeline", session.id, error)
+        return None
+    except Exception:
+        logger.exception("recording %s: the live build could not be finished; full pipeline", session.id)
+        return None
+    finally:
+        _release_lease(session, owner)
+
+
+def discard(session: RecordingSession) -> None:
+    """Remove the build's files and row (the recording is processed, failed, expired or deleted)."""
+    shutil.rmtree(files.live_build_dir(session), ignore_errors=True)
+    LiveBuild.objects.filter(session_id=session.pk).delete()
+
+
+# --- Advancing ---------------------------------------------------------------------------------
+
+
+def _build_for(session: RecordingSession) -> LiveBuild | None:
+    """The recording's build (the lease holder's), started once its first chunk is stored: chunk 0
+    with a stream header, or, once finalized as counting from 1, chunk 1. None until then."""
+    build = LiveBuild.objects.get(session_id=session.pk)
+    if build.state or build.abandoned_reason:
+        return build
+    first_chunks = dict(Chunk.objects.filter(session=session, index__in=(0, 1)).values_list("index", "starts_stream"))
+    if first_chunks.get(0):
+        first = 0
+    elif session.status != Status.RECORDING and session.first_chunk_index == 1 and first_chunks.get(1):
+        first = 1
+    else:
+        return None
+    return _reset(session, build, first)
+
+
+def _fresh_state(first_chunk_index: int) -> dict:
+    # where the build's next chunk starts in the recording's bytes, and whether it stopped at a chunk's end
+    return {**live_webm.new_state(), "next_chunk_offset": 0, "at_chunk_end": True}
+
+
+def _reset(session: RecordingSession, build: LiveBuild, first_chunk_index: int) -> LiveBuild:
+    directory = files.live_build_dir(session)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("video.webm", "cues.bin"):
+        with open(directory / name, "wb"):
+            pass
+    build.first_chunk_index = first_chunk_index
+    build.next_chunk_index = first_chunk_index
+    build.state = _fresh_state(first_chunk_index)
+    build.abandoned_reason = ""
+    build.save()
+    return build
+
+
+def _advance_build(session: RecordingSession, build: LiveBuild, *, end_index: int | None = None) -> None:
+    """Append the chunks from the build's next one while their indices run on without a gap."""
+    rows = list(
+        Chunk.objects.filter(session=session, index__gte=build.next_chunk_index)
+        .filter(Q(index__lt=end_index) if end_index is not None else Q())
+        .order_by("index")
+        .values_list("index", "size")
+    )
+    in_a_row = []
+    for expected_index, (index, size) in enumerate(rows, start=build.next_chunk_index):
+        if index != expected_index:
+            break
+        in_a_row.append((index, size))
+    if not in_a_row:
+        return
+    directory = files.live_build_dir(session)
+    output_path, cues_path = directory / "video.webm", directory / "cues.bin"
+    state = build.state
+    if not _files_hold(state, output_path, cues_path):
+        logger.warning("recording %s: the live build's files do not match its state; started again", session.id)
+        build = _reset(session, build, build.first_chunk_index)
+        return _advance_build(session, build, end_index=end_index)
+    live_webm.truncate_to(state, output_path, cues_path)
+    chunk_start = state["next_chunk_offset"]
+    within_first = state["source_offset"] - chunk_start
+    stream = live_webm.ChunkStream(_opened(session, in_a_row, within_first), state["source_offset"])
+    try:
+        with open(output_path, "r+b") as output, open(cues_path, "r+b") as cues:
+            output.seek(state["output_size"])
+            state = live_webm.advance(state, stream, output, cues)
+            output.flush()
+            cues.flush()
+            os.fsync(output.fileno())
+            os.fsync(cues.fileno())
+    except live_webm.NotLive as error:
+        _abandon(session, build, str(error))
+        return
+    # The chunk the new position falls in: the build goes on from there next time.
+    next_index, next_offset = build.next_chunk_index, chunk_start
+    for index, size in in_a_row:
+        if next_offset + size > state["source_offset"]:
+            break
+        next_index, next_offset = index + 1, next_offset + size
+    state["next_chunk_offset"] = next_offset
+    state["at_chunk_end"] = next_offset == state["source_offset"]
+    build.next_chunk_index = next_index
+    build.state = state
+    build.save(update_fields=["next_chunk_index", "state", "updated_at"])
+
+
+def _opened(session: RecordingSession, chunks: list[tuple[int, int]], skip_bytes: int):
+    for position, (index, _) in enumerate(chunks):
+        opened = default_storage.open(chunk_storage_name(session.id, index), "rb")
+        if position == 0 and skip_bytes:
+            opened.seek(skip_bytes)
+        yield opened
+
+
+def _files_hold(state: dict, output_path: Path, cues_path: Path) -> bool:
+    """Both files hold at least what the state says was written (a process that died after
+    writing and before saving the state may have left more: truncated away)."""
+    try:
+        return (
+            output_path.stat().st_size >= state["output_size"]
+            and cues_path.stat().st_size >= state["cues"] * live_webm.CUE_RECORD_BYTES
+        )
+    except FileNotFoundError:
+        return False
+
+
+def _abandon(session: RecordingSession, build: LiveBuild, reason: str) -> None:
+    logger.info("recording %s: no live build (%s); processing takes the full pipeline", session.id, reason)
+    build.abandoned_reason = reason[:200]
+    build.save(update_fields=["abandoned_reason", "updated_at"])
+    shutil.rmtree(files.live_build_dir(session), ignore_errors=True)
+
+
+# --- The lease ---------------------------------------------------------------------------------
+
+
+def _take_lease(session: RecordingSession, *, wait: bool) -> str | None:
+    """Hold the recording's build for this process (LEASE_SECONDS, or until released)."""
+    owner = uuid.uuid4().hex
+    deadline = time.monotonic() + LEASE_SECONDS + 1
+    while True:
+        now = timezone.now()
+        with database_write_lock():
+            _ensure_row(session)
+            taken = (
+                _lease_rows(session)
+                .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+                .update(lease_owner=owner, lease_expires_at=now + datetime.timedelta(seconds=LEASE_SECONDS))
+            )
+        if taken:
+            return owner
+        if not wait or time.monotonic() > deadline:
+            return None
+        time.sleep(_LEASE_POLL_SECONDS)
+
+
+def _ensure_row(session: RecordingSession) -> None:
+    """The build's row, not started (empty state) until its first chunk is there."""
+    if _lease_rows(session).exists():
+        return
+    try:
+        with transaction.atomic():
+            LiveBuild.objects.create(session_id=session.pk, first_chunk_index=0, next_chunk_index=0, state={})
+    except IntegrityError:
+        pass  # another process created it meanwhile
+
+
+def _lease_rows(session: RecordingSession):
+    return LiveBuild.objects.filter(session_id=session.pk)
+
+
+def _release_lease(session: RecordingSession, owner: str | None) -> None:
+    if owner is None:
+        return
+    with database_write_lock():
+        _lease_rows(session).filter(lease_owner=owner).update(lease_owner="", lease_expires_at=None)

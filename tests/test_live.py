@@ -1,0 +1,299 @@
+"""The live build: a WebM recording's video made while its chunks arrive (recordings/live.py).
+
+Its output is compared with the full pipeline's, which stays the reference: the same packets
+(ffmpeg's framemd5: timestamps, durations, sizes, hashes), the same Duration, Cues at the front.
+"""
+
+import random
+import re
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from recordings import live_webm, services, utils
+from recordings.models import LiveBuild, RecordingSession
+from tests.conftest import generate_recording, load_chrome_set, output_path
+from tests.recorder_client import finalize, post_chunk, start, upload_all
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LIVE_SETS = ["vp8_opus", "vp8_opus_60s", "vp9_opus", "video_only_vp8", "audio_opus_webm"]
+
+
+def build_offline(chunks: list[bytes], directory: Path, *, advance_every: int = 1) -> tuple[Path, live_webm.Finished]:
+    """Run the appender over `chunks` as they would arrive, `advance_every` chunks at a time."""
+    directory.mkdir(parents=True, exist_ok=True)
+    output_file, cues_file = directory / "video.webm", directory / "cues.bin"
+    output_file.write_bytes(b"")
+    cues_file.write_bytes(b"")
+    state = live_webm.new_state()
+    for arrived in range(advance_every, len(chunks) + advance_every, advance_every):
+        available = b"".join(chunks[: min(arrived, len(chunks))])
+        state = advance_from(state, available, output_file, cues_file)
+    with open(output_file, "r+b") as output, open(cues_file, "rb") as cues:
+        finished = live_webm.finish(state, output, cues)
+    return output_file, finished
+
+
+def advance_from(state: dict, available: bytes, output_file: Path, cues_file: Path) -> dict:
+    stream = live_webm.ChunkStream([_Bytes(available[state["source_offset"] :])], state["source_offset"])
+    with open(output_file, "r+b") as output, open(cues_file, "r+b") as cues:
+        output.seek(state["output_size"])
+        return live_webm.advance(state, stream, output, cues)
+
+
+class _Bytes:
+    def __init__(self, data: bytes):
+        self._data = data
+
+    def read(self, size: int) -> bytes:
+        block, self._data = self._data[:size], self._data[size:]
+        return block
+
+    def close(self) -> None:
+        pass
+
+
+def framemd5(path: Path) -> list[str]:
+    report = subprocess.run(
+        [utils.ffmpeg_executable(), "-v", "error", "-i", str(path), "-map", "0", "-c", "copy", "-f", "framemd5", "-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [line for line in report.stdout.splitlines() if not line.startswith("#")]
+
+
+def ffmpeg_remux(chunks: list[bytes], directory: Path) -> Path:
+    source = directory / "source.webm"
+    source.write_bytes(b"".join(chunks))
+    info = utils.probe(source, container="webm")
+    remuxed = directory / "remuxed.webm"
+    utils.remux(source, remuxed, utils.plan_remux("webm", info), container="webm", limits=utils.Limits())
+    return remuxed
+
+
+def segment_layout(path: Path) -> dict[str, int]:
+    """Where the Cues and the first Cluster are, read from the file's own SeekHead and elements."""
+    data = path.read_bytes()
+    position = data.index(b"\x1a\x45\xdf\xa3")
+    segment_data_start = data.index(b"\x18\x53\x80\x67") + 12
+    seek_cues = data.index(b"\x53\xab\x84\x1c\x53\xbb\x6b")  # SeekID = Cues
+    cues_position = int.from_bytes(data[seek_cues + 7 + 3 : seek_cues + 7 + 3 + 8], "big")
+    del position
+    return {
+        "cues": segment_data_start + cues_position,
+        "first_cluster": data.index(b"\x1f\x43\xb6\x75"),
+        "cue_points": data.count(b"\xbb", segment_data_start + cues_position, data.index(b"\x1f\x43\xb6\x75")),
+    }
+
+
+# --- The appender against ffmpeg's remux ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", LIVE_SETS)
+def test_the_live_video_has_the_remuxs_packets_duration_and_cues_at_the_front(name, tmp_path):
+    recording = load_chrome_set(name)
+    live_video, finished = build_offline(recording.chunks, tmp_path / "live")
+    remuxed = ffmpeg_remux(recording.chunks, tmp_path)
+    assert framemd5(live_video) == framemd5(remuxed)  # every packet: stream, pts, dts, duration, size, md5
+    live_info, remuxed_info = utils.probe(live_video, container="webm"), utils.probe(remuxed, container="webm")
+    assert live_info.duration_seconds == remuxed_info.duration_seconds
+    assert round(finished.duration_seconds, 3) == round(_declared_duration(remuxed), 3)
+    assert live_info.stream_layout == remuxed_info.stream_layout
+    layout = segment_layout(live_video)
+    assert layout["cues"] < layout["first_cluster"]  # a browser reads them without fetching the tail
+    assert live_video.read_bytes()[layout["cues"] : layout["cues"] + 4] == b"\x1c\x53\xbb\x6b"
+    assert finished.size == live_video.stat().st_size
+
+
+def _declared_duration(path: Path) -> float:
+    """The Duration element's value in seconds (TimecodeScale 1 ms in every file here)."""
+    data = path.read_bytes()
+    at = data.index(b"\x44\x89")
+    size = data[at + 2] & 0x7F
+    value = data[at + 3 : at + 3 + size]
+    return (struct.unpack(">d", value)[0] if size == 8 else struct.unpack(">f", value)[0]) / 1000
+
+
+def test_the_output_is_the_same_whatever_the_chunks_and_advances(tmp_path):
+    """Elements cut anywhere, one advance per byte-range or one for all: the same bytes."""
+    data = b"".join(load_chrome_set("vp8_opus").chunks)
+    rng = random.Random(7)
+    cuts = sorted(rng.sample(range(1, len(data)), 300)) + [len(data)]
+    pieces = [data[start:end] for start, end in zip([0, *cuts[:-1]], cuts, strict=True)]
+    one_go, _ = build_offline([data], tmp_path / "one")
+    piece_by_piece, _ = build_offline(pieces, tmp_path / "pieces")
+    three_at_a_time, _ = build_offline(pieces, tmp_path / "three", advance_every=3)
+    assert one_go.read_bytes() == piece_by_piece.read_bytes() == three_at_a_time.read_bytes()
+
+
+def test_an_advance_written_but_not_saved_is_written_again_the_same(tmp_path):
+    """A process killed after writing, before its state was saved: the next one starts from the
+    saved state, cuts what is past it and writes it again."""
+    chunks = load_chrome_set("vp8_opus").chunks
+    directory = tmp_path / "build"
+    directory.mkdir()
+    output_file, cues_file = directory / "video.webm", directory / "cues.bin"
+    output_file.write_bytes(b"")
+    cues_file.write_bytes(b"")
+    saved = advance_from(live_webm.new_state(), b"".join(chunks[:4]), output_file, cues_file)
+    advance_from(saved, b"".join(chunks[:6]), output_file, cues_file)  # its state is lost
+    live_webm.truncate_to(saved, output_file, cues_file)
+    state = advance_from(saved, b"".join(chunks), output_file, cues_file)
+    with open(output_file, "r+b") as output, open(cues_file, "rb") as cues:
+        live_webm.finish(state, output, cues)
+    expected, _ = build_offline(chunks, tmp_path / "clean")
+    assert output_file.read_bytes() == expected.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("mangle", "reason"),
+    [
+        (lambda data: data.replace(b"V_VP8", b"V_XYZ", 1), "codec"),
+        (lambda data: data + data, "after the first Cluster"),  # a restarted recorder's second header
+        # a SimpleBlock claiming 4 GiB: refused from its header, nothing read or held
+        (lambda data: data + b"\xa3\x01\x00\x00\x01\x00\x00\x00\x00" + b"\x81\x00\x00\x80", "element of"),
+        # a Tracks element claiming 40 MiB before any Cluster
+        (lambda data: data[:48] + b"\x16\x54\xae\x6b\x01\x00\x00\x00\x02\x80\x00\x00" + data[48:], "element of"),
+    ],
+)
+def test_what_the_live_path_does_not_build_is_said_and_bounded(mangle, reason, tmp_path):
+    data = mangle(b"".join(load_chrome_set("vp8_opus").chunks))
+    with pytest.raises(live_webm.NotLive, match=reason):
+        build_offline([data], tmp_path / "build")
+
+
+def test_a_block_timestamp_going_back_is_left_to_the_full_pipeline(tmp_path):
+    data = b"".join(load_chrome_set("vp8_opus").chunks)
+    starts = [at for at in range(len(data)) if data.startswith(b"\x1f\x43\xb6\x75", at)]
+    clusters = [data[start:end] for start, end in zip(starts, [*starts[1:], len(data)], strict=True)]
+    swapped = data[: starts[0]] + b"".join([clusters[0], clusters[2], clusters[1], *clusters[3:]])
+    with pytest.raises(live_webm.NotLive, match="go backwards"):
+        build_offline([swapped], tmp_path / "build")
+
+
+# --- Through the service -------------------------------------------------------------------------------
+
+
+def build_of(session_id: str) -> LiveBuild | None:
+    return LiveBuild.objects.filter(session_id=session_id).first()
+
+
+def test_the_build_advances_over_the_chunks_in_a_row_only(api, media_root):
+    chunks = load_chrome_set("vp8_opus").chunks
+    started = start(api)
+    for index in (0, 1, 3, 4):
+        assert post_chunk(api, started, chunks[index], index=index).status_code == 201
+    build = build_of(started.session_id)
+    assert build.next_chunk_index in (1, 2)  # chunk 2 is missing: nothing after it is read yet
+    assert len(chunks[0]) < build.state["source_offset"] <= len(chunks[0]) + len(chunks[1])
+    assert post_chunk(api, started, chunks[2], index=2).status_code == 201
+    build.refresh_from_db()
+    assert build.next_chunk_index >= 4
+    assert build.state["source_offset"] > sum(len(chunk) for chunk in chunks[:4])
+    video = media_root / ".live" / RecordingSession.objects.get(pk=started.session_id).view_id.hex / "video.webm"
+    assert video.stat().st_size >= build.state["output_size"] > 0
+    for index in range(5, len(chunks)):
+        post_chunk(api, started, chunks[index], index=index)
+    body = finalize(api, started, total_chunks=len(chunks)).json()
+    assert body["status"] == "ready"
+    session = RecordingSession.objects.get(pk=started.session_id)
+    assert "live_finish" in session.processing_steps and "remux" not in session.processing_steps
+    assert not video.parent.exists() and build_of(started.session_id) is None
+
+
+@pytest.mark.parametrize("name", ["vp8_opus", "audio_opus_webm"])
+def test_a_full_pipeline_rerun_gives_the_same_packets(api, media_root, settings, tmp_path, name):
+    settings.RECORDER_KEEP_CHUNKS = True
+    recording = load_chrome_set(name)
+    started = start(api)
+    upload_all(api, started, recording.chunks)
+    body = finalize(api, started, total_chunks=len(recording.chunks)).json()
+    assert body["status"] == "ready"
+    session = RecordingSession.objects.get(pk=started.session_id)
+    assert "live_finish" in session.processing_steps
+    live_video = tmp_path / "live.webm"
+    live_video.write_bytes(output_path(media_root, started.session_id, "video.webm").read_bytes())
+    rerun = services.reprocess_recording(session_id=started.session_id)  # no build: the full pipeline
+    assert rerun.status == "ready" and "remux" in rerun.processing_steps
+    assert framemd5(live_video) == framemd5(output_path(media_root, started.session_id, "video.webm"))
+    assert rerun.duration_seconds == session.duration_seconds
+    assert (rerun.width, rerun.height, rerun.video_codec, rerun.audio_codec) == (
+        session.width,
+        session.height,
+        session.video_codec,
+        session.audio_codec,
+    )
+
+
+@pytest.mark.parametrize(
+    ("chunks", "reason"),
+    [
+        (lambda: load_chrome_set("h264_opus_webm").chunks, "V_MPEG4/ISO/AVC"),  # served as MP4
+        (lambda: load_chrome_set("vp8_pcm_webm").chunks, "A_PCM"),  # PCM: WebM cannot hold it
+        # `new Blob(allChunksSoFar)` every time: each chunk starts the stream again
+        (
+            lambda: [b"".join(load_chrome_set("vp8_opus").chunks[: n + 1]) for n in range(3)],
+            "after the first Cluster|an element of",  # its header read as part of an element cut short
+        ),
+    ],
+)
+def test_what_the_live_path_leaves_goes_through_the_full_pipeline(api, media_root, chunks, reason):
+    chunk_list = chunks()
+    started = start(api)
+    upload_all(api, started, chunk_list)
+    assert re.search(reason, build_of(started.session_id).abandoned_reason)
+    body = finalize(api, started, total_chunks=len(chunk_list)).json()
+    assert body["status"] == "ready"
+    assert "remux" in RecordingSession.objects.get(pk=started.session_id).processing_steps
+
+
+def test_a_build_whose_files_went_missing_is_made_again(api, media_root):
+    """Another machine, or a lost disk: the state says more than the files hold."""
+    chunks = load_chrome_set("vp8_opus").chunks
+    started = start(api)
+    upload_all(api, started, chunks[:5])
+    view_id = RecordingSession.objects.get(pk=started.session_id).view_id
+    (media_root / ".live" / view_id.hex / "video.webm").write_bytes(b"")
+    for index in range(5, len(chunks)):
+        post_chunk(api, started, chunks[index], index=index)
+    assert finalize(api, started, total_chunks=len(chunks)).json()["status"] == "ready"
+    session = RecordingSession.objects.get(pk=started.session_id)
+    assert "live_finish" in session.processing_steps
+    assert session.duration_seconds == pytest.approx(8.1, abs=0.01)
+
+
+def test_a_dead_processs_lease_expires_and_the_run_takes_the_build(api, media_root):
+    chunks = load_chrome_set("vp8_opus").chunks
+    started = start(api)
+    upload_all(api, started, chunks)
+    from django.utils import timezone
+
+    LiveBuild.objects.filter(session_id=started.session_id).update(
+        lease_owner="a-killed-process", lease_expires_at=timezone.now() - timezone.timedelta(seconds=1)
+    )
+    assert finalize(api, started, total_chunks=len(chunks)).json()["status"] == "ready"
+    assert "live_finish" in RecordingSession.objects.get(pk=started.session_id).processing_steps
+
+
+def test_a_client_counting_from_one_gets_the_live_video(api, media_root):
+    chunks = load_chrome_set("vp8_opus").chunks
+    started = start(api)
+    for index, chunk in enumerate(chunks, start=1):
+        assert post_chunk(api, started, chunk, index=index).status_code == 201
+    body = finalize(api, started, total_chunks=len(chunks)).json()
+    assert body["status"] == "ready"
+    session = RecordingSession.objects.get(pk=started.session_id)
+    assert session.first_chunk_index == 1 and "live_finish" in session.processing_steps
+
+
+def test_generated_matroska_with_h264_is_not_built_live(api, media_root, generated_dir):
+    recording = generate_recording("h264_opus_matroska", generated_dir)
+    started = start(api)
+    upload_all(api, started, recording.chunks)
+    assert finalize(api, started, total_chunks=len(recording.chunks)).json()["status"] == "ready"
+    session = RecordingSession.objects.get(pk=started.session_id)
+    assert session.video_content_type == "video/mp4" and "remux" in session.processing_steps
