@@ -1,4 +1,4 @@
-"""Finalize → ready, against the floor: the same work done by direct commands, in the same run.
+"""Last chunk → ready, against the floor: the same work done by direct commands, in the same run.
 
     python -m bench.finalize                      # make bench-finalize: 1 and 10 minutes, and memory
     python -m bench.finalize --minutes 1,10,60    # add the hour
@@ -7,10 +7,16 @@
 Recordings are VP8 + Opus WebM written as a live stream (no Duration, no Cues, like MediaRecorder),
 cut into one chunk per second, uploaded to the service under gunicorn, then finalized. The floor
 runs, on the same chunk files: `cat`, `ffmpeg -c copy` remux, ffmpeg's own MP3 extraction, one
-frame to JPEG. Memory: the service's peak RSS for a 1 GiB recording against an 8-second one.
+frame to JPEG. Each length is measured with the live build (RECORDER_LIVE_BUILD=1, the video
+built while the chunks arrive) and without it (the full pipeline at Stop), with the CPU seconds the
+service's processes spent per recorded minute (upload and processing together: the live build moves
+work from after Stop to while recording). Chunks are uploaded flat out, four at a time, so the
+build may trail the upload when finalize comes: the worst case for it. Memory: the service's peak
+RSS for a 1 GiB recording against an 8-second one.
 """
 
 import argparse
+import os
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -85,16 +91,46 @@ def floor_seconds(chunk_paths: list[Path], work_dir: Path) -> dict:
     }
 
 
-def measure_length(http: Http, work_dir: Path, base: Path, minutes: float) -> dict:
+def cpu_seconds_of_group(process_group: int) -> float:
+    """CPU time of every process in `process_group` (gunicorn and its workers), with the children
+    they have waited for (ffmpeg): from /proc, in seconds."""
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == process_group:  # pgrp
+            ticks += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def measure_length(http: Http, server, work_dir: Path, base: Path, minutes: float, *, with_floor: bool) -> dict:
     recording = loop_recording(base, work_dir / f"recording-{minutes}min.webm", times=max(1, round(minutes)))
     seconds = minutes * 60
     chunk_paths = split_to_files(recording, work_dir / f"chunks-{minutes}", parts=int(seconds))
+    cpu_before = cpu_seconds_of_group(server.pid)
     session_id, token, ingest_seconds = ingest(http, chunk_paths)
     service_seconds, body = finalize_until_ready(http, session_id, token, len(chunk_paths))
-    floor = floor_seconds(chunk_paths, work_dir)
+    time.sleep(0.5)  # the workers' accounting of their last ffmpeg
+    cpu_seconds = cpu_seconds_of_group(server.pid) - cpu_before
+    floor = floor_seconds(chunk_paths, work_dir) if with_floor else None
     for path in chunk_paths:
         path.unlink()
+    if floor is None:
+        print(f"{minutes:>5} min: last chunk → ready {service_seconds:.2f} s; steps {body['processing_steps']}")
+        return {
+            "minutes": minutes,
+            "chunks": len(chunk_paths),
+            "service_seconds": round(service_seconds, 3),
+            "service_steps": body["processing_steps"],
+            "cpu_seconds_per_minute": round(cpu_seconds / minutes, 2),
+            "duration": body["duration"],
+        }
     result = {
+        "cpu_seconds_per_minute": round(cpu_seconds / minutes, 2),
         "minutes": minutes,
         "bytes": recording.stat().st_size,
         "chunks": len(chunk_paths),
@@ -170,16 +206,28 @@ def main() -> None:
     with work_directory("bench-finalize-") as temporary:
         work_dir = Path(temporary)
         base = generate_base(work_dir / "base.webm", seconds=15 if args.smoke else BASE_SECONDS)
-        with gunicorn(work_dir / "server") as server:
+        with gunicorn(work_dir / "server", extra_env={"RECORDER_LIVE_BUILD": "1"}) as server:
             http = Http(server.base_url)
-            lengths = [measure_length(http, work_dir, base, minutes) for minutes in args.minutes]
+            print("live build:")
+            lengths = [
+                measure_length(http, server, work_dir, base, minutes, with_floor=True) for minutes in args.minutes
+            ]
             memory = memory_comparison(server, http, work_dir, args.memory_mib) if args.memory_mib else None
+        with gunicorn(work_dir / "server-full", extra_env={"RECORDER_LIVE_BUILD": "0"}) as server:
+            http = Http(server.base_url)
+            print("full pipeline at Stop:")
+            full = [measure_length(http, server, work_dir, base, minutes, with_floor=False) for minutes in args.minutes]
     per_minute = [round(length["service_seconds"] / length["minutes"], 3) for length in lengths]
     path = write_result(
         args.output,
         {
             "machine": machine_description(),
             "lengths": lengths,
+            "full_pipeline": full,
+            "live_to_full_ratio": [
+                round(live["service_seconds"] / other["service_seconds"], 2)
+                for live, other in zip(lengths, full, strict=True)
+            ],
             "memory": memory,
             "service_seconds_per_minute": per_minute,
         },

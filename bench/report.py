@@ -49,7 +49,14 @@ def plot_finalize(result: dict, destination: Path) -> None:
     lengths = result["lengths"]
     minutes = [length["minutes"] for length in lengths]
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
-    axes.plot(minutes, [length["service_seconds"] for length in lengths], "o-", label="service: finalize → ready")
+    axes.plot(minutes, [length["service_seconds"] for length in lengths], "o-", label="live build: last chunk → ready")
+    if "full_pipeline" in result:
+        axes.plot(
+            minutes,
+            [length["service_seconds"] for length in result["full_pipeline"]],
+            "x-",
+            label="full pipeline at Stop: last chunk → ready",
+        )
     axes.plot(
         minutes,
         [length["floor"]["sequential_seconds"] for length in lengths],
@@ -62,7 +69,7 @@ def plot_finalize(result: dict, destination: Path) -> None:
         "^:",
         label="floor with audio on the second core",
     )
-    axes.set(xlabel="recording length (minutes)", ylabel="seconds", title="Time from finalize to ready")
+    axes.set(xlabel="recording length (minutes)", ylabel="seconds", title="Time from the last chunk to ready")
     axes.grid(True, alpha=0.3)
     axes.legend()
     figure.tight_layout()

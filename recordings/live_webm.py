@@ -305,7 +305,7 @@ def _read_header(state: dict, source: ChunkStream, output: BinaryIO) -> None:
             info = payload
         elif element_id == TRACKS:
             tracks = payload
-        elif element_id not in (VOID, TAGS, CRC32):
+        elif element_id not in (VOID, TAGS, CRC32, SEEK_HEAD):  # ours replaces any SeekHead
             raise NotLive(f"element {element_id:#x} before the first Cluster")
     if info is None or tracks is None:
         raise NotLive("no Info or Tracks before the first Cluster")

@@ -70,7 +70,12 @@ def test_finalize_reaches_ready_and_times_the_floor(finalize_result):
     (length,) = finalize_result["lengths"]
     assert length["chunks"] == 15
     assert length["duration"] == pytest.approx(15, abs=0.2)
-    assert set(length["service_steps"]) == {"join", "probe", "remux", "audio", "thumbnail", "store"}
+    assert set(length["service_steps"]) == {"join", "probe", "live_finish", "audio", "thumbnail", "store"}
+    (full,) = finalize_result["full_pipeline"]  # the same recording without the live build
+    assert set(full["service_steps"]) == {"join", "probe", "remux", "audio", "thumbnail", "store"}
+    assert full["duration"] == length["duration"]
+    assert finalize_result["live_to_full_ratio"] == [round(length["service_seconds"] / full["service_seconds"], 2)]
+    assert length["cpu_seconds_per_minute"] > 0 and full["cpu_seconds_per_minute"] > 0
     assert set(length["floor"]["steps"]) == {"cat", "remux", "audio", "thumbnail"}
     assert 0 < length["floor"]["two_core_seconds"] <= length["floor"]["sequential_seconds"]
     # the ratio comes from unrounded seconds, the reported seconds are rounded to milliseconds
