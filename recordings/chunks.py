@@ -99,6 +99,16 @@ def stage_upload(stream: BinaryIO, *, max_bytes: int, staging_dir: Path) -> Stag
     return StagedChunk(path, size=size, sha256=digest.hexdigest(), head=head)
 
 
+def sha256_of_stored(names: Iterable[str], storage: Storage = default_storage) -> str:
+    """The SHA-256 of the stored files `names` joined in order, read in blocks."""
+    digest = hashlib.sha256()
+    for name in names:
+        with storage.open(name, "rb") as stored:
+            while block := stored.read(BLOCK_BYTES):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def remove_stale_temp_entries(temp_dir: Path, *, older_than_seconds: int, now: float | None = None) -> int:
     """Delete what killed processes left in the temporary directory: staged uploads and processing
     directories untouched (newest mtime inside) for longer than any live request or run leaves one.

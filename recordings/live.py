@@ -24,7 +24,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import files, live_webm
+from . import costs, files, live_audio, live_webm, utils
 from .locks import database_write_lock
 from .models import Chunk, LiveBuild, RecordingSession, Status, chunk_storage_name
 
@@ -35,13 +35,18 @@ LEASE_SECONDS = 30
 # A request whose task never ran (its process was killed) is asked again by the next chunk after this.
 REQUEST_STALE_SECONDS = 30
 _LEASE_POLL_SECONDS = 0.01
+_FILES = ("video.webm", "index.bin", "audio.mp3")
 
 
 @dataclass(frozen=True)
-class LiveVideo:
-    path: Path
-    size: int
+class LiveOutputs:
+    """What a finished build gives the processing run: the video, and the MP3 when it has audio."""
+
+    video_path: Path
+    video_bytes: int
     duration_seconds: float
+    audio_path: Path | None
+    audio_decode_errors: int
 
 
 def wants_advance(session: RecordingSession, now: datetime.datetime) -> bool:
@@ -91,9 +96,9 @@ def advance(session: RecordingSession) -> None:
         _release_lease(session, owner)
 
 
-def finish(session: RecordingSession) -> LiveVideo | None:
-    """For the processing run of a recording whose chunks are all in: the finished video, or None
-    when the full pipeline must make it. Waits for an advance in progress to end."""
+def finish(session: RecordingSession) -> LiveOutputs | None:
+    """For the processing run of a recording whose chunks are all in: the finished video and audio,
+    or None when the full pipeline must make them. Waits for an advance in progress to end."""
     if not settings.RECORDER_LIVE_BUILD:
         return None
     owner = _take_lease(session, wait=True)
@@ -109,11 +114,23 @@ def finish(session: RecordingSession) -> LiveVideo | None:
         if build.next_chunk_index < session.expected_chunks or not build.state.get("at_chunk_end", False):
             logger.warning("recording %s: the live build stops before the last chunk; full pipeline", session.id)
             return None
+        state = build.state
+        if state.get("audio") is not None and state.get("audio_mp3") is None:
+            return None  # audio the build does not encode (not Opus, or another RECORDER_AUDIO_FORMAT)
         directory = files.live_build_dir(session)
-        with open(directory / "video.webm", "r+b") as output, open(directory / "cues.bin", "rb") as cues:
-            finished = live_webm.finish(build.state, output, cues)
-        return LiveVideo(path=directory / "video.webm", size=finished.size, duration_seconds=finished.duration_seconds)
-    except live_webm.NotLive as error:
+        if state.get("audio_mp3") is not None and state.get("audio_first_time") is not None:
+            state["audio_mp3"] = _encode_audio(session, state, final=True)
+        with open(directory / "video.webm", "r+b") as output, open(directory / "index.bin", "rb") as index:
+            finished = live_webm.finish(state, output, index)
+        has_audio = state.get("audio_first_time") is not None
+        return LiveOutputs(
+            video_path=directory / "video.webm",
+            video_bytes=finished.size,
+            duration_seconds=finished.duration_seconds,
+            audio_path=directory / "audio.mp3" if has_audio else None,
+            audio_decode_errors=state["audio_mp3"]["decode_errors"] if has_audio else 0,
+        )
+    except (live_webm.NotLive, utils.MediaError) as error:
         logger.info("recording %s: the live build ends (%s); full pipeline", session.id, error)
         return None
     except Exception:
@@ -156,7 +173,7 @@ def _fresh_state(first_chunk_index: int) -> dict:
 def _reset(session: RecordingSession, build: LiveBuild, first_chunk_index: int) -> LiveBuild:
     directory = files.live_build_dir(session)
     directory.mkdir(parents=True, exist_ok=True)
-    for name in ("video.webm", "cues.bin"):
+    for name in _FILES:
         with open(directory / name, "wb"):
             pass
     build.first_chunk_index = first_chunk_index
@@ -183,9 +200,9 @@ def _advance_build(session: RecordingSession, build: LiveBuild, *, end_index: in
     if not in_a_row:
         return
     directory = files.live_build_dir(session)
-    output_path, cues_path = directory / "video.webm", directory / "cues.bin"
+    output_path, cues_path = directory / "video.webm", directory / "index.bin"
     state = build.state
-    if not _files_hold(state, output_path, cues_path):
+    if not _files_hold(state, directory):
         logger.warning("recording %s: the live build's files do not match its state; started again", session.id)
         build = _reset(session, build, build.first_chunk_index)
         return _advance_build(session, build, end_index=end_index)
@@ -212,9 +229,40 @@ def _advance_build(session: RecordingSession, build: LiveBuild, *, end_index: in
         next_index, next_offset = index + 1, next_offset + size
     state["next_chunk_offset"] = next_offset
     state["at_chunk_end"] = next_offset == state["source_offset"]
+    if "audio_mp3" not in state and state["phase"] == "clusters":
+        state["audio_mp3"] = live_audio.new_state(state) if settings.RECORDER_AUDIO_FORMAT == "mp3" else None
+    if state.get("audio_mp3") is not None:
+        try:
+            state["audio_mp3"] = _encode_audio(session, state, final=False)
+        except (live_webm.NotLive, utils.MediaError) as error:
+            _abandon(session, build, f"audio: {error}")
+            return
     build.next_chunk_index = next_index
     build.state = state
     build.save(update_fields=["next_chunk_index", "state", "updated_at"])
+
+
+def _encode_audio(session: RecordingSession, state: dict, *, final: bool) -> dict:
+    """Encode every whole audio piece the build's video holds now (with `final`, the rest too)."""
+    directory = files.live_build_dir(session)
+    audio_state = state["audio_mp3"]
+    settings.RECORDER_TEMP_DIR.mkdir(parents=True, exist_ok=True)
+    while (piece := live_audio.next_piece(state, audio_state, final=final)) is not None:
+        audio_state = live_audio.encode_piece(
+            piece,
+            state,
+            audio_state,
+            video_path=directory / "video.webm",
+            index_path=directory / "index.bin",
+            audio_path=directory / "audio.mp3",
+            work_dir=settings.RECORDER_TEMP_DIR,
+            limits=costs.audio_limits("mp3", state["source_offset"]),  # grows with what was uploaded
+        )
+        if final:
+            break
+    with open(directory / "audio.mp3", "rb") as audio:
+        os.fsync(audio.fileno())
+    return audio_state
 
 
 def _opened(session: RecordingSession, chunks: list[tuple[int, int]], skip_bytes: int):
@@ -225,13 +273,15 @@ def _opened(session: RecordingSession, chunks: list[tuple[int, int]], skip_bytes
         yield opened
 
 
-def _files_hold(state: dict, output_path: Path, cues_path: Path) -> bool:
-    """Both files hold at least what the state says was written (a process that died after
-    writing and before saving the state may have left more: truncated away)."""
+def _files_hold(state: dict, directory: Path) -> bool:
+    """The files hold at least what the state says was written (a process that died after
+    writing and before saving the state may have left more: cut off before the next write)."""
+    audio_bytes = (state.get("audio_mp3") or {}).get("bytes", 0)
     try:
         return (
-            output_path.stat().st_size >= state["output_size"]
-            and cues_path.stat().st_size >= state["cues"] * live_webm.CUE_RECORD_BYTES
+            (directory / "video.webm").stat().st_size >= state["output_size"]
+            and (directory / "index.bin").stat().st_size >= state["records"] * live_webm.INDEX_RECORD_BYTES
+            and (directory / "audio.mp3").stat().st_size >= audio_bytes
         )
     except FileNotFoundError:
         return False

@@ -38,6 +38,7 @@ TRACK_NUMBER = 0xD7
 TRACK_TYPE = 0x83
 CODEC_ID = 0x86
 CONTENT_ENCODINGS = 0x6D80
+CODEC_PRIVATE = 0x63A2
 CLUSTER_TIMECODE = 0xE7
 SIMPLE_BLOCK = 0xA3
 BLOCK_GROUP = 0xA0
@@ -65,8 +66,10 @@ MAX_HEADER_BYTES = 1024 * 1024
 # the player decodes forward from there.
 CUES_RESERVED_BYTES = 32 * 1024
 _DEFAULT_DURATION_BYTES = 3 + 1 + 8  # its id, a 1-byte size, 8 bytes of nanoseconds
-_CUE_RECORD = struct.Struct("<QQQ")  # time (timecode-scale units), cluster position, track number
-CUE_RECORD_BYTES = _CUE_RECORD.size
+# The index file beside the output: one record per Cluster (track 0: its Timecode and position, for
+# the audio pieces' decoding to start from) and one per cue point (its track).
+_INDEX_RECORD = struct.Struct("<QQQ")  # time (timecode-scale units), Cluster position in the Segment, track
+INDEX_RECORD_BYTES = _INDEX_RECORD.size
 _UNKNOWN = -1
 _SEGMENT_SIZE_UNKNOWN = b"\x01\xff\xff\xff\xff\xff\xff\xff"
 
@@ -87,7 +90,7 @@ class Finished:
 
 def new_state() -> dict:
     """The state before the first byte: fed to `advance` with the output and cue files empty."""
-    return {"phase": "header", "source_offset": 0, "output_size": 0, "cues": 0}
+    return {"phase": "header", "source_offset": 0, "output_size": 0, "records": 0}
 
 
 # --- Reading the source ----------------------------------------------------------------------------
@@ -395,7 +398,10 @@ def _tracks_state(entries: list[tuple[int, bytes]]) -> dict:
         else:
             if audio is not None:
                 raise NotLive("more than one audio track")
-            audio = {"number": number, "codec": codec}
+            private = fields.get(CODEC_PRIVATE, b"")
+            # OpusHead's pre-skip: the samples a decoder drops at the start of the stream (RFC 7845)
+            preskip = int.from_bytes(private[10:12], "little") if private.startswith(b"OpusHead") else 0
+            audio = {"number": number, "codec": codec, "preskip": preskip}
     if video is None and audio is None:
         raise NotLive("no video or audio track")
     return {"video": video, "audio": audio}
@@ -421,6 +427,9 @@ def _copy_element(state: dict, source: ChunkStream, output: BinaryIO, cues: Bina
     payload = source.read(size)
     if element_id == CLUSTER_TIMECODE:
         state["cluster_time"] = int.from_bytes(payload[:8], "big")
+        # a Cluster's record holds the audio samples before it: where a decode starting there begins
+        position = state["cluster_offset"] - state["segment_data_start"]
+        _add_record(state, cues, state.get("audio_samples", 0), position, 0)
     elif element_id == SIMPLE_BLOCK:
         _note_block(state, cues, payload, is_keyframe=bool(payload[3] & 0x80) if len(payload) > 3 else False)
     elif element_id == BLOCK_GROUP:
@@ -463,14 +472,34 @@ def _note_block(state: dict, cues: BinaryIO, block: bytes, *, is_keyframe: bool,
             state["video_frame_gaps"] = [*state["video_frame_gaps"], time - state["last_video_time"]]
         state["last_video_time"] = time
     state["end_time"] = max(state["end_time"], time + length)
+    if audio and track == audio["number"]:
+        if state.get("audio_first_time") is None:
+            state["audio_first_time"] = time
+        if audio["codec"] == "opus":
+            # What a decoder gives counts samples, not timestamps (a browser's jitter by milliseconds)
+            state["audio_samples"] = state.get("audio_samples", 0) + _opus_samples(block[4:])
     cue_track = video["number"] if video else audio["number"]
     if track == cue_track and is_keyframe and state.get("cued_cluster") != state["cluster_offset"]:
         # One cue per Cluster, at its first keyframe: where a seek can start decoding.
-        cluster_position = state["cluster_offset"] - state["segment_data_start"]
-        cues.seek(state["cues"] * _CUE_RECORD.size)
-        cues.write(_CUE_RECORD.pack(time, cluster_position, track))
-        state["cues"] += 1
+        _add_record(state, cues, time, state["cluster_offset"] - state["segment_data_start"], track)
         state["cued_cluster"] = state["cluster_offset"]
+
+
+def _add_record(state: dict, index: BinaryIO, time: int, cluster_position: int, track: int) -> None:
+    index.seek(state["records"] * _INDEX_RECORD.size)
+    index.write(_INDEX_RECORD.pack(time, cluster_position, track))
+    state["records"] += 1
+
+
+def cluster_starts(state: dict, index: BinaryIO) -> list[tuple[int, int]]:
+    """(Opus samples before it, output position) of every Cluster so far, from the index file."""
+    index.seek(0)
+    records = _records(index.read(state["records"] * _INDEX_RECORD.size))
+    return [
+        (time, position + state["segment_data_start"])
+        for time, position, track in map(_INDEX_RECORD.unpack, records)
+        if track == 0
+    ]
 
 
 # Video blocks carry no duration; like ffmpeg, which gives a frame 1 / the frame rate it measured
@@ -528,12 +557,13 @@ def _write(state: dict, output: BinaryIO, data: bytes) -> None:
 def finish(state: dict, output: BinaryIO, cues: BinaryIO) -> Finished:
     """Close the last Cluster and write the Cues, the Duration and the Segment's size: the output
     is then a complete, seekable WebM. Its cost is the cue list's, not the recording's."""
-    if state["phase"] != "clusters" or state["cues"] == 0:
+    if state["phase"] != "clusters" or state.get("cued_cluster") is None:
         raise NotLive("the stream ended before its first keyframe")
     state = dict(state)
     _close_cluster(state, output)
     cues.seek(0)
-    points = [_CUE_RECORD.unpack(record) for record in _records(cues.read(state["cues"] * _CUE_RECORD.size))]
+    records = [_INDEX_RECORD.unpack(record) for record in _records(cues.read(state["records"] * _INDEX_RECORD.size))]
+    points = [record for record in records if record[2] != 0]
     cues_element = _cues_element(points, room=CUES_RESERVED_BYTES)
     output.seek(state["cues_offset"])
     output.write(cues_element + _void(CUES_RESERVED_BYTES - len(cues_element)))
@@ -552,7 +582,7 @@ def finish(state: dict, output: BinaryIO, cues: BinaryIO) -> Finished:
 
 
 def _records(data: bytes) -> list[bytes]:
-    return [data[start : start + _CUE_RECORD.size] for start in range(0, len(data), _CUE_RECORD.size)]
+    return [data[start : start + _INDEX_RECORD.size] for start in range(0, len(data), _INDEX_RECORD.size)]
 
 
 def _cues_element(points: list[tuple[int, int, int]], *, room: int) -> bytes:
@@ -580,4 +610,4 @@ def truncate_to(state: dict, output_path: Path, cues_path: Path) -> None:
     with open(output_path, "r+b") as output:
         output.truncate(state["output_size"])
     with open(cues_path, "r+b") as cues:
-        cues.truncate(state["cues"] * _CUE_RECORD.size)
+        cues.truncate(state["records"] * _INDEX_RECORD.size)

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
-from . import costs, files, live, runs, streams, utils
+from . import chunks, costs, files, live, runs, streams, utils
 from .models import (
     Chunk,
     IllegalTransition,
@@ -97,10 +97,7 @@ def _run(session: RecordingSession, attempt: int, *, use_live_build: bool) -> Re
             timer.seconds,
             "".join(f"; {warning['code']} ({warning['count']})" for warning in results["warnings"]),
         )
-        if not settings.RECORDER_KEEP_CHUNKS:
-            files.drop_chunk_files(session)
-            session.chunks_deleted_at = timezone.now()
-            RecordingSession.objects.filter(pk=session.pk).update(chunks_deleted_at=session.chunks_deleted_at)
+        _after_ready(session)
     except IllegalTransition:
         logger.warning("recording %s: run %d was overtaken by another run; its result is dropped", session.id, attempt)
         session.refresh_from_db()
@@ -118,6 +115,22 @@ def _run(session: RecordingSession, attempt: int, *, use_live_build: bool) -> Re
     finally:
         live.discard(session)  # used, or of no use to a later run (which takes the full pipeline)
     return session
+
+
+def _after_ready(session: RecordingSession) -> None:
+    """The chunks' SHA-256 when the live build made the outputs (it read each chunk once, as it
+    came), then the chunks go. The recording is ready whatever fails here: logged, and the chunks
+    are then kept."""
+    try:
+        if not session.source_sha256:
+            session.source_sha256 = chunks.sha256_of_stored(_chunk_names(session))
+            RecordingSession.objects.filter(pk=session.pk).update(source_sha256=session.source_sha256)
+        if not settings.RECORDER_KEEP_CHUNKS:
+            files.drop_chunk_files(session)
+            session.chunks_deleted_at = timezone.now()
+            RecordingSession.objects.filter(pk=session.pk).update(chunks_deleted_at=session.chunks_deleted_at)
+    except Exception:
+        logger.exception("recording %s is ready, but its chunks could not be hashed or deleted", session.id)
 
 
 def _fail(session: RecordingSession, code: str, detail: str, timer: StepTimer, *, only_if: dict) -> None:
@@ -138,7 +151,73 @@ def _fail(session: RecordingSession, code: str, detail: str, timer: StepTimer, *
 
 
 def _build_outputs(session: RecordingSession, timer: StepTimer, *, use_live_build: bool) -> dict:
+    """The outputs from the live build when it holds the whole recording, else the full pipeline."""
     settings.RECORDER_TEMP_DIR.mkdir(parents=True, exist_ok=True)
+    if use_live_build:
+        with timer.step("live_finish"):
+            built = live.finish(session)
+        if built is not None:
+            return _outputs_of_live_build(session, built, timer)
+        del timer.seconds["live_finish"]
+    return _full_pipeline(session, timer)
+
+
+def _outputs_of_live_build(session: RecordingSession, built: live.LiveOutputs, timer: StepTimer) -> dict:
+    """Check, probe and store what the live build made, and make the thumbnail: the same checks and
+    limits as the full pipeline's, on the same packets. The SHA-256 of the chunks comes after `ready`."""
+    source_bytes = session.received_bytes
+    with timer.step("probe"):
+        info = utils.probe(built.video_path, container="webm", limits=costs.probe_limits(source_bytes))
+    costs.check_probed("webm", info, utils.plan_remux("webm", info), source_bytes)
+    costs.check_output_size(built.video_bytes, costs.video_limits(source_bytes))
+    if not info.duration_seconds:
+        raise utils.MediaError("media_undecodable", "The recording has no measurable duration.")
+    costs.check_duration(info.duration_seconds)
+    outputs = {"video": (built.video_path, f"{'video' if info.has_video else 'audio'}/webm")}
+    if built.audio_path is not None:
+        costs.check_output_size(built.audio_path.stat().st_size, costs.audio_limits("mp3", source_bytes))
+        outputs["audio"] = (built.audio_path, utils.AUDIO_FORMATS["mp3"].content_type)
+    with tempfile.TemporaryDirectory(dir=settings.RECORDER_TEMP_DIR, prefix=files.work_dir_prefix(session)) as work:
+        if info.has_video:
+            thumbnail_path = Path(work) / "thumbnail.jpg"
+            with timer.step("thumbnail"):
+                utils.make_thumbnail(
+                    built.video_path,
+                    thumbnail_path,
+                    at_seconds=utils.thumbnail_time(info.duration_seconds),
+                    container="webm",
+                    limits=costs.thumbnail_limits(source_bytes),
+                )
+            outputs["thumbnail"] = (thumbnail_path, "image/jpeg")
+        with timer.step("store"):
+            stored = _store_outputs(session, outputs)
+    return {
+        "container": session.container or "webm",
+        "source_bytes": source_bytes,
+        "source_sha256": "",
+        **_metadata(info),
+        "warnings": _warnings(
+            segments=1, segments_left_out=0, timestamps_out_of_order=0, audio_decode_errors=built.audio_decode_errors
+        ),
+        **stored,
+    }
+
+
+def _metadata(info: utils.MediaInfo) -> dict:
+    return {
+        "duration_seconds": info.duration_seconds,
+        "width": info.width,
+        "height": info.height,
+        "fps": info.fps,
+        "video_codec": info.video_codec,
+        "audio_codec": info.audio_codec,
+        "has_video": info.has_video,
+        "has_audio": info.has_audio,
+    }
+
+
+def _full_pipeline(session: RecordingSession, timer: StepTimer) -> dict:
+    """Join → check → (concat) → probe → remux → audio → thumbnail → store: the reference."""
     with tempfile.TemporaryDirectory(dir=settings.RECORDER_TEMP_DIR, prefix=files.work_dir_prefix(session)) as work:
         work_dir = Path(work)
         with timer.step("join"):
@@ -164,16 +243,9 @@ def _build_outputs(session: RecordingSession, timer: StepTimer, *, use_live_buil
                 if source_info.has_audio
                 else None
             )
-            live_video = live.finish(session) if use_live_build and _may_use_live_build(joinable, plan) else None
-            if live_video is not None:
-                with timer.step("live_finish"):
-                    costs.check_output_size(live_video.size, video_limits)
-                    video_path, remux_report = live_video.path, utils.StepReport()
-                    info = utils.probe(video_path, container=plan.output.extension, limits=video_limits)
-            else:
-                with timer.step("remux"):
-                    remux_report = utils.remux(source_path, video_path, plan, container=container, limits=video_limits)
-                    info = utils.probe(video_path, container=plan.output.extension, limits=video_limits)
+            with timer.step("remux"):
+                remux_report = utils.remux(source_path, video_path, plan, container=container, limits=video_limits)
+                info = utils.probe(video_path, container=plan.output.extension, limits=video_limits)
             if not info.duration_seconds:
                 raise utils.MediaError("media_undecodable", "The recording has no measurable duration.")
             costs.check_duration(info.duration_seconds)
@@ -201,14 +273,7 @@ def _build_outputs(session: RecordingSession, timer: StepTimer, *, use_live_buil
         "container": container,
         "source_bytes": joined.size,
         "source_sha256": joined.sha256,
-        "duration_seconds": info.duration_seconds,
-        "width": info.width,
-        "height": info.height,
-        "fps": info.fps,
-        "video_codec": info.video_codec,
-        "audio_codec": info.audio_codec,
-        "has_video": info.has_video,
-        "has_audio": info.has_audio,
+        **_metadata(info),
         "warnings": _warnings(
             segments=len(joinable),
             segments_left_out=len(joined.segments) - len(joinable),
@@ -217,12 +282,6 @@ def _build_outputs(session: RecordingSession, timer: StepTimer, *, use_live_buil
         ),
         **stored,
     }
-
-
-def _may_use_live_build(segments: list[streams.Segment], plan: utils.RemuxPlan) -> bool:
-    """The live build makes what the remux would: one stream copied into WebM (live_webm checks the
-    rest: its codecs, its order, its structure)."""
-    return len(segments) == 1 and plan.copies_everything and plan.output.muxer == "webm"
 
 
 def _container_of(joined: streams.JoinedStreams) -> str:

@@ -195,7 +195,10 @@ class RecordingOutput(serializers.Serializer):
         source="session.video_bytes", allow_null=True, help_text="Bytes of the served video file."
     )
     source_sha256 = OptionalTextField(
-        source="session.source_sha256", allow_null=True, help_text="SHA-256 of the joined chunks."
+        source="session.source_sha256",
+        allow_null=True,
+        help_text="SHA-256 of the joined chunks (the kept streams, in order). A recording built while it was "
+        "uploaded (the live build) gets it right after `ready`: null for that moment.",
     )
     processing_seconds = serializers.FloatField(
         source="session.processing_seconds", allow_null=True, help_text="Wall-clock seconds of the last run."

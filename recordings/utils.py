@@ -573,6 +573,49 @@ def extract_audio(
     return ExtractedAudio(output, decode_errors=report.errors)
 
 
+def encode_mp3_piece(
+    clip_path: Path,
+    destination_path: Path,
+    *,
+    start_sample: int,
+    end_sample: int | None,
+    lead_silence_samples: int,
+    limits: Limits,
+) -> StepReport:
+    """Encode samples [start_sample, end_sample) of the first audio track of `clip_path` (counted
+    from the first sample its decoder gives; None: to the end), after `lead_silence_samples` of
+    silence, into bare MP3 frames: no bit reservoir (each frame stands alone, so pieces can be cut
+    between frames and joined), no Xing or ID3 header; the `mp3` audio format's codec and bitrate."""
+    end = f":end_sample={end_sample}" if end_sample is not None else ""
+    filters = f"atrim=start_sample={start_sample}{end}"
+    if lead_silence_samples:
+        filters += f",adelay={lead_silence_samples}S:all=1"
+    return _run_ffmpeg_counted(
+        [
+            *input_args(clip_path, "webm"),
+            "-map",
+            "0:a:0",
+            "-vn",
+            "-sn",
+            "-dn",
+            "-af",
+            filters,
+            *AUDIO_FORMATS["mp3"].codec_args,
+            "-reservoir",
+            "0",
+            *BITEXACT_ARGS,
+            "-write_xing",
+            "0",
+            "-id3v2_version",
+            "0",
+            "-f",
+            "mp3",
+            str(destination_path),
+        ],
+        limits=limits,
+    )
+
+
 # --- Joining segments ------------------------------------------------------------------------------
 
 

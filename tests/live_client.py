@@ -24,11 +24,12 @@ def start_session(base_url: str) -> tuple[str, str]:
 
 
 def wait_until_finished(base_url: str, session_id: str, timeout_seconds: float = 120) -> dict:
-    """Poll the recording until it is ready or failed; its JSON."""
+    """Poll the recording until it is failed, or ready with its `source_sha256` (which a recording
+    built while it was uploaded gets right after `ready`); its JSON."""
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         _, body = call("GET", f"{base_url}/api/get-recorded-data/{session_id}/")
-        if body["status"] in ("ready", "failed"):
+        if body["status"] == "failed" or (body["status"] == "ready" and body["source_sha256"]):
             return body
         time.sleep(0.2)
     raise AssertionError(f"{session_id} is still {body['status']}")

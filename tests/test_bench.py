@@ -70,7 +70,7 @@ def test_finalize_reaches_ready_and_times_the_floor(finalize_result):
     (length,) = finalize_result["lengths"]
     assert length["chunks"] == 15
     assert length["duration"] == pytest.approx(15, abs=0.2)
-    assert set(length["service_steps"]) == {"join", "probe", "live_finish", "audio", "thumbnail", "store"}
+    assert set(length["service_steps"]) == {"live_finish", "probe", "thumbnail", "store"}
     (full,) = finalize_result["full_pipeline"]  # the same recording without the live build
     assert set(full["service_steps"]) == {"join", "probe", "remux", "audio", "thumbnail", "store"}
     assert full["duration"] == length["duration"]

@@ -45,4 +45,4 @@ def test_curl_walkthrough_gives_a_ready_recording(make_run_server, tmp_path):
     assert status["source_sha256"] == load_chrome_set("vp8_opus").joined_sha256
     assert (work_dir / "video.webm").stat().st_size == status["size"]
     assert (work_dir / "first-kib.bin").stat().st_size == 1024
-    assert (work_dir / "audio.mp3").read_bytes()[:3] in (b"ID3", b"\xff\xfb")
+    assert (work_dir / "audio.mp3").read_bytes()[:2] in (b"ID", b"\xff\xfb")  # an ID3 tag, or an MP3 frame
