@@ -60,13 +60,14 @@ fuzz: $(VENV)/.dev-installed
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	DJANGO_DEBUG=1 $(BIN)/mypy
 
 format: $(VENV)/.dev-installed
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
 
 # Benchmarks (bench/, see docs/performance.md): each writes bench/results/<name>.json.
 .PHONY: bench bench-ingest bench-finalize bench-range bench-workers bench-json-memory bench-profile bench-report

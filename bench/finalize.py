@@ -22,7 +22,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.harness import Http, MiB, RssSampler, gunicorn, machine_description, work_directory, write_result
+from bench.harness import (
+    Http,
+    MiB,
+    RssSampler,
+    gunicorn,
+    machine_description,
+    moto_s3,
+    work_directory,
+    write_result,
+)
 from bench.media import generate_base, loop_recording, split_to_files
 from recordings import utils
 
@@ -152,7 +161,7 @@ def measure_length(http: Http, server, work_dir: Path, base: Path, minutes: floa
 
 def peak_rss_for(server, http: Http, work_dir: Path, recording: Path, label: str) -> dict:
     """Peak RSS of the service's processes while it ingests and processes `recording`."""
-    seconds = max(1, round(utils.probe(_remuxed_copy(recording, work_dir)).duration_seconds))
+    seconds = max(1, round(utils.probe(_remuxed_copy(recording, work_dir)).duration_seconds or 1))
     chunk_paths = split_to_files(recording, work_dir / f"chunks-{label}", parts=seconds)
     with RssSampler(server.pid) as rss:
         session_id, token, _ = ingest(http, chunk_paths)
@@ -197,6 +206,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=lambda text: [float(n) for n in text.split(",")], default=[1, 10])
     parser.add_argument("--memory-mib", type=int, default=1024, help="size of the large recording; 0 to skip")
+    parser.add_argument("--s3", action="store_true", help="also with S3 storage (a moto server on loopback)")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--output", default="finalize")
     args = parser.parse_args()
@@ -217,6 +227,14 @@ def main() -> None:
             http = Http(server.base_url)
             print("full pipeline at Stop:")
             full = [measure_length(http, server, work_dir, base, minutes, with_floor=False) for minutes in args.minutes]
+        s3 = None
+        if args.s3:
+            with moto_s3(work_dir) as s3_env, gunicorn(work_dir / "server-s3", extra_env=s3_env) as server:
+                http = Http(server.base_url)
+                print("live build, S3 storage (moto on loopback):")
+                s3 = [
+                    measure_length(http, server, work_dir, base, minutes, with_floor=False) for minutes in args.minutes
+                ]
     per_minute = [round(length["service_seconds"] / length["minutes"], 3) for length in lengths]
     path = write_result(
         args.output,
@@ -224,6 +242,7 @@ def main() -> None:
             "machine": machine_description(),
             "lengths": lengths,
             "full_pipeline": full,
+            "live_build_s3": s3,
             "live_to_full_ratio": [
                 round(live["service_seconds"] / other["service_seconds"], 2)
                 for live, other in zip(lengths, full, strict=True)

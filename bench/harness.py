@@ -181,7 +181,7 @@ class Http:
 
     def __init__(self, base_url: str):
         parts = urlsplit(base_url)
-        self._host, self._port = parts.hostname, parts.port
+        self._host, self._port = parts.hostname or "127.0.0.1", parts.port
         self._local = threading.local()
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -307,3 +307,43 @@ def db_workers(environment: dict, log_dir: Path, count: int, *, interval_seconds
             except subprocess.TimeoutExpired:
                 process.kill()
             log.close()
+
+
+@contextmanager
+def moto_s3(log_dir: Path) -> Iterator[dict[str, str]]:
+    """moto's S3 server on loopback with a fresh bucket: the environment that points the service at it."""
+    import urllib.request
+
+    import boto3
+
+    moto_server = Path(sys.executable).parent / "moto_server"
+    port = free_port()
+    endpoint_url = f"http://127.0.0.1:{port}"
+    with open(log_dir / "moto.log", "wb") as log:
+        server = subprocess.Popen([str(moto_server), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{endpoint_url}/moto-api/", timeout=2):  # noqa: S310 - loopback
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.2)
+        credentials = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench-secret"}  # noqa: S106
+        boto3.client("s3", endpoint_url=endpoint_url, region_name="us-east-1", **credentials).create_bucket(
+            Bucket="recorder-bench"
+        )
+        yield {
+            "RECORDER_STORAGE": "s3",
+            "AWS_STORAGE_BUCKET_NAME": "recorder-bench",
+            "AWS_S3_ENDPOINT_URL": endpoint_url,
+            "AWS_ACCESS_KEY_ID": credentials["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": credentials["aws_secret_access_key"],
+            "AWS_S3_REGION_NAME": "us-east-1",
+            "AWS_S3_ADDRESSING_STYLE": "path",
+        }
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -112,7 +112,7 @@ def measure_server(name: str, work_dir: Path, args, paced_chunks, flat_chunks) -
     app = None if name == "service" else "bench.baseline_app:application"
     extra_env = {"BASELINE_DIR": str(work_dir / "baseline-bodies")} if app else {}
     (work_dir / "baseline-bodies").mkdir(parents=True, exist_ok=True)
-    result = {"paced": [], "flat_out": None}
+    result: dict = {"paced": [], "flat_out": None}
     with gunicorn(work_dir, app=app, extra_env=extra_env) as server, RssSampler(server.pid) as rss:
         target = Target(server.base_url, is_service=(name == "service"))
         run_load(target, recorders=4, chunks=paced_chunks, seconds=2, paced=False)  # warm every worker up

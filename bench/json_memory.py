@@ -52,7 +52,7 @@ def chunk_of(work_dir: Path, chunk_bytes: int) -> bytes:
 
 def measure(chunk_bytes: int, clients: int, work_dir) -> dict:
     chunk = chunk_of(work_dir, chunk_bytes)
-    result = {"chunk_mib": round(len(chunk) / MiB, 2), "clients": clients}
+    result: dict = {"chunk_mib": round(len(chunk) / MiB, 2), "clients": clients}
     extra_env = {"GUNICORN_WORKERS": "1", "GUNICORN_THREADS": str(clients), "RECORDER_MAX_CHUNK_BYTES": str(96 * MiB)}
     for form in ("raw", "json"):
         with gunicorn(work_dir / f"server-{form}-{chunk_bytes}", extra_env=extra_env) as server:

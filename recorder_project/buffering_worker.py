@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections import Counter
 from functools import partial
+from pathlib import Path
 
 from gunicorn import http
 from gunicorn.workers.gthread import TConn, ThreadWorker
@@ -113,11 +114,11 @@ class _Inbound:
         self.head_bytes: bytes | None = None  # the head as the parser will see it, once complete
         self.body_started = now
         self.body_length = 0
-        self.body = None  # a SpooledTemporaryFile while the body arrives
+        self.body: tempfile.SpooledTemporaryFile | None = None  # while the body arrives
         self.body_received = 0
         self.in_memory_bytes = 0  # what this body counts against the worker's memory for bodies
         self.close_after = False  # a body not read here (chunked), or bytes after the request
-        self.upload_marker = None  # recordings.inflight's marker while a chunk upload's body arrives
+        self.upload_marker: Path | None = None  # recordings.inflight's marker while a chunk upload's body arrives
 
     @property
     def complete(self) -> bool:
@@ -407,6 +408,7 @@ class BufferingThreadWorker(ThreadWorker):
         conn.inbound = inbound
         conn.sock.setblocking(True)
         conn.sock = _HandOffSocket(conn.sock)
+        assert inbound.head_bytes is not None  # handed over once complete
         conn.parser = http.get_parser(self.cfg, _BufferedSource(inbound.head_bytes, inbound.body), conn.client)
         conn.initialized = True
         conn.data_ready = True

@@ -34,7 +34,7 @@ class EmbeddedBackend(ImmediateBackend):
 
     def enqueue(self, task: Task, args, kwargs) -> TaskResult:
         self.validate_task(task)
-        task_result = TaskResult(
+        task_result: TaskResult = TaskResult(
             task=task,
             id=get_random_id(),
             status=TaskResultStatus.READY,

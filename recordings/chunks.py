@@ -23,6 +23,30 @@ EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 EBML_DOCTYPE_ID = b"\x42\x82"
 
 
+class ChunkDigest:
+    """A chunk's size, SHA-256 and first SNIFF_BYTES (what `sniff_container` reads), taken as its
+    blocks go by: the one place where a chunk's bytes are hashed and its head kept."""
+
+    def __init__(self):
+        self.size = 0
+        self.head = b""
+        self._sha256 = hashlib.sha256()
+
+    def update(self, block: bytes) -> None:
+        self.size += len(block)
+        self._sha256.update(block)
+        self.head = keep_head(self.head, block)
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+
+def keep_head(head: bytes, block: bytes) -> bytes:
+    """`head` with as much of `block` after it as makes it SNIFF_BYTES long."""
+    return head if len(head) >= SNIFF_BYTES else head + block[: SNIFF_BYTES - len(head)]
+
+
 class StagedChunk(File):
     """A received chunk in a local temporary file, measured, hashed and fsynced, not yet acknowledged."""
 
@@ -77,36 +101,31 @@ def stage_upload(stream: BinaryIO, *, max_bytes: int, staging_dir: Path) -> Stag
     spooled_path = getattr(stream, "temporary_file_path", None)
     if spooled_path is not None and os.path.dirname(spooled_path()) == str(staging_dir):
         return _adopt_spooled_file(stream, spooled_path(), max_bytes=max_bytes)
-    digest = hashlib.sha256()
-    size = 0
-    head = b""
+    digest = ChunkDigest()
     fd, path = tempfile.mkstemp(dir=staging_dir, prefix="chunk-", suffix=".upload")
     try:
         with os.fdopen(fd, "wb") as staged:
             while block := stream.read(BLOCK_BYTES):
-                size += len(block)
-                if size > max_bytes:
-                    raise chunk_too_large(max_bytes)
-                if len(head) < SNIFF_BYTES:
-                    head += block[: SNIFF_BYTES - len(head)]
                 digest.update(block)
+                if digest.size > max_bytes:
+                    raise chunk_too_large(max_bytes)
                 staged.write(block)
             staged.flush()
             os.fsync(staged.fileno())  # here, not under the database lock where the rename happens
     except BaseException:
         os.unlink(path)
         raise
-    return StagedChunk(path, size=size, sha256=digest.hexdigest(), head=head)
+    return StagedChunk(path, size=digest.size, sha256=digest.sha256, head=digest.head)
 
 
 def sha256_of_stored(names: Iterable[str], storage: Storage = default_storage) -> str:
     """The SHA-256 of the stored files `names` joined in order, read in blocks."""
-    digest = hashlib.sha256()
+    digest = ChunkDigest()
     for name in names:
         with storage.open(name, "rb") as stored:
             while block := stored.read(BLOCK_BYTES):
                 digest.update(block)
-    return digest.hexdigest()
+    return digest.sha256
 
 
 def remove_stale_temp_entries(temp_dir: Path, *, older_than_seconds: int, now: float | None = None) -> int:
@@ -147,7 +166,7 @@ def _adopt_spooled_file(uploaded, path: str, *, max_bytes: int) -> StagedChunk:
     if size > max_bytes:
         raise chunk_too_large(max_bytes)
     sha256, head = getattr(uploaded, "sha256", None), getattr(uploaded, "head", None)
-    if sha256 is None:  # spooled by a handler that did not hash on the way in
+    if sha256 is None or head is None:  # spooled by a handler that did not hash on the way in
         sha256, head = _hash_file(path)
     with open(path, "rb") as spooled:
         os.fsync(spooled.fileno())  # here, not under the database lock where the rename happens
@@ -159,14 +178,11 @@ def _adopt_spooled_file(uploaded, path: str, *, max_bytes: int) -> StagedChunk:
 
 
 def _hash_file(path: str) -> tuple[str, bytes]:
-    digest = hashlib.sha256()
-    head = b""
+    digest = ChunkDigest()
     with open(path, "rb") as spooled:
         while block := spooled.read(BLOCK_BYTES):
-            if len(head) < SNIFF_BYTES:
-                head += block[: SNIFF_BYTES - len(head)]
             digest.update(block)
-    return digest.hexdigest(), head
+    return digest.sha256, digest.head
 
 
 def store_chunk(staged: StagedChunk, name: str, *, storage: Storage = default_storage) -> None:
@@ -186,19 +202,14 @@ class JoinedSource:
 
 def join_chunks(names: Iterable[str], destination: Path, *, storage: Storage = default_storage) -> JoinedSource:
     """Concatenate the stored chunks `names`, in the order given, into `destination`, streaming."""
-    digest = hashlib.sha256()
-    size = 0
-    head = b""
+    digest = ChunkDigest()
     with open(destination, "wb") as joined:
         for name in names:
             with storage.open(name, "rb") as chunk_file:
                 while block := chunk_file.read(BLOCK_BYTES):
-                    if len(head) < SNIFF_BYTES:
-                        head += block[: SNIFF_BYTES - len(head)]
                     digest.update(block)
                     joined.write(block)
-                    size += len(block)
-    return JoinedSource(size=size, sha256=digest.hexdigest(), head=head)
+    return JoinedSource(size=digest.size, sha256=digest.sha256, head=digest.head)
 
 
 def delete_stored_files(names: Iterable[str], *, storage: Storage = default_storage) -> None:

@@ -63,7 +63,7 @@ def read_layout(stream: BinaryIO) -> MatroskaLayout:
         header_end = reader.position  # where the header ends, once the loop stops
         if segment_end is not None and reader.position >= segment_end:
             break
-        header = reader.element_header(allow_end=True)
+        header = reader.element_header_or_end()
         if header is None or header[0] == CLUSTER:
             break
         element_id, size = header
@@ -180,12 +180,17 @@ class _Reader:
         self._stream.seek(size, 1)
         self.position += size
 
-    def element_header(self, *, allow_end: bool = False) -> tuple[int, int] | None:
+    def element_header(self) -> tuple[int, int]:
+        header = self.element_header_or_end()
+        if header is None:
+            raise NotMatroska("the file ends before an element")
+        return header
+
+    def element_header_or_end(self) -> tuple[int, int] | None:
+        """The next element's id and size, or None where the file ends."""
         first = self._stream.read(1)
         if not first:
-            if allow_end:
-                return None
-            raise NotMatroska("the file ends before an element")
+            return None
         self.position += 1
         element_id = self._vint(first[0], keep_marker=True)
         size_first = self.read(1)[0]

@@ -116,8 +116,9 @@ def handle_api_exception(exc: Exception, context: dict) -> Response | None:
     headers = {}
     if error.status == status.HTTP_401_UNAUTHORIZED:
         headers["WWW-Authenticate"] = 'Bearer realm="recorder"'
-    if isinstance(exc, exceptions.Throttled) and exc.wait:
-        headers["Retry-After"] = str(int(exc.wait))
+    wait = getattr(exc, "wait", None) if isinstance(exc, exceptions.Throttled) else None
+    if wait:
+        headers["Retry-After"] = str(int(wait))
     if error.retry_after_seconds:
         headers["Retry-After"] = str(error.retry_after_seconds)
     set_rollback()

@@ -1,12 +1,15 @@
-"""Which stored files belong to a recording (chunks, outputs, work folders), and removing them."""
+"""Which stored files belong to a recording (chunks, outputs, work folders, the live build): storing
+its outputs, and removing them."""
 
 import shutil
 from pathlib import Path
 
 from django.conf import settings
+from django.core.files.storage import default_storage
 
 from . import chunks
 from .models import Chunk, RecordingSession, chunk_storage_name, media_storage_name, output_storage_name
+from .storage import MovableFile
 
 
 def drop_chunk_files(session: RecordingSession) -> None:
@@ -53,3 +56,37 @@ def remove_work_dirs(session: RecordingSession, temp_dir: Path) -> int:
         shutil.rmtree(folder, ignore_errors=True)
         removed += 1
     return removed
+
+
+def store_outputs(session: RecordingSession, outputs: dict[str, tuple[Path, str]]) -> dict:
+    """Save each finished output (kind → (path, content type)) under the recording's view id, moving
+    the file where the storage can; the fields the recording gets. Outputs of an earlier run that
+    this one did not make (another format) are deleted."""
+    stored: dict[str, str | int | None] = {
+        "video_name": "",
+        "video_bytes": None,
+        "video_content_type": "",
+        "audio_name": "",
+        "audio_bytes": None,
+        "audio_content_type": "",
+        "thumbnail_name": "",
+        "thumbnail_bytes": None,
+    }
+    for kind, (path, content_type) in outputs.items():
+        name = output_storage_name(session.view_id, path.name)
+        size = path.stat().st_size
+        with MovableFile(str(path)) as output_file:
+            default_storage.save(name, output_file)
+        stored[f"{kind}_name"] = name
+        stored[f"{kind}_bytes"] = size
+        if kind != "thumbnail":
+            stored[f"{kind}_content_type"] = content_type
+    _delete_stale_outputs(session, keep={str(stored[f"{kind}_name"]) for kind in ("video", "audio", "thumbnail")})
+    return stored
+
+
+def _delete_stale_outputs(session: RecordingSession, *, keep: set[str]) -> None:
+    """A rerun with another output format must not leave the previous run's files behind."""
+    for name in (session.video_name, session.audio_name, session.thumbnail_name):
+        if name and name not in keep:
+            default_storage.delete(name)

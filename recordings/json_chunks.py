@@ -35,9 +35,9 @@ class ChunkSink(Protocol):
     """Where the decoded chunk goes: Django's upload-handler protocol, e.g. the hashing
     temporary-file handler that multipart uploads use."""
 
-    def new_file(self, field_name: str, file_name: str, content_type: str, content_length: int | None) -> None: ...
-    def receive_data_chunk(self, raw_data: bytes, start: int) -> None: ...
-    def file_complete(self, file_size: int) -> UploadedFile: ...
+    def new_file(self, *args, **kwargs) -> None: ...
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes | None: ...
+    def file_complete(self, file_size: int) -> UploadedFile | None: ...
 
 
 @dataclass
@@ -107,7 +107,9 @@ class _Parser:
 
     def _skip_whitespace(self) -> None:
         while True:
-            self._position = _WHITESPACE.match(self._buffer, self._position).end()
+            whitespace = _WHITESPACE.match(self._buffer, self._position)
+            assert whitespace is not None  # the pattern matches the empty string too
+            self._position = whitespace.end()
             if self._position < len(self._buffer) or not self._fill():
                 return
 
@@ -324,8 +326,10 @@ class _Base64Decoder:
     def finish(self) -> UploadedFile:
         if self._pending:
             raise invalid_base64(self._field_name, "Incorrect padding")
-        self._file = self._sink.file_complete(self._size)
-        return self._file
+        completed = self._sink.file_complete(self._size)
+        assert completed is not None  # the hashing handler always completes its file
+        self._file = completed
+        return completed
 
     def discard(self) -> None:
         """Delete what was spooled so far (a failed parse leaves nothing on disk)."""

@@ -52,7 +52,7 @@ class LiveOutputs:
 def wants_advance(session: RecordingSession, now: datetime.datetime) -> bool:
     """Whether a chunk just stored should ask for the build to advance (the caller holds the row
     lock and saves `live_requested_at`): no request is pending, or the pending one is stale."""
-    if not settings.RECORDER_LIVE_BUILD or session.status != Status.RECORDING:
+    if not settings.RECORDER_LIVE_BUILD or session.status != Status.RECORDING or session.live_abandoned:
         return False
     requested_at = session.live_requested_at
     return requested_at is None or requested_at < now - datetime.timedelta(seconds=REQUEST_STALE_SECONDS)
@@ -111,7 +111,8 @@ def finish(session: RecordingSession) -> LiveOutputs | None:
         _advance_build(session, build, end_index=session.expected_chunks)
         if build.abandoned_reason:
             return None
-        if build.next_chunk_index < session.expected_chunks or not build.state.get("at_chunk_end", False):
+        end_index = session.expected_chunks
+        if end_index is None or build.next_chunk_index < end_index or not build.state.get("at_chunk_end", False):
             logger.warning("recording %s: the live build stops before the last chunk; full pipeline", session.id)
             return None
         state = build.state
@@ -199,9 +200,12 @@ def _advance_build(session: RecordingSession, build: LiveBuild, *, end_index: in
         in_a_row.append((index, size))
     if not in_a_row:
         return
+    state = build.state
+    available_until = state["next_chunk_offset"] + sum(size for _, size in in_a_row)
+    if available_until < state.get("needed_until", 0):
+        return  # the element being read is not wholly here yet: nothing to read again
     directory = files.live_build_dir(session)
     output_path, cues_path = directory / "video.webm", directory / "index.bin"
-    state = build.state
     if not _files_hold(state, directory):
         logger.warning("recording %s: the live build's files do not match its state; started again", session.id)
         build = _reset(session, build, build.first_chunk_index)
@@ -291,6 +295,7 @@ def _abandon(session: RecordingSession, build: LiveBuild, reason: str) -> None:
     logger.info("recording %s: no live build (%s); processing takes the full pipeline", session.id, reason)
     build.abandoned_reason = reason[:200]
     build.save(update_fields=["abandoned_reason", "updated_at"])
+    RecordingSession.objects.filter(pk=session.pk).update(live_abandoned=True)
     shutil.rmtree(files.live_build_dir(session), ignore_errors=True)
 
 

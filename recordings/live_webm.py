@@ -17,12 +17,13 @@ output and its cue list); the caller keeps them, so any process can continue the
 Spec: https://www.matroska.org/technical/elements.html (and RFC 8794 for EBML).
 """
 
+import io
 import os
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 EBML_HEADER = 0x1A45DFA3
 SEGMENT = 0x18538067
@@ -102,9 +103,9 @@ class ChunkStream:
 
     BLOCK_BYTES = 256 * 1024
 
-    def __init__(self, opened: Iterable[BinaryIO], offset: int):
+    def __init__(self, opened: Iterable[IO[bytes]], offset: int):
         self._files = iter(opened)
-        self._current: BinaryIO | None = None
+        self._current: IO[bytes] | None = None
         self._buffer = bytearray()
         self._start = offset  # the source offset of self._buffer[0]
         self._position = 0  # index into self._buffer
@@ -182,7 +183,7 @@ def _element_header(stream: ChunkStream) -> tuple[int, int, int]:
 
 def _children(payload: bytes) -> list[tuple[int, bytes]]:
     """The child elements of a master element held whole in memory."""
-    stream = ChunkStream([_BytesFile(payload)], 0)
+    stream = ChunkStream([io.BytesIO(payload)], 0)
     found = []
     while not stream.at_end():
         try:
@@ -193,18 +194,6 @@ def _children(payload: bytes) -> list[tuple[int, bytes]]:
         except NeedMore as error:
             raise NotLive("an element overruns its parent") from error
     return found
-
-
-class _BytesFile:
-    def __init__(self, payload: bytes):
-        self._payload: bytes | None = payload
-
-    def read(self, size: int) -> bytes:
-        payload, self._payload = self._payload, None
-        return payload or b""
-
-    def close(self) -> None:
-        pass
 
 
 # --- Writing EBML --------------------------------------------------------------------------------
@@ -274,6 +263,7 @@ def advance(state: dict, source: ChunkStream, output: BinaryIO, cues: BinaryIO) 
                 source.rewind_to(element_start)
                 break
             state["source_offset"] = source.offset
+            state.pop("needed_until", None)
             source.discard_read()
     except NeedMore:
         pass  # the header is not wholly here yet: nothing was written
@@ -410,10 +400,7 @@ def _tracks_state(entries: list[tuple[int, bytes]]) -> dict:
 def _copy_element(state: dict, source: ChunkStream, output: BinaryIO, cues: BinaryIO) -> None:
     element_id, size, _ = _element_header(source)
     if element_id == CLUSTER:
-        _close_cluster(state, output)
-        if size != _UNKNOWN:
-            # A Cluster of known size is read like an unknown-size one: its children follow.
-            pass
+        _close_cluster(state, output)  # a Cluster of known size is read like one of unknown size
         state["cluster_offset"] = state["output_size"]
         state["cluster_time"] = None
         _write(state, output, _id_bytes(CLUSTER) + _SEGMENT_SIZE_UNKNOWN)
@@ -424,6 +411,11 @@ def _copy_element(state: dict, source: ChunkStream, output: BinaryIO, cues: Bina
         raise NotLive(f"element {element_id:#x} outside a Cluster")
     if size == _UNKNOWN:
         raise NotLive(f"element {element_id:#x} of unknown size inside a Cluster")
+    if not source.peek_available(size):
+        # Where the available bytes must reach before this element is read again: until then an
+        # advance costs nothing (an element claiming megabytes is not read again with every chunk).
+        state["needed_until"] = source.offset + size
+        raise NeedMore
     payload = source.read(size)
     if element_id == CLUSTER_TIMECODE:
         state["cluster_time"] = int.from_bytes(payload[:8], "big")

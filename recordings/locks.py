@@ -61,7 +61,7 @@ def held_write_lock(path: str) -> Iterator[None]:
         callback()
 
 
-def after_write_lock(callback: Callable[[], None]) -> None:
+def after_write_lock(callback: Callable[[], object]) -> None:
     """Run `callback` once this thread's write lock is released (now if it holds none).
 
     A transaction's on-commit callbacks run while the lock around it is still held; work that

@@ -88,6 +88,9 @@ class RecordingSession(models.Model):
     # Set when a chunk asked for the live build to advance (recordings/live.py), cleared when the
     # build has caught up: chunks arriving meanwhile queue no second task. An old one is stale.
     live_requested_at = models.DateTimeField(null=True, blank=True)
+    # The live build gave up on this recording (what it holds is for the full pipeline): chunks
+    # stop asking for it.
+    live_abandoned = models.BooleanField(default=False)
     # What processing noticed but could play past (timestamp jumps, decode errors, joined streams):
     # [{"code": ..., "detail": ..., "count": ...}], from the reports of steps that ran anyway.
     warnings = models.JSONField(default=list, blank=True)

@@ -36,7 +36,8 @@ class RawChunkParser(BaseParser):
 
     media_type = "*/*"  # DRF matches one type per parser; the three families are checked below
 
-    def parse(self, stream, media_type=None, parser_context=None) -> RawBody:
+    # DRF's stubs say a parser returns a mapping; request.data is what it returns, these objects here
+    def parse(self, stream, media_type=None, parser_context=None) -> RawBody:  # type: ignore[override]
         if not is_raw_media_type(media_type or ""):
             raise UnsupportedMediaType(
                 media_type,
@@ -56,7 +57,7 @@ class JsonChunkParser(BaseParser):
 
     media_type = "application/json"
 
-    def parse(self, stream, media_type=None, parser_context=None) -> JsonChunkBody:
+    def parse(self, stream, media_type=None, parser_context=None) -> JsonChunkBody:  # type: ignore[override]
         if stream is None:  # no body at all
             return JsonChunkBody(fields={}, chunk=None)
         with memory_budget.reserve(2 * READ_BYTES):

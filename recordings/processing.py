@@ -1,30 +1,20 @@
-"""The pipeline for one recording: join → check → (concat) → probe → remux → audio → thumbnail → save,
-and its status. What each step may cost, and what is refused before it runs: recordings/costs.py."""
+"""The pipeline for one recording: its outputs from the live build (recordings/live.py) when that
+holds the whole recording, else join → check → (concat) → probe → remux → audio → thumbnail →
+store, the reference. What each step may cost, and what is refused before it runs:
+recordings/costs.py. The run around it (claim, heartbeat, status): recordings/runs.py."""
 
 import logging
 import tempfile
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
-from django.core.files.storage import default_storage
-from django.utils import timezone
 
-from . import chunks, costs, files, live, runs, streams, utils
-from .models import (
-    Chunk,
-    IllegalTransition,
-    RecordingSession,
-    Status,
-    chunk_storage_name,
-    output_storage_name,
-    transition,
-)
-from .storage import MovableFile
+from . import costs, files, live, streams, utils
+from .models import Chunk, RecordingSession, chunk_storage_name
 
 logger = logging.getLogger("recordings.processing")
 
@@ -50,107 +40,7 @@ class StepTimer:
         return round(time.perf_counter() - self.started, 3)
 
 
-def process_recording(session_id: uuid.UUID | str, *, use_live_build: bool = True) -> RecordingSession | None:
-    """Build the playable video, audio and thumbnail of a recording whose status is `processing`.
-
-    Idempotent: outputs are written under fixed names through an atomic storage, so a second run
-    replaces them whole. A failure leaves the chunks untouched and the status `failed` with a code.
-    A run claims the recording first: while another run's heartbeat is fresh, this one does nothing.
-    Without `use_live_build` it takes the full pipeline, the reference. None when the recording no
-    longer exists.
-    """
-    with runs.run_slot():
-        attempt = runs.claim(session_id)
-        try:
-            session = RecordingSession.objects.filter(pk=session_id).first()
-            if attempt is None or session is None:
-                return session
-            return _run(session, attempt, use_live_build=use_live_build)
-        finally:
-            if attempt is not None:
-                runs.finished(session_id)
-
-
-def _run(session: RecordingSession, attempt: int, *, use_live_build: bool) -> RecordingSession:
-    timer = StepTimer()
-    this_run = {"processing_attempts": attempt}
-    try:
-        with runs.Heartbeat(session.id, attempt):
-            if attempt > 1:  # the dead run's work folder, if it died on this machine
-                files.remove_work_dirs(session, settings.RECORDER_TEMP_DIR)
-            results = _build_outputs(session, timer, use_live_build=use_live_build)
-        transition(
-            session,
-            Status.READY,
-            only_if=this_run,
-            ready_at=timezone.now(),
-            error_code="",
-            error_detail="",
-            processing_seconds=timer.total_seconds,
-            processing_steps=timer.seconds,
-            **results,
-        )
-        logger.info(
-            "recording %s ready in %.2f s: %s%s",
-            session.id,
-            timer.total_seconds,
-            timer.seconds,
-            "".join(f"; {warning['code']} ({warning['count']})" for warning in results["warnings"]),
-        )
-        _after_ready(session)
-    except IllegalTransition:
-        logger.warning("recording %s: run %d was overtaken by another run; its result is dropped", session.id, attempt)
-        session.refresh_from_db()
-    except utils.MediaError as error:
-        _fail(session, error.code, error.detail, timer, only_if=this_run)
-    except Exception:
-        logger.exception("processing recording %s failed unexpectedly", session.id)
-        _fail(
-            session,
-            "processing_error",
-            "Processing failed unexpectedly; the error has been logged.",
-            timer,
-            only_if=this_run,
-        )
-    finally:
-        live.discard(session)  # used, or of no use to a later run (which takes the full pipeline)
-    return session
-
-
-def _after_ready(session: RecordingSession) -> None:
-    """The chunks' SHA-256 when the live build made the outputs (it read each chunk once, as it
-    came), then the chunks go. The recording is ready whatever fails here: logged, and the chunks
-    are then kept."""
-    try:
-        if not session.source_sha256:
-            session.source_sha256 = chunks.sha256_of_stored(_chunk_names(session))
-            RecordingSession.objects.filter(pk=session.pk).update(source_sha256=session.source_sha256)
-        if not settings.RECORDER_KEEP_CHUNKS:
-            files.drop_chunk_files(session)
-            session.chunks_deleted_at = timezone.now()
-            RecordingSession.objects.filter(pk=session.pk).update(chunks_deleted_at=session.chunks_deleted_at)
-    except Exception:
-        logger.exception("recording %s is ready, but its chunks could not be hashed or deleted", session.id)
-
-
-def _fail(session: RecordingSession, code: str, detail: str, timer: StepTimer, *, only_if: dict) -> None:
-    logger.warning("recording %s failed: %s (%s)", session.id, code, detail)
-    try:
-        transition(
-            session,
-            Status.FAILED,
-            only_if=only_if,
-            error_code=code,
-            error_detail=detail,
-            processing_seconds=timer.total_seconds,
-            processing_steps=timer.seconds,
-        )
-    except IllegalTransition:
-        logger.warning("recording %s: this run was overtaken by another run; its failure is dropped", session.id)
-        session.refresh_from_db()
-
-
-def _build_outputs(session: RecordingSession, timer: StepTimer, *, use_live_build: bool) -> dict:
+def build_outputs(session: RecordingSession, timer: StepTimer, *, use_live_build: bool) -> dict:
     """The outputs from the live build when it holds the whole recording, else the full pipeline."""
     settings.RECORDER_TEMP_DIR.mkdir(parents=True, exist_ok=True)
     if use_live_build:
@@ -190,7 +80,7 @@ def _outputs_of_live_build(session: RecordingSession, built: live.LiveOutputs, t
                 )
             outputs["thumbnail"] = (thumbnail_path, "image/jpeg")
         with timer.step("store"):
-            stored = _store_outputs(session, outputs)
+            stored = files.store_outputs(session, outputs)
     return {
         "container": session.container or "webm",
         "source_bytes": source_bytes,
@@ -222,7 +112,7 @@ def _full_pipeline(session: RecordingSession, timer: StepTimer) -> dict:
         work_dir = Path(work)
         with timer.step("join"):
             joined = streams.join_streams(
-                _chunk_names(session), work_dir / "source", max_segments=costs.MAX_JOINED_STREAMS
+                chunk_names(session), work_dir / "source", max_segments=costs.MAX_JOINED_STREAMS
             )
         container = _container_of(joined)
         for segment in joined.segments:
@@ -267,7 +157,7 @@ def _full_pipeline(session: RecordingSession, timer: StepTimer) -> dict:
                 outputs["audio"] = (audio_path, audio_content_type)
 
         with timer.step("store"):
-            stored = _store_outputs(session, outputs)
+            stored = files.store_outputs(session, outputs)
 
     return {
         "container": container,
@@ -397,7 +287,7 @@ def _extract_audio(
     return audio_path, extracted.content_type, extracted.decode_errors
 
 
-def _chunk_names(session: RecordingSession) -> list[str]:
+def chunk_names(session: RecordingSession) -> list[str]:
     """The stored chunks, in order: exactly the indices from `first_chunk_index` (0, or 1 for
     clients that count from 1) to one before `expected_chunks`, or `chunks_missing`."""
     indices = list(Chunk.objects.filter(session=session).order_by("index").values_list("index", flat=True))
@@ -406,34 +296,3 @@ def _chunk_names(session: RecordingSession) -> list[str]:
     if indices != list(range(first, end)):
         raise utils.MediaError("chunks_missing", "Some chunks of the recording are missing; it cannot be joined.")
     return [chunk_storage_name(session.id, index) for index in indices]
-
-
-def _store_outputs(session: RecordingSession, outputs: dict[str, tuple[Path, str]]) -> dict:
-    stored = {
-        "video_name": "",
-        "video_bytes": None,
-        "video_content_type": "",
-        "audio_name": "",
-        "audio_bytes": None,
-        "audio_content_type": "",
-        "thumbnail_name": "",
-        "thumbnail_bytes": None,
-    }
-    for kind, (path, content_type) in outputs.items():
-        name = output_storage_name(session.view_id, path.name)
-        size = path.stat().st_size
-        with MovableFile(str(path)) as output_file:
-            default_storage.save(name, output_file)
-        stored[f"{kind}_name"] = name
-        stored[f"{kind}_bytes"] = size
-        if kind != "thumbnail":
-            stored[f"{kind}_content_type"] = content_type
-    _delete_stale_outputs(session, keep={stored["video_name"], stored["audio_name"], stored["thumbnail_name"]})
-    return stored
-
-
-def _delete_stale_outputs(session: RecordingSession, *, keep: set[str]) -> None:
-    """A rerun with another output format must not leave the previous run's files behind."""
-    for name in (session.video_name, session.audio_name, session.thumbnail_name):
-        if name and name not in keep:
-            default_storage.delete(name)

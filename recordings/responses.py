@@ -30,12 +30,18 @@ _FAR_BEYOND = 10**18
 class StoredFile(Protocol):
     """What is needed to serve a stored file (services.MediaFile is one)."""
 
-    storage_name: str
-    size: int
-    content_type: str
-    etag: str
-    last_modified: int  # seconds since the epoch
-    download_name: str
+    @property
+    def storage_name(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def etag(self) -> str: ...
+    @property
+    def last_modified(self) -> int: ...  # seconds since the epoch
+    @property
+    def download_name(self) -> str: ...
 
 
 class ByteRange:
@@ -106,7 +112,7 @@ def _if_range_allows(request: HttpRequest, stored: StoredFile) -> bool:
 
 def deliver_stored_file(
     request: HttpRequest, stored: StoredFile, *, as_attachment: bool, storage: Storage = default_storage
-) -> HttpResponse:
+) -> HttpResponse | FileResponse:
     """The response for GET/HEAD of `stored`, by RECORDER_MEDIA_DELIVERY (see the settings)."""
     delivery = settings.RECORDER_MEDIA_DELIVERY
     if delivery == "redirect":
@@ -119,7 +125,7 @@ def deliver_stored_file(
 def redirect_to_stored_file(stored: StoredFile, *, as_attachment: bool, storage: Storage) -> HttpResponse:
     """302 to a short-lived presigned URL; the object store answers Range and conditionals itself."""
     disposition = content_disposition_header(as_attachment, stored.download_name)
-    url = storage.url(
+    url = storage.url(  # type: ignore[call-arg]  # django-storages' S3Storage takes the response parameters
         stored.storage_name,
         parameters={"ResponseContentType": stored.content_type, "ResponseContentDisposition": disposition},
     )
@@ -130,7 +136,7 @@ def redirect_to_stored_file(stored: StoredFile, *, as_attachment: bool, storage:
 
 def offload_stored_file(
     request: HttpRequest, stored: StoredFile, *, as_attachment: bool, storage: Storage, header: str
-) -> HttpResponse:
+) -> HttpResponse | FileResponse:
     """An empty response naming the file for the front proxy to send (it answers Range itself)."""
     validators, decided = _check_conditionals(request, stored)
     if decided is not None:
@@ -139,10 +145,10 @@ def offload_stored_file(
     if header == "x-accel-redirect":
         response["X-Accel-Redirect"] = settings.RECORDER_MEDIA_ACCEL_PREFIX + quote(stored.storage_name)
     else:
-        response["X-Sendfile"] = storage.path(stored.storage_name)
-    response["Content-Disposition"] = content_disposition_header(as_attachment, stored.download_name)
+        response["X-Sendfile"] = str(storage.path(stored.storage_name))
+    response["Content-Disposition"] = str(content_disposition_header(as_attachment, stored.download_name))
     for name in ("ETag", "Last-Modified", "Cache-Control"):
-        response[name] = validators[name]
+        response[name] = str(validators[name])
     return response
 
 
@@ -169,7 +175,7 @@ def _open_or_gone(storage: Storage, stored: StoredFile):
 
 def serve_stored_file(
     request: HttpRequest, stored: StoredFile, *, as_attachment: bool, storage: Storage = default_storage
-) -> HttpResponse:
+) -> HttpResponse | FileResponse:
     """200, 206, 304, 412 or 416 for GET/HEAD of `stored`, streamed from storage, never read whole."""
     validators, decided = _check_conditionals(request, stored)
     if decided is not None:
@@ -180,13 +186,14 @@ def serve_stored_file(
     if range_header and _if_range_allows(request, stored):
         byte_range = ByteRange.parse(range_header, stored.size)
     if byte_range is ByteRange.UNSATISFIABLE:
-        response = HttpResponse(status=416)
-        response["Content-Range"] = f"bytes */{stored.size}"
-        response["Accept-Ranges"] = "bytes"
-        return response
+        unsatisfiable = HttpResponse(status=416)
+        unsatisfiable["Content-Range"] = f"bytes */{stored.size}"
+        unsatisfiable["Accept-Ranges"] = "bytes"
+        return unsatisfiable
 
     start, end = byte_range if byte_range else (0, stored.size - 1)
     length = end - start + 1 if stored.size else 0
+    response: HttpResponse | FileResponse
     if request.method == "HEAD":
         response = HttpResponse(status=206 if byte_range else 200, content_type=stored.content_type)
     else:
@@ -202,7 +209,7 @@ def serve_stored_file(
         response["Content-Range"] = f"bytes {start}-{end}/{stored.size}"
     response["Content-Length"] = str(length)
     if request.method == "HEAD":
-        response["Content-Disposition"] = content_disposition_header(as_attachment, stored.download_name)
+        response["Content-Disposition"] = str(content_disposition_header(as_attachment, stored.download_name))
     for header in ("ETag", "Last-Modified", "Accept-Ranges", "Cache-Control"):
-        response[header] = validators[header]
+        response[header] = str(validators[header])
     return response

@@ -1,4 +1,6 @@
-"""How a processing run is claimed, how many run at once, how it beats, and how a dead one is retried or given up."""
+"""A processing run of one recording: how it is claimed, how many run at once, how it beats, how it
+ends (`ready` or `failed`, then the chunks' hash and deletion), and how a dead one is retried or
+given up. What it builds: recordings/processing.py."""
 
 import datetime
 import logging
@@ -14,8 +16,9 @@ from django.db import DatabaseError, connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from . import chunks, files, live, processing, utils
 from .locks import database_write_lock
-from .models import RecordingSession, Status, transition
+from .models import IllegalTransition, RecordingSession, Status, transition
 
 logger = logging.getLogger("recordings.runs")
 
@@ -36,6 +39,106 @@ def run_slot() -> Iterator[None]:
         slots = _slots
     with slots:
         yield
+
+
+def process_recording(session_id: uuid.UUID | str, *, use_live_build: bool = True) -> RecordingSession | None:
+    """Build the playable video, audio and thumbnail of a recording whose status is `processing`.
+
+    Idempotent: outputs are written under fixed names through an atomic storage, so a second run
+    replaces them whole. A failure leaves the chunks untouched and the status `failed` with a code.
+    A run claims the recording first: while another run's heartbeat is fresh, this one does nothing.
+    Without `use_live_build` it takes the full pipeline, the reference. None when the recording no
+    longer exists.
+    """
+    with run_slot():
+        attempt = claim(session_id)
+        try:
+            session = RecordingSession.objects.filter(pk=session_id).first()
+            if attempt is None or session is None:
+                return session
+            return _run(session, attempt, use_live_build=use_live_build)
+        finally:
+            if attempt is not None:
+                finished(session_id)
+
+
+def _run(session: RecordingSession, attempt: int, *, use_live_build: bool) -> RecordingSession:
+    timer = processing.StepTimer()
+    this_run = {"processing_attempts": attempt}
+    try:
+        with Heartbeat(session.id, attempt):
+            if attempt > 1:  # the dead run's work folder, if it died on this machine
+                files.remove_work_dirs(session, settings.RECORDER_TEMP_DIR)
+            results = processing.build_outputs(session, timer, use_live_build=use_live_build)
+        transition(
+            session,
+            Status.READY,
+            only_if=this_run,
+            ready_at=timezone.now(),
+            error_code="",
+            error_detail="",
+            processing_seconds=timer.total_seconds,
+            processing_steps=timer.seconds,
+            **results,
+        )
+        logger.info(
+            "recording %s ready in %.2f s: %s%s",
+            session.id,
+            timer.total_seconds,
+            timer.seconds,
+            "".join(f"; {warning['code']} ({warning['count']})" for warning in results["warnings"]),
+        )
+        _after_ready(session)
+    except IllegalTransition:
+        logger.warning("recording %s: run %d was overtaken by another run; its result is dropped", session.id, attempt)
+        session.refresh_from_db()
+    except utils.MediaError as error:
+        _fail(session, error.code, error.detail, timer, only_if=this_run)
+    except Exception:
+        logger.exception("processing recording %s failed unexpectedly", session.id)
+        _fail(
+            session,
+            "processing_error",
+            "Processing failed unexpectedly; the error has been logged.",
+            timer,
+            only_if=this_run,
+        )
+    finally:
+        live.discard(session)  # used, or of no use to a later run (which takes the full pipeline)
+    return session
+
+
+def _after_ready(session: RecordingSession) -> None:
+    """The chunks' SHA-256 when the live build made the outputs (it read each chunk once, as it
+    came), then the chunks go. The recording is ready whatever fails here: logged, and the chunks
+    are then kept."""
+    try:
+        if not session.source_sha256:
+            session.source_sha256 = chunks.sha256_of_stored(processing.chunk_names(session))
+            RecordingSession.objects.filter(pk=session.pk).update(source_sha256=session.source_sha256)
+        if not settings.RECORDER_KEEP_CHUNKS:
+            files.drop_chunk_files(session)
+            session.chunks_deleted_at = timezone.now()
+            RecordingSession.objects.filter(pk=session.pk).update(chunks_deleted_at=session.chunks_deleted_at)
+    except Exception:
+        logger.exception("recording %s is ready, but its chunks could not be hashed or deleted", session.id)
+
+
+def _fail(session: RecordingSession, code: str, detail: str, timer: processing.StepTimer, *, only_if: dict) -> None:
+    logger.warning("recording %s failed: %s (%s)", session.id, code, detail)
+    try:
+        transition(
+            session,
+            Status.FAILED,
+            only_if=only_if,
+            error_code=code,
+            error_detail=detail,
+            processing_seconds=timer.total_seconds,
+            processing_steps=timer.seconds,
+        )
+    except IllegalTransition:
+        logger.warning("recording %s: this run was overtaken by another run; its failure is dropped", session.id)
+        session.refresh_from_db()
 
 
 def stale_cutoff(now: datetime.datetime | None = None) -> datetime.datetime:

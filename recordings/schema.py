@@ -27,7 +27,7 @@ API_INFO = openapi.Info(
     license=openapi.License(name="MIT"),
 )
 
-UPLOAD_SECURITY = [{"UploadToken": []}]
+UPLOAD_SECURITY: list[dict[str, list[str]]] = [{"UploadToken": []}]
 _CHECKSUM = "^((sha256:)?[0-9a-fA-F]{64})?$"  # what serializers.ChunkUploadInput accepts; empty means none
 _BINARY = openapi.Schema(type=openapi.TYPE_STRING, format=openapi.FORMAT_BINARY)
 

@@ -84,7 +84,7 @@ class FinalizeInput(ChunkUploadInput):
 class ErrorOutput(serializers.Serializer):
     code = serializers.CharField(help_text="Stable snake_case machine code, e.g. `chunk_conflict`.")
     detail = serializers.CharField(help_text="A sentence for a human.")
-    fields = serializers.DictField(
+    fields = serializers.DictField(  # type: ignore[assignment]  # the error's field messages, not Serializer.fields
         child=serializers.ListField(child=serializers.CharField()),
         required=False,
         help_text="Per-field messages, for `invalid_request`.",
@@ -224,7 +224,7 @@ class RecordingOutput(serializers.Serializer):
 class RecordingViewOutput(RecordingOutput):
     """A recording read through its view id: everything but the session id."""
 
-    session_id = None
+    session_id = None  # type: ignore[assignment]  # DRF drops an inherited field set to None
 
 
 class FinalizeOutput(RecordingOutput):

@@ -8,7 +8,7 @@ import secrets
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.db import transaction
@@ -16,7 +16,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
-from . import chunks, files, inflight, live, processing, streams, tasks
+from . import chunks, files, inflight, live, runs, streams, tasks
 from .errors import RecorderError
 from .locks import database_write_lock
 from .models import GONE_STATUSES, MAX_CHUNKS, Chunk, RecordingSession, Status, chunk_storage_name, transition
@@ -42,7 +42,9 @@ def hash_upload_token(upload_token: str) -> str:
 
 def get_session(*, session_id: str | uuid.UUID) -> RecordingSession:
     """The recording with this id, or `session_not_found` (also for ids that are not UUIDs)."""
-    return _live(RecordingSession.objects.filter(pk=_parse_id(session_id)).first(), session_id)
+    parsed_id = _parse_id(session_id)
+    session = RecordingSession.objects.filter(pk=parsed_id).first() if parsed_id is not None else None
+    return _live(session, session_id)
 
 
 @dataclass(frozen=True)
@@ -416,7 +418,7 @@ def settle_finalize(session_id: str | uuid.UUID) -> float | None:
         if seconds_left:
             return seconds_left
         if locked.highest_chunk_index is None:
-            waited = (timezone.now() - locked.finalized_at).total_seconds()
+            waited = (timezone.now() - (locked.finalized_at or timezone.now())).total_seconds()
             transition(
                 locked,
                 Status.FAILED,
@@ -458,7 +460,7 @@ def _waiting_for_count(session: RecordingSession | None) -> RecordingSession | N
 
 def _seconds_left_to_wait(session: RecordingSession, *, look_at_uploads: bool) -> float:
     now = timezone.now()
-    longest_wait_over = now >= session.finalized_at + datetime.timedelta(
+    longest_wait_over = now >= (session.finalized_at or now) + datetime.timedelta(
         seconds=settings.RECORDER_FINALIZE_MAX_WAIT_SECONDS
     )
     if longest_wait_over:
@@ -483,7 +485,7 @@ def _wait_longer(session: RecordingSession) -> None:
 
 
 def _fix_chunk_count(session: RecordingSession, first_index: int, end_index: int, total_chunks: int | None) -> None:
-    fields = {
+    fields: dict[str, Any] = {
         "expected_chunks": end_index,
         "first_chunk_index": first_index,
         "total_chunks_given": total_chunks,
@@ -608,7 +610,7 @@ def reprocess_recording(*, session_id: str) -> RecordingSession:
         if locked.status != Status.PROCESSING:
             transition(locked, Status.PROCESSING, **_processing_request())
     # a direct, synchronous run of the full pipeline (the reference), whatever the backend
-    processed = processing.process_recording(locked.id, use_live_build=False)
+    processed = runs.process_recording(locked.id, use_live_build=False)
     if processed is None:
         raise session_not_found(session_id)
     return processed
@@ -740,7 +742,7 @@ def media_file(*, session_id: str, kind: str) -> MediaFile:
     size = getattr(session, f"{kind}_bytes")
     content_type = "image/jpeg" if kind == "thumbnail" else getattr(session, f"{kind}_content_type")
     extension = storage_name.rsplit(".", 1)[-1]
-    ready_timestamp = session.ready_at.timestamp()
+    ready_timestamp = (session.ready_at or session.created_at).timestamp()
     return MediaFile(
         storage_name=storage_name,
         size=size,

@@ -58,7 +58,7 @@ class DurableFileSystemStorage(FileSystemStorage):
         if not getattr(content, "is_synced", False):  # a staged chunk was fsynced when it was written
             with open(source_path, "rb") as source:
                 os.fsync(source.fileno())
-        os.chmod(source_path, self.file_permissions_mode)
+        os.chmod(source_path, self.file_permissions_mode or 0o644)
         try:
             os.replace(source_path, full_path)
         except OSError as error:
@@ -77,7 +77,7 @@ class DurableFileSystemStorage(FileSystemStorage):
                     partial.write(block)
                 partial.flush()
                 os.fsync(partial.fileno())
-            os.chmod(partial_path, self.file_permissions_mode)
+            os.chmod(partial_path, self.file_permissions_mode or 0o644)
             os.replace(partial_path, full_path)
         except BaseException:
             try:

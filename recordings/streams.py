@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Any, BinaryIO
 
 from django.core.files.storage import Storage, default_storage
 
@@ -72,7 +72,7 @@ def join_streams(
         join.close()
 
 
-def _first_block(chunk_file: BinaryIO) -> bytes:
+def _first_block(chunk_file: IO[bytes]) -> bytes:
     """A chunk's first block, holding at least its first SNIFF_BYTES (a storage may read short)."""
     block = chunk_file.read(chunks.BLOCK_BYTES)
     while block and len(block) < chunks.SNIFF_BYTES:
@@ -113,7 +113,7 @@ class _Join:
         self.digest = hashlib.sha256()  # the kept bytes if `current` and any undecided stream are kept
         self.previous: Segment | None = None  # the undecided stream, if any
         self.previous_digest = hashlib.sha256()  # self.kept + previous
-        self.digest_without_previous = None  # self.kept + current, while `previous` is undecided
+        self.digest_without_previous: Any = None  # self.kept + current, while `previous` is undecided
         self.previous_file: BinaryIO | None = None  # read alongside `current`
         self.compared_bytes = 0
 
@@ -135,29 +135,39 @@ class _Join:
             self.previous_file = open(self.previous.path, "rb")
             self.compared_bytes = 0
 
+    def _written(self) -> _Stream:
+        assert self.current is not None, "a stream is being written"
+        return self.current
+
+    def _undecided(self) -> Segment:
+        assert self.previous is not None, "a stream before is undecided"
+        return self.previous
+
     def write(self, block: bytes) -> None:
-        if len(self.current.head) < chunks.SNIFF_BYTES:
-            self.current.head += block[: chunks.SNIFF_BYTES - len(self.current.head)]
-        self.current.file.write(block)
-        self.current.size += len(block)
+        current = self._written()
+        current.head = chunks.keep_head(current.head, block)
+        current.file.write(block)
+        current.size += len(block)
         self.digest.update(block)
         if self.previous is not None:
             self.digest_without_previous.update(block)
             self._compare(block)
 
     def _compare(self, block: bytes) -> None:
-        expected = self.previous_file.read(min(len(block), self.previous.size - self.compared_bytes))
+        assert self.previous_file is not None
+        expected = self.previous_file.read(min(len(block), self._undecided().size - self.compared_bytes))
         if block[: len(expected)] != expected:
             self._keep_previous()  # a restarted recorder: its own bytes from the header on
             return
         self.compared_bytes += len(expected)
-        if self.compared_bytes == self.previous.size:
+        if self.compared_bytes == self._undecided().size:
             self._drop_previous()  # the new stream holds all of the one before: a cumulative Blob
 
     def _keep_previous(self) -> None:
         self._stop_comparing()
-        self.kept.append(self.previous)
-        self.kept_size += self.previous.size
+        previous = self._undecided()
+        self.kept.append(previous)
+        self.kept_size += previous.size
         self.kept_digest = self.previous_digest
         self.previous = None
         self.digest_without_previous = None
@@ -170,7 +180,7 @@ class _Join:
 
     def _drop_previous(self) -> None:
         self._stop_comparing()
-        os.unlink(self.previous.path)
+        os.unlink(self._undecided().path)
         self.previous = None
         self.digest = self.digest_without_previous
         self.digest_without_previous = None
@@ -182,18 +192,19 @@ class _Join:
 
     def _end_current(self) -> None:
         """The current stream is complete: it becomes the undecided one, for the next to compare with."""
-        self.current.file.close()
-        if self.previous is not None and self.compared_bytes == self.current.size:
+        current = self._written()
+        current.file.close()
+        if self.previous is not None and self.compared_bytes == current.size:
             # all of it is the start of the stream before: an older cumulative Blob that arrived
             # late (index-less uploads overtaking each other). It adds nothing: dropped.
             self._stop_comparing()
-            os.unlink(self.current.path)
+            os.unlink(current.path)
             self.current = None
             self.digest_without_previous = None
             return
         if self.previous is not None:  # it ended before it had matched all of the stream before
             self._keep_previous()
-        self.previous = Segment(self.current.path, self.current.size, self.current.head)
+        self.previous = Segment(current.path, current.size, current.head)
         self.previous_digest = self.digest
         self.current = None
 
@@ -202,8 +213,9 @@ class _Join:
             self.start_stream()
         self._end_current()
         # the last stream has no successor to extend it: it is kept
-        self.kept.append(self.previous)
-        self.kept_size += self.previous.size
+        previous = self._undecided()
+        self.kept.append(previous)
+        self.kept_size += previous.size
         self.kept_digest = self.previous_digest
         self.previous = None
         return JoinedStreams(segments=self.kept, size=self.kept_size, sha256=self.kept_digest.hexdigest())

@@ -15,7 +15,7 @@ from django.utils import timezone
 from django_tasks import task
 from django_tasks_db import DatabaseBackend
 
-from . import live, processing, runs
+from . import live, runs
 from .backends import waiting_arguments
 from .locks import after_write_lock
 from .models import Status
@@ -26,7 +26,7 @@ logger = logging.getLogger("recordings.tasks")
 @task()
 def process_recording_task(session_id: str) -> str:
     """Process one recording; returns its final status. Safe to run twice."""
-    processed = processing.process_recording(session_id)
+    processed = runs.process_recording(session_id)
     return processed.status if processed is not None else "gone"
 
 

@@ -45,7 +45,7 @@ class ScopedThrottle(ScopedRateThrottle):
     """
 
     def get_rate(self) -> str | None:
-        return settings.RECORDER_THROTTLE_RATES.get(self.scope)
+        return settings.RECORDER_THROTTLE_RATES.get(self.scope or "")
 
     def get_ident(self, request) -> str:
         return throttle_key(client_address(request.META, settings.RECORDER_NUM_PROXIES))

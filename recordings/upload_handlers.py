@@ -1,10 +1,8 @@
 """A multipart upload handler that hashes, measures and keeps the head of a file while Django spools it."""
 
-import hashlib
-
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
 
-SNIFF_BYTES = 64
+from .chunks import ChunkDigest
 
 
 class HashingTemporaryFileUploadHandler(TemporaryFileUploadHandler):
@@ -16,13 +14,10 @@ class HashingTemporaryFileUploadHandler(TemporaryFileUploadHandler):
 
     def new_file(self, *args, **kwargs) -> None:
         super().new_file(*args, **kwargs)
-        self._digest = hashlib.sha256()
-        self._head = b""
+        self._digest = ChunkDigest()
 
-    def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes | None:
         self._digest.update(raw_data)
-        if len(self._head) < SNIFF_BYTES:
-            self._head += raw_data[: SNIFF_BYTES - len(self._head)]
         try:
             return super().receive_data_chunk(raw_data, start)
         except OSError:  # a full disk: delete the partial spool file now, not whenever it is collected
@@ -31,6 +26,7 @@ class HashingTemporaryFileUploadHandler(TemporaryFileUploadHandler):
 
     def file_complete(self, file_size: int):
         uploaded = super().file_complete(file_size)
-        uploaded.sha256 = self._digest.hexdigest()
-        uploaded.head = self._head
+        if uploaded is not None:
+            uploaded.sha256 = self._digest.sha256  # type: ignore[attr-defined]  # read by chunks.stage_upload
+            uploaded.head = self._digest.head  # type: ignore[attr-defined]
         return uploaded

@@ -2,7 +2,7 @@
 
 import io
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from django.conf import settings
 from rest_framework import serializers
@@ -58,6 +58,7 @@ def read_chunk_upload(
     refuse_chunked_body(request)
     _refuse_oversized_body(request)
     data = request.data
+    stream: BinaryIO | None
     if isinstance(data, RawBody) or is_raw_media_type(request.content_type or ""):
         body_fields: dict = {}
         stream = _raw_body_stream(request, data)
@@ -66,7 +67,7 @@ def read_chunk_upload(
         stream = _chunk_from_form(data)
     elif isinstance(data, JsonChunkBody):  # JSON, the chunk already decoded to a temporary file
         body_fields = {key: [value] for key, value in data.fields.items()}
-        stream = data.chunk
+        stream = cast(BinaryIO | None, data.chunk)  # an UploadedFile
     elif isinstance(data, dict):  # an empty body with a JSON content type
         body_fields = {key: [value] for key, value in data.items()}
         stream = None
@@ -80,7 +81,7 @@ def read_chunk_upload(
         values = _canonical_fields(
             [("the URL path", {"session_id": [path_session_id]} if path_session_id is not None else {})]
             + [("the query string", query_fields), ("the body", body_fields)],
-            read_as=_UPLOAD_FIELDS,
+            read_as=dict(_UPLOAD_FIELDS),
         )
         values["checksum_header"] = request.headers.get("X-Chunk-SHA256")
         validated = input_serializer(data=values)
@@ -115,7 +116,7 @@ def _canonical_fields(sources: list[tuple[str, dict[str, list]]], *, read_as: di
         for name, values in fields.items():
             field_name = _FIELD_OF_NAME.get(name, name)
             given.setdefault(field_name, []).extend((f"{name} in {where}", value) for value in values)
-    values = {}
+    canonical: dict[str, object] = {}
     for field_name, named in given.items():
         (first_name, first_value), *others = named
         for other_name, other_value in others:
@@ -126,8 +127,8 @@ def _canonical_fields(sources: list[tuple[str, dict[str, list]]], *, read_as: di
                     detail=f"{first_name} says {str(first_value)[:64]!r} but {other_name} says "
                     f"{str(other_value)[:64]!r}; both name the field {field_name!r}.",
                 )
-        values[field_name] = first_value
-    return values
+        canonical[field_name] = first_value
+    return canonical
 
 
 # Every field an upload call may carry (a finalize's are a superset of a chunk's), as the API reads it.
@@ -198,7 +199,8 @@ class DeclaredLengthStream:
 def _raw_body_stream(request: Request, data) -> BinaryIO:
     if not isinstance(data, RawBody):
         return io.BytesIO(b"")  # Content-Length: 0 is an empty chunk, which is valid
-    return DeclaredLengthStream(data.stream, int(request.META.get("CONTENT_LENGTH") or 0))
+    # duck-typed: reading is all that is done with a chunk's stream
+    return cast(BinaryIO, DeclaredLengthStream(data.stream, int(request.META.get("CONTENT_LENGTH") or 0)))
 
 
 def read_upload_token(request: Request) -> str | None:

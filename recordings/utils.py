@@ -254,16 +254,18 @@ def _run_counting(command: list[str], limits: Limits, phrases: tuple[bytes, ...]
         stderr=subprocess.PIPE,
         preexec_fn=_limit_child(limits, os.getpid()),  # system calls only, safe beside threads
     ) as process:
+        stderr = process.stderr
+        assert stderr is not None  # stderr=PIPE
         try:
             with selectors.DefaultSelector() as selector:  # not select(): a server's fds pass 1024
-                selector.register(process.stderr, selectors.EVENT_READ)
+                selector.register(stderr, selectors.EVENT_READ)
                 while True:
                     remaining_seconds = deadline - time.monotonic()
                     if remaining_seconds <= 0:
                         raise subprocess.TimeoutExpired(command, limits.timeout_seconds)
                     if not selector.select(remaining_seconds):
                         continue
-                    block = os.read(process.stderr.fileno(), _PIPE_READ_BYTES)
+                    block = os.read(stderr.fileno(), _PIPE_READ_BYTES)
                     if not block:
                         break
                     report.feed(block)

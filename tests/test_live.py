@@ -167,6 +167,21 @@ def test_what_the_live_path_does_not_build_is_said_and_bounded(mangle, reason, t
         build_offline([data], tmp_path / "build")
 
 
+def test_an_element_still_arriving_is_not_read_again_with_every_chunk(tmp_path):
+    """A block claiming 20 MB after a valid header: each advance until those bytes are there costs
+    a comparison of sizes, not a read of what came so far."""
+    data = b"".join(load_chrome_set("vp8_opus").chunks)
+    directory = tmp_path / "build"
+    directory.mkdir()
+    output_file, cues_file = directory / "video.webm", directory / "cues.bin"
+    output_file.write_bytes(b"")
+    cues_file.write_bytes(b"")
+    claim = data + b"\xa3\x01\x00\x00\x00\x01\x40\x00\x00" + b"\x81\x00\x00\x80"  # 20 MiB promised
+    state = advance_from(live_webm.new_state(), claim, output_file, cues_file)
+    assert state["needed_until"] == len(data) + 9 + 20 * 1024 * 1024
+    assert state["source_offset"] == len(data)  # the block's start: read again once it is all there
+
+
 def test_a_block_timestamp_going_back_is_left_to_the_full_pipeline(tmp_path):
     data = b"".join(load_chrome_set("vp8_opus").chunks)
     starts = [at for at in range(len(data)) if data.startswith(b"\x1f\x43\xb6\x75", at)]
@@ -247,6 +262,7 @@ def test_what_the_live_path_leaves_goes_through_the_full_pipeline(api, media_roo
     started = start(api)
     upload_all(api, started, chunk_list)
     assert re.search(reason, build_of(started.session_id).abandoned_reason)
+    assert RecordingSession.objects.get(pk=started.session_id).live_abandoned  # its chunks ask no more
     body = finalize(api, started, total_chunks=len(chunk_list)).json()
     assert body["status"] == "ready"
     assert "remux" in RecordingSession.objects.get(pk=started.session_id).processing_steps

@@ -10,7 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from recordings import locks, processing, services
+from recordings import locks, runs, services
 from recordings.models import RecordingSession
 from tests.conftest import load_chrome_set, output_path, recording_files
 from tests.recorder_client import finalize, start, status_of, upload_all
@@ -193,7 +193,7 @@ def test_a_run_whose_heartbeat_is_fresh_is_not_run_twice(api):
     _, started = uploaded(api)
     as_if_a_run_died(started.session_id, attempts=1, silent_seconds=1)  # beating 1 s ago: alive
     assert services.recover_stale_recordings() == []
-    processing.process_recording(started.session_id)  # a duplicate task of the same recording
+    runs.process_recording(started.session_id)  # a duplicate task of the same recording
     session = RecordingSession.objects.get(pk=started.session_id)
     assert (session.status, session.processing_attempts) == ("processing", 1)
 

@@ -6,6 +6,7 @@ a real client of the API in every CI run. Screenshots go to test-artifacts/.
 
 import hashlib
 import http.server
+import json
 import shutil
 import threading
 import time
@@ -123,6 +124,44 @@ def test_record_five_seconds_stop_and_watch_it(make_run_server):
     assert recorded["chunkDigests"] == stored_chunk_digests(make_run_server.media_root, recorded["sessionId"])
     assert (ARTIFACTS_DIR / "recorder.png").stat().st_size > 10_000
     assert (ARTIFACTS_DIR / "watch.png").stat().st_size > 10_000
+
+
+def test_the_watch_page_plays_within_a_second_of_stop(make_run_server):
+    """The live build made the video and audio while the page recorded: from the click on Stop to
+    the watch page's video playing (the last chunk's upload, finalize, the page's polling, the
+    navigation, loading) takes under a second. 12 s recorded: longer than one audio piece."""
+    base_url = make_run_server.base_url
+    with chromium() as context:
+        page = context.new_page()
+        page.goto(f"{base_url}/")
+        page.get_by_label("Camera and microphone").check()
+        page.get_by_role("button", name="Record").click()
+        wait_until(page, "window.recorderPage.phase === 'recording'")
+        page.wait_for_timeout(12_000)
+        stopped = time.monotonic()
+        page.get_by_role("button", name="Stop").click()
+        wait_until(page, FINISHED, timeout_seconds=30)
+        ready_after = time.monotonic() - stopped
+        page.get_by_role("link", name="Open the watch page").click()
+        page.wait_for_url(f"{base_url}/r/**")
+        playing = page.evaluate(
+            """async () => {
+                const video = document.getElementById('video');
+                while (video.closest('[hidden]') || !video.src) await new Promise((r) => setTimeout(r, 10));
+                video.muted = true;  // autoplay with sound needs a user gesture
+                await video.play();
+                while (video.currentTime === 0) await new Promise((r) => setTimeout(r, 10));
+                return {currentTime: video.currentTime, duration: video.duration};
+            }"""
+        )
+        seconds_to_playing = time.monotonic() - stopped
+    ARTIFACTS_DIR.mkdir(exist_ok=True)
+    (ARTIFACTS_DIR / "stop-to-playing.json").write_text(
+        json.dumps({"stop_to_ready_seconds": ready_after, "stop_to_playing_seconds": seconds_to_playing, **playing})
+    )
+    assert playing["currentTime"] > 0
+    assert playing["duration"] == pytest.approx(12, abs=1.0)
+    assert seconds_to_playing <= 1.0, f"{seconds_to_playing:.2f} s from Stop to playing ({ready_after:.2f} s to ready)"
 
 
 def test_uploads_that_fail_for_a_while_are_retried_until_the_recording_is_complete(make_run_server):

@@ -17,7 +17,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
-from recordings import chunks, costs, processing, streams, utils
+from recordings import chunks, costs, runs, streams, utils
 from recordings.models import Chunk, RecordingSession, Status, chunk_storage_name
 from tests.conftest import CHROME_SETS, load_chrome_set
 from tests.recorder_client import finalize, start, upload_all
@@ -56,7 +56,7 @@ def processed(chunk_list: list[bytes], *, first_chunk_index: int = 0, indices: l
         finally:
             staged.discard()
         Chunk.objects.create(session=session, index=index, size=staged.size, sha256=staged.sha256)
-    processing.process_recording(session.id)
+    runs.process_recording(session.id)
     session.refresh_from_db()
     return session
 

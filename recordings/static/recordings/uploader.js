@@ -142,9 +142,12 @@ export class ChunkUploader {
         body: JSON.stringify({ session_id: this.sessionId, is_final: true, total_chunks: this.chunks.length }),
       }),
     );
+    // Most recordings are ready a moment after Stop (the live build): look again soon, then less often.
+    let waitMs = Math.min(100, this.pollMs);
     while (recording.status !== "ready" && recording.status !== "failed") {
       onStatus(recording.status);
-      await sleep(this.pollMs);
+      await sleep(waitMs);
+      waitMs = Math.min(waitMs * 2, this.pollMs);
       recording = await this._send(() => fetch(`${this.apiBase}/api/get-recorded-data/${this.sessionId}/`));
     }
     return recording;

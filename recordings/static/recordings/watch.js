@@ -3,6 +3,8 @@
 const $ = (id) => document.getElementById(id);
 const page = $("watch");
 const POLL_MS = 1500;
+// A page opened at Stop usually finds the recording ready within a second: look again soon at first.
+let waitMs = 100;
 
 function duration(seconds) {
   const whole = Math.round(seconds);
@@ -68,7 +70,8 @@ async function load() {
     return;
   }
   $("status").textContent = `This recording is ${recording.status}; the page updates when it is ready.`;
-  setTimeout(load, POLL_MS);
+  setTimeout(load, waitMs);
+  waitMs = Math.min(waitMs * 2, POLL_MS);
 }
 
 $("copy-link").addEventListener("click", async () => {
