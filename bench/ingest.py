@@ -3,8 +3,9 @@
     python -m bench.ingest                 # make bench-ingest
     python -m bench.ingest --smoke         # a few seconds, for the test suite
 
-Paced mode: N recorders each post one chunk a second (multipart, real VP8/Opus bytes), starting at
-random moments within the first second, as independent browsers do. Flat-out mode: N clients post
+Paced mode: N recorders each post one chunk a second (multipart), each the next chunk of a real
+VP8/Opus recording encoded at about a chunk a second, starting at random moments within the first
+second, as independent browsers do (so the live build works on them meanwhile). Flat-out mode: N clients post
 back to back. Reported for both servers: throughput, latency p50/p95/p99, errors, peak RSS.
 """
 
@@ -26,6 +27,17 @@ from bench.harness import (
     write_result,
 )
 from bench.media import generate_base
+
+
+def recording_chunks(work_dir: Path, chunk_bytes: int, count: int) -> list[bytes]:
+    """`count` consecutive chunks of `chunk_bytes` of one real recording encoded at about a chunk a
+    second: what a paced recorder sends, so that the service's background work on it (the live
+    build: the video appended, the MP3 encoded in pieces) runs beside the uploads as it would."""
+    bitrate = f"{chunk_bytes * 8 // 1000}k"
+    source = generate_base(work_dir / f"paced-source-{count}-{bitrate}.webm", seconds=2 * count, video_bitrate=bitrate)
+    data = source.read_bytes()
+    assert len(data) >= count * chunk_bytes, "the source is too short for its chunks"
+    return [data[index * chunk_bytes : (index + 1) * chunk_bytes] for index in range(count)]
 
 
 def real_chunk_bytes(work_dir: Path, chunk_bytes: int, count: int = 16) -> list[bytes]:
@@ -155,7 +167,7 @@ def main() -> None:
 
     with work_directory("bench-ingest-") as temporary:
         work_dir = Path(temporary)
-        paced_chunks = real_chunk_bytes(work_dir, args.paced_chunk_kib * 1024)
+        paced_chunks = recording_chunks(work_dir, args.paced_chunk_kib * 1024, int(args.seconds) + 2)
         flat_chunks = real_chunk_bytes(work_dir, args.chunk_kib * 1024)
         results = {
             name: measure_server(name, work_dir / name, args, paced_chunks, flat_chunks)

@@ -32,9 +32,13 @@ logger = logging.getLogger("recordings.live")
 
 # A process that died while advancing a build holds it this long at most.
 LEASE_SECONDS = 30
-# A request whose task never ran (its process was killed) is asked again by the next chunk after this.
-REQUEST_STALE_SECONDS = 30
+# A request whose task never ran (its process was killed) is asked again by the next chunk after
+# this. A second task for a build that is advancing costs one lease query: it finds the lease held.
+REQUEST_STALE_SECONDS = 10
 _LEASE_POLL_SECONDS = 0.01
+# Chunks one step of an advance reads at most: a build far behind (chunk 1 came last) catches up
+# in steps, renewing its lease between them.
+CHUNKS_PER_STEP = 500
 _FILES = ("video.webm", "index.bin", "audio.mp3")
 
 
@@ -83,17 +87,22 @@ def advance_while_requested(session_id: uuid.UUID | str) -> None:
 def advance(session: RecordingSession) -> None:
     """Append the chunks stored in a row after the build's position; never raises (the processing
     run finishes, or replaces, whatever is left)."""
-    owner = _take_lease(session, wait=False)
-    if owner is None:
+    lease = _take_lease(session, wait=False)
+    if lease is None:
         return  # another process is advancing it and will see these chunks (or the run will)
+    build = None
     try:
-        build = _build_for(session)
-        if build is not None and not build.abandoned_reason:
-            _advance_build(session, build)
-    except Exception:
-        logger.exception("recording %s: the live build could not advance; processing will do it", session.id)
+        build = _build_for(session, lease)
+        while build is not None and not build.abandoned_reason and _advance_build(session, build, lease):
+            pass
+    except _LeaseLost:
+        logger.warning("recording %s: the live build's lease was taken over; this advance stops", session.id)
+    except Exception as error:  # a bug or a storage failure: the full pipeline, once, not a traceback a chunk
+        logger.exception("recording %s: the live build failed; processing takes the full pipeline", session.id)
+        if build is not None:
+            _abandon(session, build, lease, f"unexpected {type(error).__name__}")
     finally:
-        _release_lease(session, owner)
+        lease.release()
 
 
 def finish(session: RecordingSession) -> LiveOutputs | None:
@@ -101,14 +110,18 @@ def finish(session: RecordingSession) -> LiveOutputs | None:
     or None when the full pipeline must make them. Waits for an advance in progress to end."""
     if not settings.RECORDER_LIVE_BUILD:
         return None
-    owner = _take_lease(session, wait=True)
+    lease = _take_lease(session, wait=True)
+    if lease is None:
+        logger.warning("recording %s: the live build stayed leased; full pipeline", session.id)
+        return None
     try:
-        build = _build_for(session)
+        build = _build_for(session, lease)
         if build is None or build.abandoned_reason:
             return None
         if build.first_chunk_index != session.first_chunk_index:
-            build = _reset(session, build, session.first_chunk_index)
-        _advance_build(session, build, end_index=session.expected_chunks)
+            build = _reset(session, build, lease, session.first_chunk_index)
+        while _advance_build(session, build, lease, end_index=session.expected_chunks):
+            pass
         if build.abandoned_reason:
             return None
         end_index = session.expected_chunks
@@ -120,7 +133,7 @@ def finish(session: RecordingSession) -> LiveOutputs | None:
             return None  # audio the build does not encode (not Opus, or another RECORDER_AUDIO_FORMAT)
         directory = files.live_build_dir(session)
         if state.get("audio_mp3") is not None and state.get("audio_first_time") is not None:
-            state["audio_mp3"] = _encode_audio(session, state, final=True)
+            state["audio_mp3"] = _encode_audio(session, state, lease, final=True)
         with open(directory / "video.webm", "r+b") as output, open(directory / "index.bin", "rb") as index:
             finished = live_webm.finish(state, output, index)
         has_audio = state.get("audio_first_time") is not None
@@ -131,14 +144,14 @@ def finish(session: RecordingSession) -> LiveOutputs | None:
             audio_path=directory / "audio.mp3" if has_audio else None,
             audio_decode_errors=state["audio_mp3"]["decode_errors"] if has_audio else 0,
         )
-    except (live_webm.NotLive, utils.MediaError) as error:
-        logger.info("recording %s: the live build ends (%s); full pipeline", session.id, error)
+    except (live_webm.NotLive, utils.MediaError, _LeaseLost) as error:
+        logger.info("recording %s: the live build ends (%r); full pipeline", session.id, error)
         return None
     except Exception:
         logger.exception("recording %s: the live build could not be finished; full pipeline", session.id)
         return None
     finally:
-        _release_lease(session, owner)
+        lease.release()
 
 
 def discard(session: RecordingSession) -> None:
@@ -150,20 +163,27 @@ def discard(session: RecordingSession) -> None:
 # --- Advancing ---------------------------------------------------------------------------------
 
 
-def _build_for(session: RecordingSession) -> LiveBuild | None:
+def _build_for(session: RecordingSession, lease: "_Lease") -> LiveBuild | None:
     """The recording's build (the lease holder's), started once its first chunk is stored: chunk 0
-    with a stream header, or, once finalized as counting from 1, chunk 1. None until then."""
+    with a stream header, or chunk 1 with one when there is no chunk 0 and the finalize said the
+    client counts from 1, or chunks 2 to 4 are stored already (a chunk 0 that late is unlikely; if
+    it comes, the run starts the build again from it). None until then."""
     build = LiveBuild.objects.get(session_id=session.pk)
     if build.state or build.abandoned_reason:
         return build
-    first_chunks = dict(Chunk.objects.filter(session=session, index__in=(0, 1)).values_list("index", "starts_stream"))
+    first_chunks = dict(
+        Chunk.objects.filter(session=session, index__in=(0, 1, 2, 3, 4)).values_list("index", "starts_stream")
+    )
+    counts_from_one = (
+        session.first_chunk_index == 1 if session.status != Status.RECORDING else {2, 3, 4} <= first_chunks.keys()
+    )
     if first_chunks.get(0):
         first = 0
-    elif session.status != Status.RECORDING and session.first_chunk_index == 1 and first_chunks.get(1):
+    elif 0 not in first_chunks and first_chunks.get(1) and counts_from_one:
         first = 1
     else:
         return None
-    return _reset(session, build, first)
+    return _reset(session, build, lease, first)
 
 
 def _fresh_state(first_chunk_index: int) -> dict:
@@ -171,7 +191,7 @@ def _fresh_state(first_chunk_index: int) -> dict:
     return {**live_webm.new_state(), "next_chunk_offset": 0, "at_chunk_end": True}
 
 
-def _reset(session: RecordingSession, build: LiveBuild, first_chunk_index: int) -> LiveBuild:
+def _reset(session: RecordingSession, build: LiveBuild, lease: "_Lease", first_chunk_index: int) -> LiveBuild:
     directory = files.live_build_dir(session)
     directory.mkdir(parents=True, exist_ok=True)
     for name in _FILES:
@@ -181,15 +201,22 @@ def _reset(session: RecordingSession, build: LiveBuild, first_chunk_index: int) 
     build.next_chunk_index = first_chunk_index
     build.state = _fresh_state(first_chunk_index)
     build.abandoned_reason = ""
-    build.save()
+    lease.save(build, ["first_chunk_index", "next_chunk_index", "state", "abandoned_reason"])
     return build
 
 
-def _advance_build(session: RecordingSession, build: LiveBuild, *, end_index: int | None = None) -> None:
-    """Append the chunks from the build's next one while their indices run on without a gap."""
+def _advance_build(
+    session: RecordingSession, build: LiveBuild, lease: "_Lease", *, end_index: int | None = None
+) -> bool:
+    """Append the chunks from the build's next one while their indices run on without a gap, at
+    most CHUNKS_PER_STEP of them; True when that many were there (call again for the rest)."""
+    window_end = build.next_chunk_index + CHUNKS_PER_STEP
     rows = list(
-        Chunk.objects.filter(session=session, index__gte=build.next_chunk_index)
-        .filter(Q(index__lt=end_index) if end_index is not None else Q())
+        Chunk.objects.filter(
+            session=session,
+            index__gte=build.next_chunk_index,
+            index__lt=window_end if end_index is None else min(window_end, end_index),
+        )
         .order_by("index")
         .values_list("index", "size")
     )
@@ -199,17 +226,17 @@ def _advance_build(session: RecordingSession, build: LiveBuild, *, end_index: in
             break
         in_a_row.append((index, size))
     if not in_a_row:
-        return
+        return False
     state = build.state
     available_until = state["next_chunk_offset"] + sum(size for _, size in in_a_row)
     if available_until < state.get("needed_until", 0):
-        return  # the element being read is not wholly here yet: nothing to read again
+        return False  # the element being read is not wholly here yet: nothing to read again
     directory = files.live_build_dir(session)
     output_path, cues_path = directory / "video.webm", directory / "index.bin"
     if not _files_hold(state, directory):
         logger.warning("recording %s: the live build's files do not match its state; started again", session.id)
-        build = _reset(session, build, build.first_chunk_index)
-        return _advance_build(session, build, end_index=end_index)
+        build = _reset(session, build, lease, build.first_chunk_index)
+        return True
     live_webm.truncate_to(state, output_path, cues_path)
     chunk_start = state["next_chunk_offset"]
     within_first = state["source_offset"] - chunk_start
@@ -223,8 +250,8 @@ def _advance_build(session: RecordingSession, build: LiveBuild, *, end_index: in
             os.fsync(output.fileno())
             os.fsync(cues.fileno())
     except live_webm.NotLive as error:
-        _abandon(session, build, str(error))
-        return
+        _abandon(session, build, lease, str(error))
+        return False
     # The chunk the new position falls in: the build goes on from there next time.
     next_index, next_offset = build.next_chunk_index, chunk_start
     for index, size in in_a_row:
@@ -237,21 +264,24 @@ def _advance_build(session: RecordingSession, build: LiveBuild, *, end_index: in
         state["audio_mp3"] = live_audio.new_state(state) if settings.RECORDER_AUDIO_FORMAT == "mp3" else None
     if state.get("audio_mp3") is not None:
         try:
-            state["audio_mp3"] = _encode_audio(session, state, final=False)
+            state["audio_mp3"] = _encode_audio(session, state, lease, final=False)
         except (live_webm.NotLive, utils.MediaError) as error:
-            _abandon(session, build, f"audio: {error}")
-            return
+            _abandon(session, build, lease, f"audio: {error}")
+            return False
+    moved_on = next_index > build.next_chunk_index
     build.next_chunk_index = next_index
     build.state = state
-    build.save(update_fields=["next_chunk_index", "state", "updated_at"])
+    lease.save(build, ["next_chunk_index", "state"])
+    return moved_on and len(rows) == CHUNKS_PER_STEP and len(in_a_row) == len(rows)
 
 
-def _encode_audio(session: RecordingSession, state: dict, *, final: bool) -> dict:
+def _encode_audio(session: RecordingSession, state: dict, lease: "_Lease", *, final: bool) -> dict:
     """Encode every whole audio piece the build's video holds now (with `final`, the rest too)."""
     directory = files.live_build_dir(session)
     audio_state = state["audio_mp3"]
     settings.RECORDER_TEMP_DIR.mkdir(parents=True, exist_ok=True)
     while (piece := live_audio.next_piece(state, audio_state, final=final)) is not None:
+        lease.keep()
         audio_state = live_audio.encode_piece(
             piece,
             state,
@@ -291,10 +321,10 @@ def _files_hold(state: dict, directory: Path) -> bool:
         return False
 
 
-def _abandon(session: RecordingSession, build: LiveBuild, reason: str) -> None:
+def _abandon(session: RecordingSession, build: LiveBuild, lease: "_Lease", reason: str) -> None:
     logger.info("recording %s: no live build (%s); processing takes the full pipeline", session.id, reason)
     build.abandoned_reason = reason[:200]
-    build.save(update_fields=["abandoned_reason", "updated_at"])
+    lease.save(build, ["abandoned_reason"])
     RecordingSession.objects.filter(pk=session.pk).update(live_abandoned=True)
     shutil.rmtree(files.live_build_dir(session), ignore_errors=True)
 
@@ -302,8 +332,44 @@ def _abandon(session: RecordingSession, build: LiveBuild, reason: str) -> None:
 # --- The lease ---------------------------------------------------------------------------------
 
 
-def _take_lease(session: RecordingSession, *, wait: bool) -> str | None:
-    """Hold the recording's build for this process (LEASE_SECONDS, or until released)."""
+class _LeaseLost(Exception):
+    """Another process holds the build now (this one stalled past LEASE_SECONDS): it stops."""
+
+
+class _Lease:
+    """This process's hold on a recording's build: renewed while the work goes on, and every save
+    of the build's state is conditional on it, so a process that lost it writes no state."""
+
+    def __init__(self, session: RecordingSession, owner: str):
+        self._session = session
+        self._owner = owner
+        self._renewed = time.monotonic()
+
+    def keep(self) -> None:
+        """Renew it once a third of it has passed."""
+        if time.monotonic() - self._renewed >= LEASE_SECONDS / 3:
+            self._update()
+
+    def save(self, build: LiveBuild, fields: list[str]) -> None:
+        self._update(**{name: getattr(build, name) for name in fields}, updated_at=timezone.now())
+
+    def release(self) -> None:
+        with database_write_lock():
+            _lease_rows(self._session).filter(lease_owner=self._owner).update(lease_owner="", lease_expires_at=None)
+
+    def _update(self, **fields) -> None:
+        expires_at = timezone.now() + datetime.timedelta(seconds=LEASE_SECONDS)
+        with database_write_lock():
+            updated = (
+                _lease_rows(self._session).filter(lease_owner=self._owner).update(lease_expires_at=expires_at, **fields)
+            )
+        if not updated:
+            raise _LeaseLost(self._session.pk)
+        self._renewed = time.monotonic()
+
+
+def _take_lease(session: RecordingSession, *, wait: bool) -> _Lease | None:
+    """Hold the recording's build for this process (LEASE_SECONDS, renewed by the holder)."""
     owner = uuid.uuid4().hex
     deadline = time.monotonic() + LEASE_SECONDS + 1
     while True:
@@ -316,7 +382,7 @@ def _take_lease(session: RecordingSession, *, wait: bool) -> str | None:
                 .update(lease_owner=owner, lease_expires_at=now + datetime.timedelta(seconds=LEASE_SECONDS))
             )
         if taken:
-            return owner
+            return _Lease(session, owner)
         if not wait or time.monotonic() > deadline:
             return None
         time.sleep(_LEASE_POLL_SECONDS)
@@ -335,10 +401,3 @@ def _ensure_row(session: RecordingSession) -> None:
 
 def _lease_rows(session: RecordingSession):
     return LiveBuild.objects.filter(session_id=session.pk)
-
-
-def _release_lease(session: RecordingSession, owner: str | None) -> None:
-    if owner is None:
-        return
-    with database_write_lock():
-        _lease_rows(session).filter(lease_owner=owner).update(lease_owner="", lease_expires_at=None)

@@ -91,7 +91,9 @@ def encode_piece(
     end = None if piece.end_frame is None else _input_end(piece.end_frame)
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="audio-piece-") as temporary:
         clip_path = Path(temporary) / "clip.webm"
-        clip_start = _write_clip(build_state, video_path, index_path, clip_path, before=start - DECODE_PREROLL_SAMPLES)
+        clip_start = _write_clip(
+            build_state, video_path, index_path, clip_path, before=start - DECODE_PREROLL_SAMPLES, until=end
+        )
         encoded_path = Path(temporary) / "piece.mp3"
         report = utils.encode_mp3_piece(
             clip_path,
@@ -121,23 +123,29 @@ def encode_piece(
     }
 
 
-def _write_clip(build_state: dict, video_path: Path, index_path: Path, clip_path: Path, *, before: int) -> int:
+def _write_clip(
+    build_state: dict, video_path: Path, index_path: Path, clip_path: Path, *, before: int, until: int | None
+) -> int:
     """The build's header and its Clusters from the last one whose audio starts at or before decoded
-    sample `before`; returns the decoded sample its decode starts at (0 from the first Cluster,
-    where the decoder drops the pre-skip itself)."""
+    sample `before`, to the first one that starts past sample `until` (None: to the end): a clip
+    of the piece's length, however far the build is ahead. Returns the decoded sample where its
+    decode starts. A decoder drops the stream's pre-skip at the start of every clip, so a clip
+    from a Cluster starts at the samples before it as the recording's decode counts them."""
     with open(index_path, "rb") as index:
         clusters = live_webm.cluster_starts(build_state, index)
     header_end = clusters[0][1]
     start, decoded_from = header_end, 0
-    preskip = build_state["audio"]["preskip"]
+    end = build_state["output_size"]
     for samples_before, position in clusters[1:]:
-        if samples_before - preskip > before:
+        if samples_before <= before:
+            start, decoded_from = position, samples_before
+        elif until is not None and samples_before > until:
+            end = position
             break
-        start, decoded_from = position, samples_before - preskip
     with open(video_path, "rb") as video, open(clip_path, "wb") as clip:
         clip.write(video.read(header_end))
         video.seek(start)
-        shutil.copyfileobj(_Limited(video, build_state["output_size"] - start), clip)
+        shutil.copyfileobj(_Limited(video, end - start), clip)
     return decoded_from
 
 

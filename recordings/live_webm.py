@@ -62,6 +62,12 @@ _VIDEO, _AUDIO = 1, 2
 # (a browser's largest keyframe is a few hundred kilobytes) and the header before the first Cluster.
 MAX_ELEMENT_BYTES = 32 * 1024 * 1024
 MAX_HEADER_BYTES = 1024 * 1024
+# Browsers start a Cluster about every second and at each keyframe: 4 h is ~15,000-30,000. Each one
+# costs an index record; past this the full pipeline, with its own bounds, takes the recording.
+MAX_CLUSTERS = 100_000
+# Block times in timecode-scale units (ms by default): far past any recording, and far from the
+# 64-bit limits of the index and of DefaultDuration.
+_MAX_TIME = 2**40
 # Room for the Cues at the front: ~20 bytes a cue point, so ~1,600 keyframes (2.2 h of a camera's
 # one keyframe every 5 s). A longer list is thinned to fit: a seek then lands a little earlier and
 # the player decodes forward from there.
@@ -276,7 +282,7 @@ def _read_header(state: dict, source: ChunkStream, output: BinaryIO) -> None:
     element_id, size, _ = _element_header(source)
     if element_id != EBML_HEADER or size == _UNKNOWN:
         raise NotLive("the stream does not start with an EBML header")
-    doc_type = dict(_children(source.read(size))).get(0x4282, b"")
+    doc_type = dict(_children(_read_header_element(state, source, size))).get(0x4282, b"")
     if doc_type not in (b"webm", b"matroska"):
         raise NotLive(f"DocType {doc_type[:16]!r}")
     element_id, _, _ = _element_header(source)
@@ -293,7 +299,7 @@ def _read_header(state: dict, source: ChunkStream, output: BinaryIO) -> None:
             break
         if size == _UNKNOWN:
             raise NotLive(f"element {element_id:#x} before the first Cluster has an unknown size")
-        payload = source.read(size)
+        payload = _read_header_element(state, source, size)
         if element_id == INFO:
             info = payload
         elif element_id == TRACKS:
@@ -304,11 +310,15 @@ def _read_header(state: dict, source: ChunkStream, output: BinaryIO) -> None:
         raise NotLive("no Info or Tracks before the first Cluster")
     entries = _track_entries(tracks)
     state.update(_tracks_state(entries))
-    state["timecode_scale"] = dict(_children(info)).get(TIMECODE_SCALE)
-    state["timecode_scale"] = int.from_bytes(state["timecode_scale"], "big") if state["timecode_scale"] else 1_000_000
+    first_of_each: dict[int, bytes] = {}  # a repeated child: the first, as a demuxer reads it
+    for child_id, payload in _children(info):
+        if child_id in _INFO_KEPT:
+            first_of_each.setdefault(child_id, payload)
+    scale = first_of_each.get(TIMECODE_SCALE)
+    state["timecode_scale"] = int.from_bytes(scale, "big") if scale else 1_000_000
     if not 0 < state["timecode_scale"] <= 10**9:
         raise NotLive("an impossible TimecodeScale")
-    info_kept = b"".join(_element(child_id, payload) for child_id, payload in _children(info) if child_id in _INFO_KEPT)
+    info_kept = b"".join(_element(child_id, payload) for child_id, payload in first_of_each.items())
     info_element = _element(INFO, info_kept + _element(DURATION, struct.pack(">d", 0.0)), size_width=8)
     # Video first, as ffmpeg's remux orders them (the full pipeline's output): stream 0 is the video.
     # Its entry gets room for a DefaultDuration (the frame length), known once frames have come.
@@ -361,6 +371,17 @@ def _read_header(state: dict, source: ChunkStream, output: BinaryIO) -> None:
     )
 
 
+def _read_header_element(state: dict, source: ChunkStream, size: int) -> bytes:
+    """An element of the header, which all of it must fit in MAX_HEADER_BYTES: refused from its size
+    alone, and not read again until the bytes it claims have all arrived."""
+    if source.offset + size > MAX_HEADER_BYTES:
+        raise NotLive(f"more than {MAX_HEADER_BYTES} bytes before the first Cluster")
+    if not source.peek_available(size):
+        state["needed_until"] = source.offset + size
+        raise NeedMore
+    return source.read(size)
+
+
 def _track_entries(tracks: bytes) -> list[tuple[int, bytes]]:
     """Each TrackEntry's type and bytes."""
     entries = []
@@ -398,11 +419,20 @@ def _tracks_state(entries: list[tuple[int, bytes]]) -> dict:
 
 
 def _copy_element(state: dict, source: ChunkStream, output: BinaryIO, cues: BinaryIO) -> None:
+    element_start = source.offset
     element_id, size, _ = _element_header(source)
+    cluster_end = state.get("cluster_end")
+    if cluster_end is not None and element_id != CLUSTER and element_start >= cluster_end:
+        raise NotLive("an element after its Cluster's end")  # a demuxer would skip it, or resync
     if element_id == CLUSTER:
-        _close_cluster(state, output)  # a Cluster of known size is read like one of unknown size
+        _close_cluster(state, output)
+        state["clusters"] = state.get("clusters", 0) + 1
+        if state["clusters"] > MAX_CLUSTERS:
+            raise NotLive(f"more than {MAX_CLUSTERS} Clusters")
         state["cluster_offset"] = state["output_size"]
         state["cluster_time"] = None
+        state["cluster_blocks"] = 0
+        state["cluster_end"] = None if size == _UNKNOWN else source.offset + size
         _write(state, output, _id_bytes(CLUSTER) + _SEGMENT_SIZE_UNKNOWN)
         return
     if element_id in _LEVEL_1 or element_id == EBML_HEADER:
@@ -411,6 +441,8 @@ def _copy_element(state: dict, source: ChunkStream, output: BinaryIO, cues: Bina
         raise NotLive(f"element {element_id:#x} outside a Cluster")
     if size == _UNKNOWN:
         raise NotLive(f"element {element_id:#x} of unknown size inside a Cluster")
+    if cluster_end is not None and source.offset + size > cluster_end:
+        raise NotLive("an element overruns its Cluster")
     if not source.peek_available(size):
         # Where the available bytes must reach before this element is read again: until then an
         # advance costs nothing (an element claiming megabytes is not read again with every chunk).
@@ -418,6 +450,8 @@ def _copy_element(state: dict, source: ChunkStream, output: BinaryIO, cues: Bina
         raise NeedMore
     payload = source.read(size)
     if element_id == CLUSTER_TIMECODE:
+        if state["cluster_time"] is not None:
+            raise NotLive("a second Timecode in one Cluster")
         state["cluster_time"] = int.from_bytes(payload[:8], "big")
         # a Cluster's record holds the audio samples before it: where a decode starting there begins
         position = state["cluster_offset"] - state["segment_data_start"]
@@ -444,6 +478,9 @@ def _note_block(state: dict, cues: BinaryIO, block: bytes, *, is_keyframe: bool,
         raise NotLive("a block with a track number wider than one byte")
     track = block[0] & 0x7F
     time = state["cluster_time"] + struct.unpack(">h", block[1:3])[0]
+    if not 0 <= time < _MAX_TIME:
+        raise NotLive(f"a block at time {time}")
+    state["cluster_blocks"] += 1
     video, audio = state["video"], state["audio"]
     if track not in {t["number"] for t in (video, audio) if t}:
         raise NotLive(f"a block of track {track}, which Tracks does not declare")
@@ -495,21 +532,32 @@ def cluster_starts(state: dict, index: BinaryIO) -> list[tuple[int, int]]:
 
 
 # Video blocks carry no duration; like ffmpeg, which gives a frame 1 / the frame rate it measured
-# from the first frames, the last frame lasts the median gap between the first ones.
+# from the first frames, the last frame lasts that long.
 _FRAME_GAPS_KEPT = 32
 
 
-def _frame_length(state: dict) -> int:
-    """The median gap between the first video frames, in timecode-scale units; 0 when unknown."""
+def _frame_length_ns(state: dict) -> int:
+    """A video frame's length in nanoseconds, as ffmpeg measures it from the first frames: their
+    gaps' mean (the middle half of them: a dropped frame or a stall does not count), as a whole
+    frame rate when it is within 1.5 % of one (millisecond timestamps make 30 fps 33, 33, 34 ms).
+    0 when unknown."""
     gaps = sorted(gap for gap in state["video_frame_gaps"] if gap > 0)
-    return gaps[len(gaps) // 2] if gaps else 0
+    if not gaps:
+        return 0
+    middle = gaps[len(gaps) // 4 : len(gaps) - len(gaps) // 4] or gaps
+    mean_ns = sum(middle) * state["timecode_scale"] / len(middle)
+    rate = 1e9 / mean_ns
+    whole_rate = round(rate)
+    if whole_rate >= 1 and abs(rate - whole_rate) <= 0.015 * whole_rate:
+        return round(1e9 / whole_rate)
+    return round(mean_ns)
 
 
-def _end_time(state: dict) -> int:
+def _end_time(state: dict) -> float:
     """The Duration in timecode-scale units: the end of the last audio packet or video frame."""
-    end = state["end_time"]
+    end = float(state["end_time"])
     if state["last_video_time"] is not None:
-        end = max(end, state["last_video_time"] + _frame_length(state))
+        end = max(end, state["last_video_time"] + _frame_length_ns(state) / state["timecode_scale"])
     return end
 
 
@@ -531,6 +579,8 @@ def _opus_samples(packet: bytes) -> int:
 def _close_cluster(state: dict, output: BinaryIO) -> None:
     if state["cluster_offset"] is None:
         return
+    if not state.get("cluster_blocks"):
+        raise NotLive("a Cluster without a block")  # browsers never write one; each costs 12 bytes here
     size = state["output_size"] - state["cluster_offset"] - 12
     output.seek(state["cluster_offset"] + 4)
     output.write(_size_bytes(size, width=8))
@@ -562,10 +612,10 @@ def finish(state: dict, output: BinaryIO, cues: BinaryIO) -> Finished:
     output.seek(state["duration_offset"])
     end_time = _end_time(state)
     output.write(struct.pack(">d", float(end_time)))
-    frame_length = _frame_length(state)
-    if state["default_duration_offset"] is not None and frame_length:
+    frame_length_ns = _frame_length_ns(state)
+    if state["default_duration_offset"] is not None and 0 < frame_length_ns < 2**56:
         output.seek(state["default_duration_offset"])
-        output.write(_uint(DEFAULT_DURATION, frame_length * state["timecode_scale"], width=8))
+        output.write(_uint(DEFAULT_DURATION, frame_length_ns, width=8))
     output.seek(state["segment_data_start"] - 8)
     output.write(_size_bytes(state["output_size"] - state["segment_data_start"], width=8))
     output.flush()

@@ -122,6 +122,8 @@ def test_killing_the_server_mid_upload_loses_no_acknowledged_chunk(tmp_path):
         for session_id, _ in sessions:
             body = wait_until_finished(restarted.base_url, session_id)
             assert body["status"] == "ready", body["error"]
+            # the live build went on from its state in the database and its files, not restarted
+            assert "live_finish" in body["processing_steps"], body["processing_steps"]
             assert body["source_sha256"] == recording.joined_sha256
             assert body["received_chunks"] == len(chunks)
 

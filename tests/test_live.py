@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy
 import pytest
 
-from recordings import live_audio, live_webm, services, utils
+from recordings import live, live_audio, live_webm, services, utils
 from recordings.models import LiveBuild, RecordingSession
-from tests.conftest import generate_recording, load_chrome_set, output_path
+from tests.conftest import generate_recording, load_chrome_set, output_path, split_bytes
 from tests.recorder_client import finalize, post_chunk, start, upload_all
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -119,6 +119,22 @@ def _declared_duration(path: Path) -> float:
     return (struct.unpack(">d", value)[0] if size == 8 else struct.unpack(">f", value)[0]) / 1000
 
 
+def test_thirty_frames_a_second_get_the_remuxs_frame_rate_and_duration(tmp_path):
+    """Millisecond timestamps make 30 fps gaps of 33 and 34 ms: the frame length is the remux's
+    33,333,333 ns, so `fps` and Duration are the same whichever path made the video."""
+    from bench.media import generate_base
+
+    source = generate_base(tmp_path / "thirty.webm", seconds=5, fps=30, video_bitrate="300k")
+    data = source.read_bytes()
+    live_video, finished = build_offline(split_bytes(data, 7), tmp_path / "live")
+    remuxed = ffmpeg_remux([data], tmp_path)
+    assert framemd5(live_video) == framemd5(remuxed)
+    live_info, remuxed_info = utils.probe(live_video, container="webm"), utils.probe(remuxed, container="webm")
+    assert (live_info.fps, live_info.duration_seconds) == (remuxed_info.fps, remuxed_info.duration_seconds)
+    assert live_info.fps == 30
+    assert round(finished.duration_seconds, 3) == round(_declared_duration(remuxed), 3)
+
+
 def test_the_output_is_the_same_whatever_the_chunks_and_advances(tmp_path):
     """Elements cut anywhere, one advance per byte-range or one for all: the same bytes."""
     data = b"".join(load_chrome_set("vp8_opus").chunks)
@@ -157,6 +173,17 @@ def test_an_advance_written_but_not_saved_is_written_again_the_same(tmp_path):
         (lambda data: data + data, "after the first Cluster"),  # a restarted recorder's second header
         # a SimpleBlock claiming 4 GiB: refused from its header, nothing read or held
         (lambda data: data + b"\xa3\x01\x00\x00\x01\x00\x00\x00\x00" + b"\x81\x00\x00\x80", "element of"),
+        # a second Timecode in a Cluster: each would cost an index record (found by a review)
+        (lambda data: data + b"\xe7\x81\x00" * 1000, "second Timecode"),
+        # Clusters with nothing in them: 5 bytes in, 12 out each (found by a review)
+        (lambda data: data + b"\x1f\x43\xb6\x75\x80" * 1000, "without a block"),
+        # a block before time 0 (a Cluster at 0, a block at -1)
+        (
+            lambda data: (
+                data + b"\x1f\x43\xb6\x75\x01\xff\xff\xff\xff\xff\xff\xff\xe7\x81\x00\xa3\x85\x82\xff\xff\x80\x00"
+            ),
+            "at time -1",
+        ),
         # a Tracks element claiming 40 MiB before any Cluster
         (lambda data: data[:48] + b"\x16\x54\xae\x6b\x01\x00\x00\x00\x02\x80\x00\x00" + data[48:], "element of"),
     ],
@@ -393,3 +420,119 @@ def test_a_chunk_lost_after_the_build_read_it_leaves_a_ready_recording_without_a
     body = finalize(api, started, total_chunks=len(chunks)).json()
     assert body["status"] == "ready" and body["source_sha256"] is None
     assert body["duration"] == pytest.approx(8.1, abs=0.01)
+
+
+def build_offline_with_audio(chunks: list[bytes], directory: Path) -> tuple[Path, Path]:
+    """The live build as the service runs it, offline: each chunk appended, then every whole audio
+    piece encoded; at the end the last piece and the WebM's finish. (video, MP3)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    video, index, audio = directory / "video.webm", directory / "index.bin", directory / "audio.mp3"
+    for path in (video, index, audio):
+        path.write_bytes(b"")
+    state, available = live_webm.new_state(), b""
+
+    def encode(final: bool) -> None:
+        while (piece := live_audio.next_piece(state, state["audio_mp3"], final=final)) is not None:
+            state["audio_mp3"] = live_audio.encode_piece(
+                piece,
+                state,
+                state["audio_mp3"],
+                video_path=video,
+                index_path=index,
+                audio_path=audio,
+                work_dir=directory,
+                limits=utils.Limits(),
+            )
+            if final:
+                return
+
+    for chunk in chunks:
+        available += chunk
+        state = advance_from(state, available, video, index)
+        state.setdefault("audio_mp3", live_audio.new_state(state))
+        encode(final=False)
+    encode(final=True)
+    with open(video, "r+b") as output, open(index, "rb") as index_file:
+        live_webm.finish(state, output, index_file)
+    return video, audio
+
+
+def whole_encode_frames(video: Path, destination: Path) -> list[bytes]:
+    """The frames of one encode of all the audio with the pieces' settings (their warm-up dropped)."""
+    utils.encode_mp3_piece(
+        video,
+        destination,
+        start_sample=0,
+        end_sample=None,
+        lead_silence_samples=live_audio.WARM_UP_FRAMES * live_audio.FRAME_SAMPLES - live_audio.ENCODER_DELAY_SAMPLES,
+        limits=utils.Limits(),
+    )
+    data = destination.read_bytes()
+    return [data[at : at + n] for at, n in live_audio.mp3_frames(destination)[live_audio.WARM_UP_FRAMES :]]
+
+
+@pytest.mark.parametrize("preskip", [0, 312])
+def test_pieces_match_one_encode_whatever_the_opus_pre_skip(tmp_path, preskip):
+    """Chrome writes a pre-skip of 0, Firefox 312: a decoder drops it at the start of every clip a
+    piece is decoded from, so the pieces must count from there (found by a review: every piece
+    after the first was 312 samples late)."""
+    chunks = load_chrome_set("vp8_opus_60s").chunks[:26]
+    header = bytearray(chunks[0])
+    at = header.index(b"OpusHead") + 10
+    header[at : at + 2] = preskip.to_bytes(2, "little")
+    chunks = [bytes(header), *chunks[1:]]
+    video, audio = build_offline_with_audio(chunks, tmp_path / "build")
+    whole = whole_encode_frames(video, tmp_path / "whole.mp3")
+    data = audio.read_bytes()
+    pieces = [data[at : at + n] for at, n in live_audio.mp3_frames(audio)]
+    assert len(pieces) == len(whole) > 3 * live_audio.PIECE_FRAMES  # four pieces or more
+    assert sum(piece == frame for piece, frame in zip(pieces, whole, strict=True)) >= len(whole) - 2
+
+
+def test_a_clip_for_a_piece_holds_that_piece_however_far_the_build_is(tmp_path):
+    """A build that catches up (chunk 1 came last) encodes many pieces at once: each one's clip is
+    that piece's Clusters, not everything after them (found by a review: 8.7 MB of clips for 2 MB)."""
+    video, index = tmp_path / "video.webm", tmp_path / "index.bin"
+    video.write_bytes(b"")
+    index.write_bytes(b"")
+    state = advance_from(live_webm.new_state(), b"".join(load_chrome_set("vp8_opus_60s").chunks[:30]), video, index)
+    clip = tmp_path / "clip.webm"
+    until = live_audio._input_end(live_audio.PIECE_FRAMES)  # the first piece: ~8 s of ~30
+    live_audio._write_clip(state, video, index, clip, before=0, until=until)
+    assert clip.stat().st_size < 0.45 * state["output_size"]
+
+
+def test_a_build_far_behind_catches_up_in_steps(api, media_root, monkeypatch):
+    monkeypatch.setattr(live, "CHUNKS_PER_STEP", 2)
+    chunks = load_chrome_set("vp8_opus").chunks
+    started = start(api)
+    for index in [0, *range(2, len(chunks))]:
+        post_chunk(api, started, chunks[index], index=index)
+    assert build_of(started.session_id).next_chunk_index <= 1  # chunk 1 is missing
+    post_chunk(api, started, chunks[1], index=1)  # one advance, four steps of two chunks
+    build = build_of(started.session_id)
+    assert build.next_chunk_index >= len(chunks) - 1 and not build.abandoned_reason
+
+
+def test_a_process_that_lost_the_lease_saves_nothing(api, media_root):
+    chunks = load_chrome_set("vp8_opus").chunks
+    started = start(api)
+    upload_all(api, started, chunks[:3])
+    session = RecordingSession.objects.get(pk=started.session_id)
+    stalled = live._take_lease(session, wait=False)
+    LiveBuild.objects.filter(session_id=session.pk).update(lease_owner="another-process")  # it took over
+    build = build_of(started.session_id)
+    saved_state = dict(build.state)
+    build.state = {**build.state, "output_size": 1}
+    with pytest.raises(live._LeaseLost):
+        stalled.save(build, ["state"])
+    assert build_of(started.session_id).state == saved_state
+
+
+def test_a_client_counting_from_one_is_built_while_it_records(api, media_root):
+    chunks = load_chrome_set("vp8_opus").chunks
+    started = start(api)
+    for index, chunk in enumerate(chunks[:5], start=1):
+        post_chunk(api, started, chunk, index=index)
+    build = build_of(started.session_id)
+    assert build.first_chunk_index == 1 and build.next_chunk_index >= 4  # not all of it left for Stop

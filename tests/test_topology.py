@@ -55,6 +55,7 @@ def outputs(body: dict) -> dict:
     return {
         **{field: body[field] for field in COMPARED_FIELDS},
         **{kind: fetch_sha256(body[f"{kind}_url"]) for kind in ("video", "audio", "thumbnail")},
+        "built_live": "live_finish" in body["processing_steps"],  # made while the chunks arrived
     }
 
 
@@ -87,6 +88,13 @@ def test_two_web_processes_two_workers_postgresql_and_s3_make_what_the_embedded_
     worker_logs = "".join(path.read_text() for path in worker_dir.glob("worker-*.log"))
 
     assert scaled == expected
+    # the live build ran in the workers, its state in PostgreSQL, the chunks read from S3
+    assert [name for name, result in scaled.items() if result["built_live"]] == [
+        "vp8_opus",
+        "vp9_opus",
+        "audio_opus_webm",
+        "vp8_opus_60s",
+    ]
     objects = s3_server.objects(bucket)
     assert sum("/chunks/" in key for key in objects) == sum(len(load_chrome_set(name).chunks) for name in RECORDINGS)
     for server in web:  # the web hosts kept nothing on their own disks
