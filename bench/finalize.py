@@ -43,6 +43,7 @@ BASE_SECONDS = 60
 # with the ones before (sent flat out, to save the hour): "last chunk → ready" is then what a
 # person who presses Stop waits, not how fast the service digests an hour uploaded in 20 s.
 PACED_LAST_CHUNKS = 3
+LIVE_BUILD_DELAY_SECONDS = 5  # RECORDER_LIVE_BUILD_DELAY_SECONDS's default
 
 
 def ingest(http: Http, chunk_paths: list[Path], server=None) -> tuple[str, str, float]:
@@ -65,6 +66,7 @@ def ingest(http: Http, chunk_paths: list[Path], server=None) -> tuple[str, str, 
     with ThreadPoolExecutor(max_workers=4) as pool:
         statuses = list(pool.map(upload, items[: len(items) - paced]))
     if paced:
+        time.sleep(LIVE_BUILD_DELAY_SECONDS + 1)  # the build's last advance waits that long before it runs
         wait_until_idle(server.pid)
         for item in items[len(items) - paced :]:
             time.sleep(1.0)

@@ -68,8 +68,23 @@ def service_environment(work_dir: Path) -> dict[str, str]:
     }
 
 
+def _proportional_bytes(pid: int, rss_bytes: int) -> int:
+    """The process's PSS: its pages, each shared one divided among the processes that share it. A
+    child forked to run ffmpeg shares all of the server's pages until it execs; RSS would count
+    them twice for that moment (and a 20 ms sampler catches such moments when ffmpeg runs often)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return rss_bytes
+
+
 def process_tree_rss_bytes(root_pid: int) -> tuple[int, int]:
-    """(RSS of the root and its Python descendants, RSS of everything else below it, e.g. ffmpeg)."""
+    """(Memory of the root and its Python descendants, of everything else below it, e.g. ffmpeg):
+    proportional set sizes, so that pages shared between them count once."""
     parents: dict[int, int] = {}
     rss: dict[int, int] = {}
     names: dict[int, str] = {}
@@ -94,8 +109,9 @@ def process_tree_rss_bytes(root_pid: int) -> tuple[int, int]:
             if parent in tree and pid not in tree:
                 tree.add(pid)
                 changed = True
-    python_bytes = sum(rss.get(pid, 0) for pid in tree if "ffmpeg" not in names.get(pid, ""))
-    other_bytes = sum(rss.get(pid, 0) for pid in tree if "ffmpeg" in names.get(pid, ""))
+    memory = {pid: _proportional_bytes(pid, rss.get(pid, 0)) for pid in tree}
+    python_bytes = sum(memory[pid] for pid in tree if "ffmpeg" not in names.get(pid, ""))
+    other_bytes = sum(memory[pid] for pid in tree if "ffmpeg" in names.get(pid, ""))
     return python_bytes, other_bytes
 
 

@@ -122,7 +122,7 @@ def run_load(target: Target, *, recorders: int, chunks: list[bytes], seconds: fl
 
 def measure_server(name: str, work_dir: Path, args, paced_chunks, flat_chunks) -> dict:
     app = None if name == "service" else "bench.baseline_app:application"
-    extra_env = {"BASELINE_DIR": str(work_dir / "baseline-bodies")} if app else {}
+    extra_env = {"BASELINE_DIR": str(work_dir / "baseline-bodies")} if app else dict(args.service_env)
     (work_dir / "baseline-bodies").mkdir(parents=True, exist_ok=True)
     result: dict = {"paced": [], "flat_out": None}
     with gunicorn(work_dir, app=app, extra_env=extra_env) as server, RssSampler(server.pid) as rss:
@@ -158,6 +158,13 @@ def main() -> None:
     )
     parser.add_argument("--paced-chunk-kib", type=int, default=256, help="chunk size in paced mode")
     parser.add_argument("--seconds", type=float, default=20, help="length of each run")
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        type=lambda text: tuple(text.split("=", 1)),
+        help="NAME=VALUE for the service's environment, e.g. RECORDER_LIVE_BUILD=0 (repeatable)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny run for the test suite")
     parser.add_argument("--output", default="ingest", help="result name under bench/results/")
     args = parser.parse_args()

@@ -3,7 +3,7 @@
     python -m bench.report          # make bench-report
 
 Writes docs/img/ingest-latency.png (chunk latency vs recorders, service vs baseline) and
-docs/img/finalize-time.png (finalize → ready vs recording length, service vs floor).
+docs/img/finalize-time.png (last chunk → ready vs recording length: live build, full pipeline, S3, floor).
 """
 
 import argparse
@@ -56,6 +56,13 @@ def plot_finalize(result: dict, destination: Path) -> None:
             [length["service_seconds"] for length in result["full_pipeline"]],
             "x-",
             label="full pipeline at Stop: last chunk → ready",
+        )
+    if result.get("live_build_s3"):
+        axes.plot(
+            minutes,
+            [length["service_seconds"] for length in result["live_build_s3"]],
+            "d-.",
+            label="live build, S3 storage (the video uploaded at Stop)",
         )
     axes.plot(
         minutes,

@@ -305,6 +305,9 @@ RECORDER_PROCESSING_CONCURRENCY = env_int("RECORDER_PROCESSING_CONCURRENCY", 1)
 # The live build (recordings/live.py): a WebM recording's seekable video is built while its chunks
 # arrive, so the work left at Stop does not grow with its length. Off: everything waits for Stop.
 RECORDER_LIVE_BUILD = env_bool("RECORDER_LIVE_BUILD", True)
+# A chunk's advance waits this long, so the chunks of those seconds make one advance (fewer writes
+# beside the uploads); at Stop the run appends what is left. 0: an advance after every chunk.
+RECORDER_LIVE_BUILD_DELAY_SECONDS = env_float("RECORDER_LIVE_BUILD_DELAY_SECONDS", 5.0)
 # Where the growing videos are kept: every process that advances or finishes one must see it (the
 # same machine, or a shared file system, as MEDIA_ROOT is). Each is moved into storage at Stop.
 RECORDER_LIVE_DIR = Path(env_str("RECORDER_LIVE_DIR", str(MEDIA_ROOT / ".live"))).resolve()

@@ -83,7 +83,15 @@ def _start_threads() -> None:
     atexit.register(runs.release_active_runs)
 
 
+# Background work yields the CPU to the web process's request threads: uploads keep their latency
+# while recordings are built and processed beside them (docs/performance.md). Linux niceness is per
+# thread, and ffmpeg children inherit it.
+BACKGROUND_NICENESS = 10
+
+
 def _work() -> None:
+    if hasattr(os, "setpriority"):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
     tasks = _queue
     while True:
         key, backend, task_result = tasks.get()

@@ -37,6 +37,14 @@ def check_recorder_settings(app_configs, **kwargs) -> list[Error]:
                 id="recordings.E007",
             )
         )
+    if not 0 <= settings.RECORDER_LIVE_BUILD_DELAY_SECONDS <= 60:
+        errors.append(
+            Error(
+                "RECORDER_LIVE_BUILD_DELAY_SECONDS must be between 0 and 60: what is not built while the chunks "
+                "arrive is built at Stop.",
+                id="recordings.E008",
+            )
+        )
     errors.extend(_storage_errors())
     return errors
 

@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,8 @@ logger = logging.getLogger("recordings.live")
 # A process that died while advancing a build holds it this long at most.
 LEASE_SECONDS = 30
 # A request whose task never ran (its process was killed) is asked again by the next chunk after
-# this. A second task for a build that is advancing costs one lease query: it finds the lease held.
+# this, beyond the delay it waits anyway. A second task for a build that is advancing costs a lease
+# query: it finds the lease held.
 REQUEST_STALE_SECONDS = 10
 _LEASE_POLL_SECONDS = 0.01
 # Chunks one step of an advance reads at most: a build far behind (chunk 1 came last) catches up
@@ -59,14 +61,16 @@ def wants_advance(session: RecordingSession, now: datetime.datetime) -> bool:
     if not settings.RECORDER_LIVE_BUILD or session.status != Status.RECORDING or session.live_abandoned:
         return False
     requested_at = session.live_requested_at
-    return requested_at is None or requested_at < now - datetime.timedelta(seconds=REQUEST_STALE_SECONDS)
+    stale_after = REQUEST_STALE_SECONDS + 2 * settings.RECORDER_LIVE_BUILD_DELAY_SECONDS
+    return requested_at is None or requested_at < now - datetime.timedelta(seconds=stale_after)
 
 
-def advance_while_requested(session_id: uuid.UUID | str) -> None:
-    """Advance the build until no chunk came meanwhile; then clear the request (the background task).
+def advance_while_requested(session_id: uuid.UUID | str, *, schedule_again: Callable[[str], None]) -> None:
+    """Advance the build, then clear the request unless a chunk came meanwhile (the background task).
 
     A chunk stored while the build advances finds the request still set and asks for nothing; the
-    received-chunk count, compared under the row lock at the end, makes this loop go round again.
+    received-chunk count, compared under the row lock at the end, says so: the advance goes round
+    again at once without RECORDER_LIVE_BUILD_DELAY_SECONDS, else `schedule_again` queues the next.
     """
     while True:
         session = RecordingSession.objects.filter(pk=session_id).first()
@@ -82,11 +86,17 @@ def advance_while_requested(session_id: uuid.UUID | str) -> None:
             if locked.status != Status.RECORDING or locked.received_chunks == seen_chunks:
                 RecordingSession.objects.filter(pk=session_id).update(live_requested_at=None)
                 return
+            if settings.RECORDER_LIVE_BUILD_DELAY_SECONDS:
+                RecordingSession.objects.filter(pk=session_id).update(live_requested_at=timezone.now())
+                schedule_again(str(session_id))  # the request stays set for the chunks meanwhile
+                return
 
 
 def advance(session: RecordingSession) -> None:
     """Append the chunks stored in a row after the build's position; never raises (the processing
     run finishes, or replaces, whatever is left)."""
+    if not _has_work(session):
+        return  # nothing new to read: no lease taken, no write beside the uploads
     lease = _take_lease(session, wait=False)
     if lease is None:
         return  # another process is advancing it and will see these chunks (or the run will)
@@ -120,7 +130,8 @@ def finish(session: RecordingSession) -> LiveOutputs | None:
             return None
         if build.first_chunk_index != session.first_chunk_index:
             build = _reset(session, build, lease, session.first_chunk_index)
-        while _advance_build(session, build, lease, end_index=session.expected_chunks):
+        # the chunks not yet appended, then all the audio left as one last piece (one ffmpeg, not two)
+        while _advance_build(session, build, lease, end_index=session.expected_chunks, encode_audio=False):
             pass
         if build.abandoned_reason:
             return None
@@ -205,26 +216,47 @@ def _reset(session: RecordingSession, build: LiveBuild, lease: "_Lease", first_c
     return build
 
 
-def _advance_build(
-    session: RecordingSession, build: LiveBuild, lease: "_Lease", *, end_index: int | None = None
-) -> bool:
-    """Append the chunks from the build's next one while their indices run on without a gap, at
-    most CHUNKS_PER_STEP of them; True when that many were there (call again for the rest)."""
+def _has_work(session: RecordingSession) -> bool:
+    """Whether an advance would read anything: a build not given up on, whose next chunk is stored
+    and whose element being read has all its bytes (a not-yet-started build: whether it can start)."""
+    build = LiveBuild.objects.filter(session_id=session.pk).first()
+    if build is None or not build.state:
+        return build is None or not build.abandoned_reason
+    if build.abandoned_reason:
+        return False
+    in_a_row = _chunks_in_a_row(session, build, None)
+    available_until = build.state["next_chunk_offset"] + sum(size for _, size in in_a_row)
+    return bool(in_a_row) and available_until >= build.state.get("needed_until", 0)
+
+
+def _chunks_in_a_row(session: RecordingSession, build: LiveBuild, end_index: int | None) -> list[tuple[int, int]]:
+    """(index, size) of the stored chunks from the build's next one while the indices run on without
+    a gap: at most CHUNKS_PER_STEP of them."""
     window_end = build.next_chunk_index + CHUNKS_PER_STEP
-    rows = list(
-        Chunk.objects.filter(
-            session=session,
-            index__gte=build.next_chunk_index,
-            index__lt=window_end if end_index is None else min(window_end, end_index),
-        )
-        .order_by("index")
-        .values_list("index", "size")
-    )
+    rows = Chunk.objects.filter(
+        session=session,
+        index__gte=build.next_chunk_index,
+        index__lt=window_end if end_index is None else min(window_end, end_index),
+    ).order_by("index")
     in_a_row = []
-    for expected_index, (index, size) in enumerate(rows, start=build.next_chunk_index):
+    for expected_index, (index, size) in enumerate(rows.values_list("index", "size"), start=build.next_chunk_index):
         if index != expected_index:
             break
         in_a_row.append((index, size))
+    return in_a_row
+
+
+def _advance_build(
+    session: RecordingSession,
+    build: LiveBuild,
+    lease: "_Lease",
+    *,
+    end_index: int | None = None,
+    encode_audio: bool = True,
+) -> bool:
+    """Append the chunks from the build's next one while their indices run on without a gap, at
+    most CHUNKS_PER_STEP of them; True when that many were there (call again for the rest)."""
+    in_a_row = _chunks_in_a_row(session, build, end_index)
     if not in_a_row:
         return False
     state = build.state
@@ -244,11 +276,10 @@ def _advance_build(
     try:
         with open(output_path, "r+b") as output, open(cues_path, "r+b") as cues:
             output.seek(state["output_size"])
+            # No fsync: the build is made from the chunks, which are durable. A process killed here
+            # loses nothing (the page cache stays); after a power loss, files shorter than the saved
+            # state start the build again. Only the finished outputs are fsynced (before the chunks go).
             state = live_webm.advance(state, stream, output, cues)
-            output.flush()
-            cues.flush()
-            os.fsync(output.fileno())
-            os.fsync(cues.fileno())
     except live_webm.NotLive as error:
         _abandon(session, build, lease, str(error))
         return False
@@ -262,7 +293,7 @@ def _advance_build(
     state["at_chunk_end"] = next_offset == state["source_offset"]
     if "audio_mp3" not in state and state["phase"] == "clusters":
         state["audio_mp3"] = live_audio.new_state(state) if settings.RECORDER_AUDIO_FORMAT == "mp3" else None
-    if state.get("audio_mp3") is not None:
+    if state.get("audio_mp3") is not None and encode_audio:
         try:
             state["audio_mp3"] = _encode_audio(session, state, lease, final=False)
         except (live_webm.NotLive, utils.MediaError) as error:
@@ -272,7 +303,7 @@ def _advance_build(
     build.next_chunk_index = next_index
     build.state = state
     lease.save(build, ["next_chunk_index", "state"])
-    return moved_on and len(rows) == CHUNKS_PER_STEP and len(in_a_row) == len(rows)
+    return moved_on and len(in_a_row) == CHUNKS_PER_STEP
 
 
 def _encode_audio(session: RecordingSession, state: dict, lease: "_Lease", *, final: bool) -> dict:
@@ -293,9 +324,9 @@ def _encode_audio(session: RecordingSession, state: dict, lease: "_Lease", *, fi
             limits=costs.audio_limits("mp3", state["source_offset"]),  # grows with what was uploaded
         )
         if final:
+            with open(directory / "audio.mp3", "rb") as audio:
+                os.fsync(audio.fileno())  # the finished MP3 outlives the chunks
             break
-    with open(directory / "audio.mp3", "rb") as audio:
-        os.fsync(audio.fileno())
     return audio_state
 
 

@@ -112,9 +112,9 @@ def encode_piece(
         with open(encoded_path, "rb") as encoded, open(audio_path, "r+b") as audio:
             audio.truncate(audio_state["bytes"])
             audio.seek(audio_state["bytes"])
-            if frames:
+            if frames:  # in blocks: the last piece of a build far behind may be an hour of MP3
                 encoded.seek(frames[0][0])
-                audio.write(encoded.read(frames[-1][0] + frames[-1][1] - frames[0][0]))
+                shutil.copyfileobj(_Limited(encoded, frames[-1][0] + frames[-1][1] - frames[0][0]), audio)
             size = audio.tell()
     return {
         "next_frame": piece.first_frame + len(frames),

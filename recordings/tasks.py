@@ -2,11 +2,13 @@
 
 import datetime
 import heapq
+import itertools
 import logging
 import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from functools import partial
 
 from django.conf import settings
@@ -71,13 +73,26 @@ def _schedule_watch(session_id: str) -> None:
 @task()
 def advance_live_task(session_id: str) -> str:
     """Append the chunks stored since the last time to the recording's live build (recordings/live.py)."""
-    live.advance_while_requested(session_id)
+    live.advance_while_requested(session_id, schedule_again=enqueue_live_advance)
     return runs.current_status(session_id) or "gone"
 
 
 def enqueue_live_advance(session_id: str) -> None:
-    """Queue an advance of the live build once the caller's transaction (which stored a chunk) commits."""
-    transaction.on_commit(partial(after_write_lock, partial(advance_live_task.enqueue, session_id)), robust=True)
+    """Queue an advance of the live build, RECORDER_LIVE_BUILD_DELAY_SECONDS after the caller's
+    transaction (which stored a chunk) commits: the chunks of those seconds make one advance."""
+    transaction.on_commit(partial(after_write_lock, partial(_schedule_live_advance, session_id)), robust=True)
+
+
+def _schedule_live_advance(session_id: str) -> None:
+    delay_seconds = settings.RECORDER_LIVE_BUILD_DELAY_SECONDS
+    if not delay_seconds:
+        advance_live_task.enqueue(session_id)
+    elif advance_live_task.get_backend().supports_defer:
+        advance_live_task.using(run_after=timezone.now() + datetime.timedelta(seconds=delay_seconds)).enqueue(
+            session_id
+        )
+    else:  # in-process backends: the scheduling thread queues it when its time comes
+        _later.add(time.monotonic() + delay_seconds, partial(advance_live_task.enqueue, session_id))
 
 
 @task()
@@ -103,25 +118,28 @@ def _schedule_settle(session_id: str, delay_seconds: float) -> None:
         run_after = timezone.now() + datetime.timedelta(seconds=delay_seconds)
         settle_finalize_task.using(run_after=run_after).enqueue(session_id)
         return
-    _settler.add(session_id, time.monotonic() + delay_seconds)
+    _later.add(time.monotonic() + delay_seconds, partial(_settle, session_id))
 
 
-class _Settler:
-    """One thread per process settles every waiting finalize when its time comes: a waiting
-    recording costs an entry in a heap, not a thread, however many there are."""
+class _Later:
+    """One thread per process runs short jobs when their time comes (settling a waiting finalize,
+    queueing a delayed live-build advance): a waiting job costs an entry in a heap, not a thread,
+    however many there are. A killed process loses them: the recovery sweep settles overdue
+    finalizes, and the next chunk asks for a live build's advance again."""
 
     def __init__(self):
         self._condition = threading.Condition()
-        self._due: list[tuple[float, str]] = []
+        self._due: list[tuple[float, int, Callable[[], object]]] = []
+        self._added = itertools.count()  # ties in time: first come, first run; jobs are never compared
         self._started_in_pid: int | None = None
 
-    def add(self, session_id: str, due: float) -> None:
+    def add(self, due: float, job: Callable[[], object]) -> None:
         with self._condition:
             if self._started_in_pid != os.getpid():  # first use, or first use after a fork
                 self._started_in_pid = os.getpid()
                 self._due = []
-                threading.Thread(target=self._run, name="recorder-settle", daemon=True).start()
-            heapq.heappush(self._due, (due, session_id))
+                threading.Thread(target=self._run, name="recorder-later", daemon=True).start()
+            heapq.heappush(self._due, (due, next(self._added), job))
             self._condition.notify()
 
     def _run(self) -> None:
@@ -129,16 +147,16 @@ class _Settler:
             with self._condition:
                 while not self._due or self._due[0][0] > time.monotonic():
                     self._condition.wait(timeout=self._due[0][0] - time.monotonic() if self._due else None)
-                _, session_id = heapq.heappop(self._due)
+                _, _, job = heapq.heappop(self._due)
             try:
-                _settle(session_id)
+                job()
             except Exception:
-                logger.exception("recording %s: settling its finalize failed; the recovery sweep retries", session_id)
+                logger.exception("a scheduled job (%r) failed; the recovery sweep or the next chunk retries", job)
             finally:
                 connections.close_all()  # this thread's connections only
 
 
-_settler = _Settler()
+_later = _Later()
 
 
 def _settle(session_id: str) -> None:

@@ -291,7 +291,7 @@ def test_many_waiting_finalizes_cost_one_thread_not_one_each(api, vp8, settings)
         post_chunk(api, started, vp8.chunks[0], index=0)
         assert finalize(api, started).status_code == 202
     assert threading.active_count() - threads_before <= 1
-    assert [thread.name for thread in threading.enumerate()].count("recorder-settle") == 1
+    assert [thread.name for thread in threading.enumerate()].count("recorder-later") == 1
     # let the settles fire now, as no-ops, rather than during another test
     RecordingSession.objects.update(status=Status.EXPIRED)
     time.sleep(2.5)

@@ -8,6 +8,7 @@ import random
 import re
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import numpy
@@ -536,3 +537,26 @@ def test_a_client_counting_from_one_is_built_while_it_records(api, media_root):
         post_chunk(api, started, chunk, index=index)
     build = build_of(started.session_id)
     assert build.first_chunk_index == 1 and build.next_chunk_index >= 4  # not all of it left for Stop
+
+
+def test_chunks_within_the_delay_make_one_advance_off_the_request(api, media_root, settings, monkeypatch):
+    """With RECORDER_LIVE_BUILD_DELAY_SECONDS the chunk's request only asks; the advance runs later,
+    on another thread, once for all the chunks of those seconds."""
+    settings.RECORDER_LIVE_BUILD_DELAY_SECONDS = 0.5
+    advances = []
+    real_advance = live.advance
+    monkeypatch.setattr(live, "advance", lambda session: (advances.append(session.pk), real_advance(session)))
+    chunks = load_chrome_set("vp8_opus").chunks
+    started = start(api)
+    for index in range(4):
+        assert post_chunk(api, started, chunks[index], index=index).status_code == 201
+    assert advances == [] and build_of(started.session_id) is None  # nothing done in the requests
+    deadline = time.monotonic() + 10
+    while (build_of(started.session_id) is None or build_of(started.session_id).next_chunk_index < 3) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert len(advances) == 1  # one advance for the four chunks
+    assert build_of(started.session_id).next_chunk_index >= 3
+    assert RecordingSession.objects.get(pk=started.session_id).live_requested_at is None  # nothing pending
