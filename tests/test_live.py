@@ -373,25 +373,11 @@ def test_the_mp3_made_in_pieces_is_a_continuous_encode(api, media_root, settings
     video = output_path(media_root, started.session_id, "video.webm")
 
     # one encode of all of it, by the same function and settings
-    whole = tmp_path / "whole.mp3"
-    utils.encode_mp3_piece(
-        video,
-        whole,
-        start_sample=0,
-        end_sample=None,
-        lead_silence_samples=live_audio.WARM_UP_FRAMES * live_audio.FRAME_SAMPLES - live_audio.ENCODER_DELAY_SAMPLES,
-        limits=utils.Limits(),
-    )
-    live_frames, whole_frames = (
-        live_audio.mp3_frames(live_mp3),
-        live_audio.mp3_frames(whole)[live_audio.WARM_UP_FRAMES :],
-    )
+    whole_frames = whole_encode_frames(video, tmp_path / "whole.mp3")
+    live_bytes = live_mp3.read_bytes()
+    live_frames = [live_bytes[at : at + n] for at, n in live_audio.mp3_frames(live_mp3)]
     assert len(live_frames) == len(whole_frames) == 2498
-    live_bytes, whole_bytes = live_mp3.read_bytes(), whole.read_bytes()
-    equal = sum(
-        live_bytes[a : a + n] == whole_bytes[b : b + m]
-        for (a, n), (b, m) in zip(live_frames, whole_frames, strict=True)
-    )
+    equal = sum(piece == frame for piece, frame in zip(live_frames, whole_frames, strict=True))
     assert equal >= len(live_frames) - 3  # measured: 2,497 of 2,498
 
     # against the full pipeline's MP3 (libmp3lame in one go) and the recording's own audio
