@@ -41,7 +41,20 @@ _LEASE_POLL_SECONDS = 0.01
 # Chunks one step of an advance reads at most: a build far behind (chunk 1 came last) catches up
 # in steps, renewing its lease between them.
 CHUNKS_PER_STEP = 500
-_FILES = ("video.webm", "index.bin", "audio.mp3")
+
+
+@dataclass(frozen=True)
+class _BuildFiles:
+    """A build's files: the growing WebM, its Cluster and cue index, the MP3 so far."""
+
+    video: Path
+    index: Path
+    audio: Path
+
+    @classmethod
+    def of(cls, session: RecordingSession) -> "_BuildFiles":
+        directory = files.live_build_dir(session)
+        return cls(directory / "video.webm", directory / "index.bin", directory / "audio.mp3")
 
 
 @dataclass(frozen=True)
@@ -142,17 +155,17 @@ def finish(session: RecordingSession) -> LiveOutputs | None:
         state = build.state
         if state.get("audio") is not None and state.get("audio_mp3") is None:
             return None  # audio the build does not encode (not Opus, or another RECORDER_AUDIO_FORMAT)
-        directory = files.live_build_dir(session)
+        paths = _BuildFiles.of(session)
         if state.get("audio_mp3") is not None and state.get("audio_first_time") is not None:
             state["audio_mp3"] = _encode_audio(session, state, lease, final=True)
-        with open(directory / "video.webm", "r+b") as output, open(directory / "index.bin", "rb") as index:
+        with open(paths.video, "r+b") as output, open(paths.index, "rb") as index:
             finished = live_webm.finish(state, output, index)
         has_audio = state.get("audio_first_time") is not None
         return LiveOutputs(
-            video_path=directory / "video.webm",
+            video_path=paths.video,
             video_bytes=finished.size,
             duration_seconds=finished.duration_seconds,
-            audio_path=directory / "audio.mp3" if has_audio else None,
+            audio_path=paths.audio if has_audio else None,
             audio_decode_errors=state["audio_mp3"]["decode_errors"] if has_audio else 0,
         )
     except (live_webm.NotLive, utils.MediaError, _LeaseLost) as error:
@@ -197,20 +210,20 @@ def _build_for(session: RecordingSession, lease: "_Lease") -> LiveBuild | None:
     return _reset(session, build, lease, first)
 
 
-def _fresh_state(first_chunk_index: int) -> dict:
+def _fresh_state() -> dict:
     # where the build's next chunk starts in the recording's bytes, and whether it stopped at a chunk's end
     return {**live_webm.new_state(), "next_chunk_offset": 0, "at_chunk_end": True}
 
 
 def _reset(session: RecordingSession, build: LiveBuild, lease: "_Lease", first_chunk_index: int) -> LiveBuild:
-    directory = files.live_build_dir(session)
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in _FILES:
-        with open(directory / name, "wb"):
+    paths = _BuildFiles.of(session)
+    paths.video.parent.mkdir(parents=True, exist_ok=True)
+    for path in (paths.video, paths.index, paths.audio):
+        with open(path, "wb"):
             pass
     build.first_chunk_index = first_chunk_index
     build.next_chunk_index = first_chunk_index
-    build.state = _fresh_state(first_chunk_index)
+    build.state = _fresh_state()
     build.abandoned_reason = ""
     lease.save(build, ["first_chunk_index", "next_chunk_index", "state", "abandoned_reason"])
     return build
@@ -224,9 +237,13 @@ def _has_work(session: RecordingSession) -> bool:
         return build is None or not build.abandoned_reason
     if build.abandoned_reason:
         return False
-    in_a_row = _chunks_in_a_row(session, build, None)
-    available_until = build.state["next_chunk_offset"] + sum(size for _, size in in_a_row)
-    return bool(in_a_row) and available_until >= build.state.get("needed_until", 0)
+    return _worth_reading(build.state, _chunks_in_a_row(session, build, None))
+
+
+def _worth_reading(state: dict, in_a_row: list[tuple[int, int]]) -> bool:
+    """Chunks are there, and the element being read (if one waits) has all its bytes in them."""
+    available_until = state["next_chunk_offset"] + sum(size for _, size in in_a_row)
+    return bool(in_a_row) and available_until >= state.get("needed_until", 0)
 
 
 def _chunks_in_a_row(session: RecordingSession, build: LiveBuild, end_index: int | None) -> list[tuple[int, int]]:
@@ -257,38 +274,34 @@ def _advance_build(
     """Append the chunks from the build's next one while their indices run on without a gap, at
     most CHUNKS_PER_STEP of them; True when that many were there (call again for the rest)."""
     in_a_row = _chunks_in_a_row(session, build, end_index)
-    if not in_a_row:
-        return False
     state = build.state
-    available_until = state["next_chunk_offset"] + sum(size for _, size in in_a_row)
-    if available_until < state.get("needed_until", 0):
-        return False  # the element being read is not wholly here yet: nothing to read again
-    directory = files.live_build_dir(session)
-    output_path, cues_path = directory / "video.webm", directory / "index.bin"
-    if not _files_hold(state, directory):
+    if not _worth_reading(state, in_a_row):
+        return False  # nothing new, or the element being read is not wholly here yet
+    paths = _BuildFiles.of(session)
+    if not _files_hold(state, paths):
         logger.warning("recording %s: the live build's files do not match its state; started again", session.id)
         build = _reset(session, build, lease, build.first_chunk_index)
         return True
-    live_webm.truncate_to(state, output_path, cues_path)
+    live_webm.truncate_to(state, paths.video, paths.index)
     chunk_start = state["next_chunk_offset"]
     within_first = state["source_offset"] - chunk_start
     stream = live_webm.ChunkStream(_opened(session, in_a_row, within_first), state["source_offset"])
     try:
-        with open(output_path, "r+b") as output, open(cues_path, "r+b") as cues:
+        with open(paths.video, "r+b") as output, open(paths.index, "r+b") as index:
             output.seek(state["output_size"])
             # No fsync: the build is made from the chunks, which are durable. A process killed here
             # loses nothing (the page cache stays); after a power loss, files shorter than the saved
             # state start the build again. Only the finished outputs are fsynced (before the chunks go).
-            state = live_webm.advance(state, stream, output, cues)
+            state = live_webm.advance(state, stream, output, index)
     except live_webm.NotLive as error:
         _abandon(session, build, lease, str(error))
         return False
     # The chunk the new position falls in: the build goes on from there next time.
     next_index, next_offset = build.next_chunk_index, chunk_start
-    for index, size in in_a_row:
+    for chunk_index, size in in_a_row:
         if next_offset + size > state["source_offset"]:
             break
-        next_index, next_offset = index + 1, next_offset + size
+        next_index, next_offset = chunk_index + 1, next_offset + size
     state["next_chunk_offset"] = next_offset
     state["at_chunk_end"] = next_offset == state["source_offset"]
     if "audio_mp3" not in state and state["phase"] == "clusters":
@@ -308,7 +321,7 @@ def _advance_build(
 
 def _encode_audio(session: RecordingSession, state: dict, lease: "_Lease", *, final: bool) -> dict:
     """Encode every whole audio piece the build's video holds now (with `final`, the rest too)."""
-    directory = files.live_build_dir(session)
+    paths = _BuildFiles.of(session)
     audio_state = state["audio_mp3"]
     settings.RECORDER_TEMP_DIR.mkdir(parents=True, exist_ok=True)
     while (piece := live_audio.next_piece(state, audio_state, final=final)) is not None:
@@ -317,14 +330,14 @@ def _encode_audio(session: RecordingSession, state: dict, lease: "_Lease", *, fi
             piece,
             state,
             audio_state,
-            video_path=directory / "video.webm",
-            index_path=directory / "index.bin",
-            audio_path=directory / "audio.mp3",
+            video_path=paths.video,
+            index_path=paths.index,
+            audio_path=paths.audio,
             work_dir=settings.RECORDER_TEMP_DIR,
             limits=costs.audio_limits("mp3", state["source_offset"]),  # grows with what was uploaded
         )
         if final:
-            with open(directory / "audio.mp3", "rb") as audio:
+            with open(paths.audio, "rb") as audio:
                 os.fsync(audio.fileno())  # the finished MP3 outlives the chunks
             break
     return audio_state
@@ -338,15 +351,15 @@ def _opened(session: RecordingSession, chunks: list[tuple[int, int]], skip_bytes
         yield opened
 
 
-def _files_hold(state: dict, directory: Path) -> bool:
+def _files_hold(state: dict, paths: "_BuildFiles") -> bool:
     """The files hold at least what the state says was written (a process that died after
     writing and before saving the state may have left more: cut off before the next write)."""
     audio_bytes = (state.get("audio_mp3") or {}).get("bytes", 0)
     try:
         return (
-            (directory / "video.webm").stat().st_size >= state["output_size"]
-            and (directory / "index.bin").stat().st_size >= state["records"] * live_webm.INDEX_RECORD_BYTES
-            and (directory / "audio.mp3").stat().st_size >= audio_bytes
+            paths.video.stat().st_size >= state["output_size"]
+            and paths.index.stat().st_size >= state["records"] * live_webm.INDEX_RECORD_BYTES
+            and paths.audio.stat().st_size >= audio_bytes
         )
     except FileNotFoundError:
         return False

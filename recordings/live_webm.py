@@ -256,7 +256,7 @@ def _seek_head(positions: dict[int, int]) -> bytes:
 # --- The appender --------------------------------------------------------------------------------
 
 
-def advance(state: dict, source: ChunkStream, output: BinaryIO, cues: BinaryIO) -> dict:
+def advance(state: dict, source: ChunkStream, output: BinaryIO, index: BinaryIO) -> dict:
     """Copy every whole element from `source` (positioned at state["source_offset"]) to `output`
     (positioned at its end, state["output_size"]) and return the new state. Stops where the
     available bytes end mid-element; the next call starts there. NotLive for what it cannot build."""
@@ -267,7 +267,7 @@ def advance(state: dict, source: ChunkStream, output: BinaryIO, cues: BinaryIO) 
         while True:
             element_start = source.offset
             try:
-                _copy_element(state, source, output, cues)
+                _copy_element(state, source, output, index)
             except NeedMore:
                 source.rewind_to(element_start)
                 break
@@ -421,7 +421,7 @@ def _tracks_state(entries: list[tuple[int, bytes]]) -> dict:
     return {"video": video, "audio": audio}
 
 
-def _copy_element(state: dict, source: ChunkStream, output: BinaryIO, cues: BinaryIO) -> None:
+def _copy_element(state: dict, source: ChunkStream, output: BinaryIO, index: BinaryIO) -> None:
     element_start = source.offset
     element_id, size, _ = _element_header(source)
     cluster_end = state.get("cluster_end")
@@ -458,9 +458,9 @@ def _copy_element(state: dict, source: ChunkStream, output: BinaryIO, cues: Bina
         state["cluster_time"] = int.from_bytes(payload[:8], "big")
         # a Cluster's record holds the audio samples before it: where a decode starting there begins
         position = state["cluster_offset"] - state["segment_data_start"]
-        _add_record(state, cues, state.get("audio_samples", 0), position, 0)
+        _add_record(state, index, state.get("audio_samples", 0), position, 0)
     elif element_id == SIMPLE_BLOCK:
-        _note_block(state, cues, payload, is_keyframe=bool(payload[3] & 0x80) if len(payload) > 3 else False)
+        _note_block(state, index, payload, is_keyframe=bool(payload[3] & 0x80) if len(payload) > 3 else False)
     elif element_id == BLOCK_GROUP:
         fields = _children(payload)
         block = next((data for child_id, data in fields if child_id == BLOCK), None)
@@ -468,11 +468,13 @@ def _copy_element(state: dict, source: ChunkStream, output: BinaryIO, cues: Bina
             raise NotLive("a BlockGroup without a Block")
         duration = next((data for child_id, data in fields if child_id == BLOCK_DURATION), None)
         is_keyframe = all(child_id != REFERENCE_BLOCK for child_id, _ in fields)
-        _note_block(state, cues, block, is_keyframe=is_keyframe, duration=duration)
+        _note_block(state, index, block, is_keyframe=is_keyframe, duration=duration)
     _write(state, output, _id_bytes(element_id) + _size_bytes(size) + payload)
 
 
-def _note_block(state: dict, cues: BinaryIO, block: bytes, *, is_keyframe: bool, duration: bytes | None = None) -> None:
+def _note_block(
+    state: dict, index: BinaryIO, block: bytes, *, is_keyframe: bool, duration: bytes | None = None
+) -> None:
     """Read a block's header (track, timestamp, keyframe flag): for the order check, the cue list
     and the Duration. The frames themselves are copied, never read."""
     if state["cluster_time"] is None:
@@ -513,7 +515,7 @@ def _note_block(state: dict, cues: BinaryIO, block: bytes, *, is_keyframe: bool,
     cue_track = video["number"] if video else audio["number"]
     if track == cue_track and is_keyframe and state.get("cued_cluster") != state["cluster_offset"]:
         # One cue per Cluster, at its first keyframe: where a seek can start decoding.
-        _add_record(state, cues, time, state["cluster_offset"] - state["segment_data_start"], track)
+        _add_record(state, index, time, state["cluster_offset"] - state["segment_data_start"], track)
         state["cued_cluster"] = state["cluster_offset"]
 
 
@@ -599,15 +601,15 @@ def _write(state: dict, output: BinaryIO, data: bytes) -> None:
 # --- The end -----------------------------------------------------------------------------------------
 
 
-def finish(state: dict, output: BinaryIO, cues: BinaryIO) -> Finished:
+def finish(state: dict, output: BinaryIO, index: BinaryIO) -> Finished:
     """Close the last Cluster and write the Cues, the Duration and the Segment's size: the output
     is then a complete, seekable WebM. Its cost is the cue list's, not the recording's."""
     if state["phase"] != "clusters" or state.get("cued_cluster") is None:
         raise NotLive("the stream ended before its first keyframe")
     state = dict(state)
     _close_cluster(state, output)
-    cues.seek(0)
-    records = [_INDEX_RECORD.unpack(record) for record in _records(cues.read(state["records"] * _INDEX_RECORD.size))]
+    index.seek(0)
+    records = [_INDEX_RECORD.unpack(record) for record in _records(index.read(state["records"] * _INDEX_RECORD.size))]
     points = [record for record in records if record[2] != 0]
     cues_element = _cues_element(points, room=CUES_RESERVED_BYTES)
     output.seek(state["cues_offset"])
@@ -649,10 +651,10 @@ def _cues_element(points: list[tuple[int, int, int]], *, room: int) -> bytes:
         step *= 2
 
 
-def truncate_to(state: dict, output_path: Path, cues_path: Path) -> None:
+def truncate_to(state: dict, output_path: Path, index_path: Path) -> None:
     """Cut the files back to what `state` covers: a run that died after writing, before its state
     was saved, left bytes past it; the next run writes them again."""
     with open(output_path, "r+b") as output:
         output.truncate(state["output_size"])
-    with open(cues_path, "r+b") as cues:
-        cues.truncate(state["records"] * _INDEX_RECORD.size)
+    with open(index_path, "r+b") as index:
+        index.truncate(state["records"] * _INDEX_RECORD.size)

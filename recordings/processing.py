@@ -69,16 +69,7 @@ def _outputs_of_live_build(session: RecordingSession, built: live.LiveOutputs, t
         outputs["audio"] = (built.audio_path, utils.AUDIO_FORMATS["mp3"].content_type)
     with tempfile.TemporaryDirectory(dir=settings.RECORDER_TEMP_DIR, prefix=files.work_dir_prefix(session)) as work:
         if info.has_video:
-            thumbnail_path = Path(work) / "thumbnail.jpg"
-            with timer.step("thumbnail"):
-                utils.make_thumbnail(
-                    built.video_path,
-                    thumbnail_path,
-                    at_seconds=utils.thumbnail_time(info.duration_seconds),
-                    container="webm",
-                    limits=costs.thumbnail_limits(source_bytes),
-                )
-            outputs["thumbnail"] = (thumbnail_path, "image/jpeg")
+            outputs["thumbnail"] = _thumbnail(built.video_path, "webm", info, source_bytes, Path(work), timer)
         with timer.step("store"):
             stored = files.store_outputs(session, outputs)
     return {
@@ -91,6 +82,22 @@ def _outputs_of_live_build(session: RecordingSession, built: live.LiveOutputs, t
         ),
         **stored,
     }
+
+
+def _thumbnail(
+    video_path: Path, container: str, info: utils.MediaInfo, source_bytes: int, work_dir: Path, timer: StepTimer
+) -> tuple[Path, str]:
+    """The thumbnail output (path, content type) of a finished video, in `work_dir`."""
+    thumbnail_path = work_dir / "thumbnail.jpg"
+    with timer.step("thumbnail"):
+        utils.make_thumbnail(
+            video_path,
+            thumbnail_path,
+            at_seconds=utils.thumbnail_time(info.duration_seconds),
+            container=container,
+            limits=costs.thumbnail_limits(source_bytes),
+        )
+    return thumbnail_path, "image/jpeg"
 
 
 def _metadata(info: utils.MediaInfo) -> dict:
@@ -141,16 +148,7 @@ def _full_pipeline(session: RecordingSession, timer: StepTimer) -> dict:
             costs.check_duration(info.duration_seconds)
             outputs = {"video": (video_path, plan.output.content_type)}
             if info.has_video:
-                thumbnail_path = work_dir / "thumbnail.jpg"
-                with timer.step("thumbnail"):
-                    utils.make_thumbnail(
-                        video_path,
-                        thumbnail_path,
-                        at_seconds=utils.thumbnail_time(info.duration_seconds),
-                        container=plan.output.extension,
-                        limits=costs.thumbnail_limits(joined.size),
-                    )
-                outputs["thumbnail"] = (thumbnail_path, "image/jpeg")
+                outputs["thumbnail"] = _thumbnail(video_path, plan.output.extension, info, joined.size, work_dir, timer)
             audio_decode_errors = 0
             if audio_job is not None:
                 audio_path, audio_content_type, audio_decode_errors = audio_job.result()

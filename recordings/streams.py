@@ -165,11 +165,7 @@ class _Join:
 
     def _keep_previous(self) -> None:
         self._stop_comparing()
-        previous = self._undecided()
-        self.kept.append(previous)
-        self.kept_size += previous.size
-        self.kept_digest = self.previous_digest
-        self.previous = None
+        self._keep_undecided()
         self.digest_without_previous = None
         if len(self.kept) + 1 > self.max_segments:  # the current stream will be one more
             raise utils.MediaError(
@@ -177,6 +173,13 @@ class _Join:
                 f"The recording holds more than {self.max_segments} separate streams (a header in a chunk "
                 "other than the first starts one); at most that many are joined.",
             )
+
+    def _keep_undecided(self) -> None:
+        previous = self._undecided()
+        self.kept.append(previous)
+        self.kept_size += previous.size
+        self.kept_digest = self.previous_digest
+        self.previous = None
 
     def _drop_previous(self) -> None:
         self._stop_comparing()
@@ -212,12 +215,7 @@ class _Join:
         if self.current is None:  # no bytes at all: an empty source, as a plain join gives
             self.start_stream()
         self._end_current()
-        # the last stream has no successor to extend it: it is kept
-        previous = self._undecided()
-        self.kept.append(previous)
-        self.kept_size += previous.size
-        self.kept_digest = self.previous_digest
-        self.previous = None
+        self._keep_undecided()  # the last stream has no successor to extend it: it is kept
         return JoinedStreams(segments=self.kept, size=self.kept_size, sha256=self.kept_digest.hexdigest())
 
     def close(self) -> None:
