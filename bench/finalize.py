@@ -17,7 +17,6 @@ service's peak RSS for a 1 GiB recording against an 8-second one.
 """
 
 import argparse
-import os
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,9 +26,11 @@ from bench.harness import (
     Http,
     MiB,
     RssSampler,
+    cpu_seconds_of_group,
     gunicorn,
     machine_description,
     moto_s3,
+    wait_until_idle,
     work_directory,
     write_result,
 )
@@ -75,18 +76,6 @@ def ingest(http: Http, chunk_paths: list[Path], server=None) -> tuple[str, str, 
     return session_id, token, time.perf_counter() - began
 
 
-def wait_until_idle(process_group: int, *, quiet_cpu_seconds: float = 0.05, timeout_seconds: float = 600) -> None:
-    """Until the server's processes spend less than `quiet_cpu_seconds` of CPU in half a second."""
-    deadline = time.monotonic() + timeout_seconds
-    before = cpu_seconds_of_group(process_group)
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = cpu_seconds_of_group(process_group)
-        if now - before < quiet_cpu_seconds:
-            return
-        before = now
-
-
 def finalize_until_ready(http: Http, session_id: str, token: str, total_chunks: int) -> tuple[float, dict]:
     began = time.perf_counter()
     http.json(
@@ -128,22 +117,6 @@ def floor_seconds(chunk_paths: list[Path], work_dir: Path) -> dict:
         "sequential_seconds": round(sum(steps.values()), 3),
         "two_core_seconds": round(steps["cat"] + max(steps["remux"] + steps["thumbnail"], steps["audio"]), 3),
     }
-
-
-def cpu_seconds_of_group(process_group: int) -> float:
-    """CPU time of every process in `process_group` (gunicorn and its workers), with the children
-    they have waited for (ffmpeg): from /proc, in seconds."""
-    ticks = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == process_group:  # pgrp
-            ticks += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def measure_length(http: Http, server, work_dir: Path, base: Path, minutes: float, *, with_floor: bool) -> dict:

@@ -363,3 +363,31 @@ def moto_s3(log_dir: Path) -> Iterator[dict[str, str]]:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def cpu_seconds_of_group(process_group: int) -> float:
+    """CPU time of every process in `process_group` (gunicorn and its workers), with the children
+    they have waited for (ffmpeg): from /proc, in seconds."""
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == process_group:  # pgrp
+            ticks += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_idle(process_group: int, *, quiet_cpu_seconds: float = 0.05, timeout_seconds: float = 600) -> None:
+    """Until the server's processes spend less than `quiet_cpu_seconds` of CPU in half a second."""
+    deadline = time.monotonic() + timeout_seconds
+    before = cpu_seconds_of_group(process_group)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu_seconds_of_group(process_group)
+        if now - before < quiet_cpu_seconds:
+            return
+        before = now

@@ -6,10 +6,13 @@
 Paced mode: N recorders each post one chunk a second (multipart), each the next chunk of a real
 VP8/Opus recording encoded at about a chunk a second, starting at random moments within the first
 second, as independent browsers do (so the live build works on them meanwhile). Flat-out mode: N clients post
-back to back. Reported for both servers: throughput, latency p50/p95/p99, errors, peak RSS.
+back to back. Each run starts once the server is idle again. Reported for both servers: throughput,
+latency p50/p95/p99, errors, peak RSS, the server's CPU time in each run and what it spent after it
+(background work the run left).
 """
 
 import argparse
+import json
 import random
 import threading
 import time
@@ -19,10 +22,12 @@ from bench.harness import (
     Http,
     MiB,
     RssSampler,
+    cpu_seconds_of_group,
     gunicorn,
     latency_summary,
     machine_description,
     multipart_body,
+    wait_until_idle,
     work_directory,
     write_result,
 )
@@ -61,6 +66,15 @@ class Target:
         started = self.http.json("POST", "/api/start-recording/", {"mime_type": "video/webm;codecs=vp8,opus"})
         return {"session_id": started["session_id"], "token": started["upload_token"]}
 
+    def finalize(self, recorder: dict, total_chunks: int) -> int:
+        """Stop: the recording is processed (the service) while the recorder starts its next one."""
+        if not self.is_service:
+            return 200
+        body = json.dumps({"session_id": recorder["session_id"], "is_final": True, "total_chunks": total_chunks})
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {recorder['token']}"}
+        status, _, _ = self.http.request("POST", "/api/finalize-recording/", body.encode(), headers)
+        return status
+
     def prepared_chunk(self, recorder: dict, index: int, chunk: bytes) -> tuple[str, bytes, dict]:
         fields = {"session_id": recorder.get("session_id", "baseline"), "chunk_index": str(index)}
         body, content_type = multipart_body(fields, "video_chunk", chunk)
@@ -70,10 +84,16 @@ class Target:
         return "/api/receive-video-chunk/", body, headers
 
 
-def run_load(target: Target, *, recorders: int, chunks: list[bytes], seconds: float, paced: bool) -> dict:
-    """Drive `recorders` clients for `seconds`; each posts a chunk every second (paced) or back to back."""
+def run_load(
+    target: Target, *, recorders: int, chunks: list[bytes], seconds: float, paced: bool, chunks_per_recording: int = 0
+) -> dict:
+    """Drive `recorders` clients for `seconds`; each posts a chunk every second (paced) or back to back.
+    With `chunks_per_recording`, a recorder stops after that many chunks (finalize: the recording is
+    processed) and starts a new recording at once, as people record one after another: the steady
+    state, in which the service does all of its work (not only the uploads) within the run."""
     latencies: list[float] = []
     statuses: list[int] = []
+    finalize_statuses: list[int] = []
     acknowledged_bytes = [0]
     lock = threading.Lock()
     sessions = [target.new_recorder() for _ in range(recorders)]
@@ -100,6 +120,11 @@ def run_load(target: Target, *, recorders: int, chunks: list[bytes], seconds: fl
                     acknowledged_bytes[0] += len(chunks[index % len(chunks)])
             index += 1
             next_at += 1.0
+            if chunks_per_recording and index == chunks_per_recording:
+                finalize_status = target.finalize(recorder, index)
+                with lock:
+                    finalize_statuses.append(finalize_status)
+                recorder, index = target.new_recorder(), 0
 
     threads = [threading.Thread(target=recorder_loop, args=(number,)) for number in range(recorders)]
     for thread in threads:
@@ -108,8 +133,11 @@ def run_load(target: Target, *, recorders: int, chunks: list[bytes], seconds: fl
         thread.join()
     wall_seconds = time.perf_counter() - started_at
     errors = sum(1 for status in statuses if status not in (200, 201))
+    errors += sum(1 for status in finalize_statuses if status not in (200, 202))
     return {
         "recorders": recorders,
+        "chunks_per_recording": chunks_per_recording,
+        "recordings_finalized": len(finalize_statuses),
         "chunk_bytes": len(chunks[1]) if len(chunks) > 1 else len(chunks[0]),
         "mode": "paced" if paced else "flat_out",
         "seconds": round(wall_seconds, 2),
@@ -120,6 +148,22 @@ def run_load(target: Target, *, recorders: int, chunks: list[bytes], seconds: fl
     }
 
 
+def measured_run(server, target: Target, **load) -> dict:
+    """One load run, its server CPU time (ffmpeg children included), and the background work it left:
+    the next run starts once the server is idle again, so each measures its own load only."""
+    cpu_before = cpu_seconds_of_group(server.pid)
+    run = run_load(target, **load)
+    cpu_at_end = cpu_seconds_of_group(server.pid)
+    began_settling = time.perf_counter()
+    wait_until_idle(server.pid, timeout_seconds=300)
+    run["server_cpu_seconds"] = round(cpu_at_end - cpu_before, 1)
+    run["left_over"] = {
+        "seconds": round(time.perf_counter() - began_settling, 1),
+        "cpu_seconds": round(cpu_seconds_of_group(server.pid) - cpu_at_end, 1),
+    }
+    return run
+
+
 def measure_server(name: str, work_dir: Path, args, paced_chunks, flat_chunks) -> dict:
     app = None if name == "service" else "bench.baseline_app:application"
     extra_env = {"BASELINE_DIR": str(work_dir / "baseline-bodies")} if app else dict(args.service_env)
@@ -127,19 +171,24 @@ def measure_server(name: str, work_dir: Path, args, paced_chunks, flat_chunks) -
     result: dict = {"paced": [], "flat_out": None}
     with gunicorn(work_dir, app=app, extra_env=extra_env) as server, RssSampler(server.pid) as rss:
         target = Target(server.base_url, is_service=(name == "service"))
-        run_load(target, recorders=4, chunks=paced_chunks, seconds=2, paced=False)  # warm every worker up
+        measured_run(server, target, recorders=4, chunks=paced_chunks, seconds=2, paced=False)  # warm up
         rss.reset()
         for recorders in args.paced_recorders:
-            run = run_load(target, recorders=recorders, chunks=paced_chunks, seconds=args.seconds, paced=True)
+            load = {"recorders": recorders, "chunks": paced_chunks, "seconds": args.seconds, "paced": True}
+            run = measured_run(server, target, **load, chunks_per_recording=args.recording_seconds)
             print(
                 f"{name:8} paced    {recorders:4} × {len(paced_chunks[1]) // 1024} KiB/s: "
-                f"p95 {run['latency'].get('p95_ms')} ms, errors {run['errors']}"
+                f"p95 {run['latency'].get('p95_ms')} ms, errors {run['errors']}, CPU {run['server_cpu_seconds']} s "
+                f"+ {run['left_over']['cpu_seconds']} s in the {run['left_over']['seconds']} s after"
             )
             result["paced"].append(run)
-        run = run_load(target, recorders=args.recorders, chunks=flat_chunks, seconds=args.seconds, paced=False)
+        run = measured_run(
+            server, target, recorders=args.recorders, chunks=flat_chunks, seconds=args.seconds, paced=False
+        )
         print(
             f"{name:8} flat-out {args.recorders:4} × {len(flat_chunks[1]) // 1024} KiB: "
-            f"{run['throughput_mib_s']} MiB/s, p95 {run['latency'].get('p95_ms')} ms, errors {run['errors']}"
+            f"{run['throughput_mib_s']} MiB/s, p95 {run['latency'].get('p95_ms')} ms, errors {run['errors']}, "
+            f"CPU {run['server_cpu_seconds']} s + {run['left_over']['cpu_seconds']} s after"
         )
         result["flat_out"] = run
         result["peak_rss_mib"] = round(rss.peak_total_bytes / MiB, 1)
@@ -157,6 +206,13 @@ def main() -> None:
         help="recorder counts for the paced runs",
     )
     parser.add_argument("--paced-chunk-kib", type=int, default=256, help="chunk size in paced mode")
+    parser.add_argument(
+        "--recording-seconds",
+        type=int,
+        default=0,
+        help="paced mode: each recorder stops after this many chunks (a second each) and starts a new "
+        "recording, so the service processes recordings within the run; 0: one recording per recorder",
+    )
     parser.add_argument("--seconds", type=float, default=20, help="length of each run")
     parser.add_argument(
         "--service-env",

@@ -78,31 +78,35 @@ def wants_advance(session: RecordingSession, now: datetime.datetime) -> bool:
     return requested_at is None or requested_at < now - datetime.timedelta(seconds=stale_after)
 
 
-def advance_while_requested(session_id: uuid.UUID | str, *, schedule_again: Callable[[str], None]) -> None:
+def advance_while_requested(session_id: uuid.UUID | str, *, schedule_again: Callable[[str, float], None]) -> None:
     """Advance the build, then clear the request unless a chunk came meanwhile (the background task).
 
     A chunk stored while the build advances finds the request still set and asks for nothing; the
-    received-chunk count, compared under the row lock at the end, says so: the advance goes round
-    again at once without RECORDER_LIVE_BUILD_DELAY_SECONDS, else `schedule_again` queues the next.
+    received-chunk count, compared in the statement that clears the request, says so: the advance
+    goes round again at once without RECORDER_LIVE_BUILD_DELAY_SECONDS, else `schedule_again`
+    queues the next, after the delay, or at once (behind the queue's other tasks) when this advance
+    took longer than the delay: a build catching up has no chunks to wait for.
     """
     while True:
         session = RecordingSession.objects.filter(pk=session_id).first()
         if session is None:
             return
         seen_chunks = session.received_chunks
+        began = time.monotonic()
         if session.status == Status.RECORDING:
             advance(session)
-        with database_write_lock(), transaction.atomic():
-            locked = RecordingSession.objects.select_for_update().filter(pk=session_id).first()
-            if locked is None:
+        # one statement: the count is compared where it is written, no row lock needed
+        nothing_new = Q(received_chunks=seen_chunks) | ~Q(status=Status.RECORDING) | Q(live_abandoned=True)
+        with database_write_lock():
+            if RecordingSession.objects.filter(nothing_new, pk=session_id).update(live_requested_at=None):
                 return
-            if locked.status != Status.RECORDING or locked.received_chunks == seen_chunks:
-                RecordingSession.objects.filter(pk=session_id).update(live_requested_at=None)
-                return
-            if settings.RECORDER_LIVE_BUILD_DELAY_SECONDS:
+        delay_seconds = settings.RECORDER_LIVE_BUILD_DELAY_SECONDS
+        if delay_seconds:
+            with database_write_lock():
                 RecordingSession.objects.filter(pk=session_id).update(live_requested_at=timezone.now())
-                schedule_again(str(session_id))  # the request stays set for the chunks meanwhile
-                return
+            # the request stays set for the chunks meanwhile
+            schedule_again(str(session_id), 0 if time.monotonic() - began >= delay_seconds else delay_seconds)
+            return
 
 
 def advance(session: RecordingSession) -> None:
@@ -335,6 +339,9 @@ def _encode_audio(session: RecordingSession, state: dict, lease: "_Lease", *, fi
             audio_path=paths.audio,
             work_dir=settings.RECORDER_TEMP_DIR,
             limits=costs.audio_limits("mp3", state["source_offset"]),  # grows with what was uploaded
+            # an encode on a busy machine may outlast the lease: the MP3 is written only by a
+            # process that still holds it
+            before_writing=lease.keep,
         )
         if final:
             with open(paths.audio, "rb") as audio:
@@ -369,7 +376,9 @@ def _abandon(session: RecordingSession, build: LiveBuild, lease: "_Lease", reaso
     logger.info("recording %s: no live build (%s); processing takes the full pipeline", session.id, reason)
     build.abandoned_reason = reason[:200]
     lease.save(build, ["abandoned_reason"])
-    RecordingSession.objects.filter(pk=session.pk).update(live_abandoned=True)
+    lease.flush()  # before the files go
+    with database_write_lock():
+        RecordingSession.objects.filter(pk=session.pk).update(live_abandoned=True)
     shutil.rmtree(files.live_build_dir(session), ignore_errors=True)
 
 
@@ -382,51 +391,67 @@ class _LeaseLost(Exception):
 
 class _Lease:
     """This process's hold on a recording's build: renewed while the work goes on, and every save
-    of the build's state is conditional on it, so a process that lost it writes no state."""
+    of the build's state is conditional on it, so a process that lost it writes no state.
+
+    A save is written with the next renewal or the release (one write, not two): beside the
+    uploads, every write waits for SQLite's one writer. Until then the state on disk may run ahead
+    of the saved one, which the next advance cuts back to (live_webm.truncate_to).
+    """
 
     def __init__(self, session: RecordingSession, owner: str):
         self._session = session
         self._owner = owner
         self._renewed = time.monotonic()
+        self._unsaved: dict = {}
 
     def keep(self) -> None:
-        """Renew it once a third of it has passed."""
+        """Renew it (with the unsaved state) once a third of it has passed: it then has at least
+        two thirds of LEASE_SECONDS left, so a write right after this is this process's alone."""
         if time.monotonic() - self._renewed >= LEASE_SECONDS / 3:
-            self._update()
+            self.flush()
 
     def save(self, build: LiveBuild, fields: list[str]) -> None:
-        self._update(**{name: getattr(build, name) for name in fields}, updated_at=timezone.now())
+        self._unsaved.update({name: getattr(build, name) for name in fields}, updated_at=timezone.now())
+        self.keep()
+
+    def flush(self) -> None:
+        """Renew it and write the unsaved state now, or raise _LeaseLost."""
+        self._update(lease_expires_at=timezone.now() + datetime.timedelta(seconds=LEASE_SECONDS))
+        self._renewed = time.monotonic()
 
     def release(self) -> None:
-        with database_write_lock():
-            _lease_rows(self._session).filter(lease_owner=self._owner).update(lease_owner="", lease_expires_at=None)
+        """Write the unsaved state and let go; a lost lease writes nothing (logged)."""
+        try:
+            self._update(lease_owner="", lease_expires_at=None)
+        except _LeaseLost:
+            logger.warning("recording %s: the live build's lease was lost; its last state is unsaved", self._session.pk)
 
-    def _update(self, **fields) -> None:
-        expires_at = timezone.now() + datetime.timedelta(seconds=LEASE_SECONDS)
+    def _update(self, **lease_fields) -> None:
+        fields, self._unsaved = {**self._unsaved, **lease_fields}, {}
         with database_write_lock():
-            updated = (
-                _lease_rows(self._session).filter(lease_owner=self._owner).update(lease_expires_at=expires_at, **fields)
-            )
+            updated = _lease_rows(self._session).filter(lease_owner=self._owner).update(**fields)
         if not updated:
             raise _LeaseLost(self._session.pk)
-        self._renewed = time.monotonic()
 
 
 def _take_lease(session: RecordingSession, *, wait: bool) -> _Lease | None:
-    """Hold the recording's build for this process (LEASE_SECONDS, renewed by the holder)."""
+    """Hold the recording's build for this process (LEASE_SECONDS, renewed by the holder). While
+    another holds it, waiting reads (no write lock) until it is free or has expired."""
     owner = uuid.uuid4().hex
     deadline = time.monotonic() + LEASE_SECONDS + 1
+    _ensure_row(session)
     while True:
         now = timezone.now()
-        with database_write_lock():
-            _ensure_row(session)
-            taken = (
-                _lease_rows(session)
-                .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
-                .update(lease_owner=owner, lease_expires_at=now + datetime.timedelta(seconds=LEASE_SECONDS))
-            )
-        if taken:
-            return _Lease(session, owner)
+        free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
+        if _lease_rows(session).filter(free).exists():
+            with database_write_lock():
+                taken = (
+                    _lease_rows(session)
+                    .filter(free)
+                    .update(lease_owner=owner, lease_expires_at=now + datetime.timedelta(seconds=LEASE_SECONDS))
+                )
+            if taken:
+                return _Lease(session, owner)
         if not wait or time.monotonic() > deadline:
             return None
         time.sleep(_LEASE_POLL_SECONDS)
@@ -437,7 +462,7 @@ def _ensure_row(session: RecordingSession) -> None:
     if _lease_rows(session).exists():
         return
     try:
-        with transaction.atomic():
+        with database_write_lock(), transaction.atomic():
             LiveBuild.objects.create(session_id=session.pk, first_chunk_index=0, next_chunk_index=0, state={})
     except IntegrityError:
         pass  # another process created it meanwhile

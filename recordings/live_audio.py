@@ -18,6 +18,7 @@ out (the default `RECORDER_AUDIO_FORMAT`); anything else is encoded at Stop by t
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,9 +83,10 @@ def encode_piece(
     audio_path: Path,
     work_dir: Path,
     limits: utils.Limits,
+    before_writing: Callable[[], None] = lambda: None,
 ) -> dict:
     """Encode `piece` from the build's video so far, append its frames to `audio_path` (cut back to
-    what `audio_state` says first) and return the new audio state."""
+    what `audio_state` says first, after calling `before_writing`) and return the new audio state."""
     start = _input_start(piece.first_frame)
     lead_silence = max(0, -start)
     start = max(start, 0)
@@ -109,6 +111,7 @@ def encode_piece(
             frames = frames[:wanted]
             if len(frames) != wanted:  # the audio has a gap: the grid no longer holds
                 raise live_webm.NotLive(f"an audio piece gave {len(frames)} frames, not {wanted}")
+        before_writing()
         with open(encoded_path, "rb") as encoded, open(audio_path, "r+b") as audio:
             audio.truncate(audio_state["bytes"])
             audio.seek(audio_state["bytes"])

@@ -73,18 +73,20 @@ def _schedule_watch(session_id: str) -> None:
 @task()
 def advance_live_task(session_id: str) -> str:
     """Append the chunks stored since the last time to the recording's live build (recordings/live.py)."""
-    live.advance_while_requested(session_id, schedule_again=enqueue_live_advance)
+    live.advance_while_requested(session_id, schedule_again=schedule_live_advance)
     return runs.current_status(session_id) or "gone"
 
 
 def enqueue_live_advance(session_id: str) -> None:
     """Queue an advance of the live build, RECORDER_LIVE_BUILD_DELAY_SECONDS after the caller's
     transaction (which stored a chunk) commits: the chunks of those seconds make one advance."""
-    transaction.on_commit(partial(after_write_lock, partial(_schedule_live_advance, session_id)), robust=True)
-
-
-def _schedule_live_advance(session_id: str) -> None:
     delay_seconds = settings.RECORDER_LIVE_BUILD_DELAY_SECONDS
+    transaction.on_commit(
+        partial(after_write_lock, partial(schedule_live_advance, session_id, delay_seconds)), robust=True
+    )
+
+
+def schedule_live_advance(session_id: str, delay_seconds: float) -> None:
     if not delay_seconds:
         advance_live_task.enqueue(session_id)
     elif advance_live_task.get_backend().supports_defer:

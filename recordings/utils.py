@@ -7,10 +7,12 @@ clip classes are not used on the hot path. Every ffmpeg runs under `Limits` the 
 """
 
 import ctypes
+import functools
 import os
 import re
 import resource
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -137,6 +139,52 @@ def _limit_child(limits: Limits, parent_pid: int) -> Callable[[], None]:
 
 
 @dataclass(frozen=True)
+class _LimitWrappers:
+    """util-linux's setpriv and prlimit, which apply the limits and exec what follows them."""
+
+    setpriv: str
+    prlimit: str
+
+    def command(self, command: list[str], limits: Limits) -> list[str]:
+        cpu_seconds = limits.cpu_limit_seconds
+        wrapped = [self.setpriv, "--pdeathsig", "KILL", "--", self.prlimit, "--core=0:0"]
+        wrapped.append(f"--cpu={cpu_seconds}:{cpu_seconds}")
+        if limits.memory_bytes is not None:
+            wrapped.append(f"--data={limits.memory_bytes}:{limits.memory_bytes}")
+        if limits.output_bytes is not None:
+            wrapped.append(f"--fsize={limits.output_bytes}:{limits.output_bytes}")
+        wrapped.append("--")
+        return wrapped + command
+
+
+@functools.cache
+def limit_wrappers() -> _LimitWrappers | None:
+    """The exec wrappers, when this system has them and they work (util-linux 2.33+: every Debian
+    and Ubuntu). With them a child starts by vfork; otherwise by fork and `_limit_child`, which
+    copies this process: ~10 ms during which a web process's request threads wait (docs/performance.md)."""
+    found = [shutil.which(name) for name in ("setpriv", "prlimit", "true")]
+    if None in found or not sys.platform.startswith("linux"):
+        return None
+    setpriv, prlimit, true = (str(path) for path in found)
+    wrappers = _LimitWrappers(setpriv, prlimit)
+    every_limit = Limits(timeout_seconds=5, memory_bytes=1 << 30, output_bytes=1 << 20)
+    try:
+        trial = subprocess.run(wrappers.command([true], every_limit), capture_output=True, timeout=10, check=False)
+        works = trial.returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        works = False
+    return wrappers if works else None
+
+
+def _spawn_arguments(command: list[str], limits: Limits) -> dict:
+    """Popen's arguments that start `command` under `limits`."""
+    wrappers = limit_wrappers()
+    if wrappers is not None:
+        return {"args": wrappers.command(command, limits)}
+    return {"args": command, "preexec_fn": _limit_child(limits, os.getpid())}  # system calls only
+
+
+@dataclass(frozen=True)
 class _Finished:
     returncode: int
     report: str  # what ffmpeg wrote to stderr, at most _REPORT_BYTES of it (and, when counted, its end)
@@ -192,13 +240,12 @@ def _run(command: list[str], *, limits: Limits, what: str, counted: tuple[bytes,
 def _run_to_file(command: list[str], limits: Limits) -> tuple[int, str]:
     with tempfile.TemporaryFile() as report_file:
         completed = subprocess.run(
-            command,
+            **_spawn_arguments(command, limits),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=report_file,
             timeout=limits.timeout_seconds,
             check=False,
-            preexec_fn=_limit_child(limits, os.getpid()),  # system calls only, safe beside threads
         )
         report_file.seek(0)
         return completed.returncode, report_file.read(_REPORT_BYTES).decode("utf-8", "replace")
@@ -248,11 +295,10 @@ def _run_counting(command: list[str], limits: Limits, phrases: tuple[bytes, ...]
     report = _CountedReport(phrases)
     deadline = time.monotonic() + limits.timeout_seconds
     with subprocess.Popen(
-        command,
+        **_spawn_arguments(command, limits),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        preexec_fn=_limit_child(limits, os.getpid()),  # system calls only, safe beside threads
     ) as process:
         stderr = process.stderr
         assert stderr is not None  # stderr=PIPE

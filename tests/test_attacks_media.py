@@ -4,6 +4,8 @@ from outside fail with a code instead of costing gigabytes. Real ffmpeg, real fi
 import shutil
 import struct
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -395,3 +397,62 @@ def test_a_restart_with_other_tracks_or_codecs_is_left_out_not_scrambled_in(api,
     assert [(warning["code"], warning["count"]) for warning in body["warnings"]] == [("streams_left_out", 1)]
     assert body["duration"] == pytest.approx(recordings[0].duration_seconds, abs=0.3)
     assert (body["has_video"], body["has_audio"]) == (recordings[0].has_video, recordings[0].has_audio)
+
+
+@pytest.fixture(params=["exec wrappers", "fork"])
+def spawn_way(request, monkeypatch):
+    """How a child is started: util-linux's setpriv and prlimit (a vfork, the default where they
+    exist), or fork with the limits set before exec (elsewhere)."""
+    if request.param == "exec wrappers":
+        if utils.limit_wrappers() is None:
+            skip_or_fail("util-linux's setpriv (2.33+) and prlimit are not installed")
+    else:
+        monkeypatch.setattr(utils, "limit_wrappers", lambda: None)
+    return request.param
+
+
+LIMITS_REPORT = "cat /proc/self/limits >&2"
+
+
+def test_every_child_starts_under_its_limits_however_it_is_spawned(spawn_way):
+    limits = utils.Limits(timeout_seconds=30, memory_bytes=300 * MiB, output_bytes=5 * MiB, cpu_seconds=7)
+    report = utils._run(["sh", "-c", LIMITS_REPORT], limits=limits, what="Reading limits").report
+    limit_values = {line[:26].strip(): line[26:].split()[:2] for line in report.splitlines()[1:] if line[:1] == "M"}
+    assert limit_values["Max cpu time"] == ["7", "7"]
+    assert limit_values["Max data size"] == [str(300 * MiB)] * 2
+    assert limit_values["Max file size"] == [str(5 * MiB)] * 2
+    assert limit_values["Max core file size"] == ["0", "0"]
+
+
+def test_a_killed_parent_takes_its_child_along_however_it_is_spawned(spawn_way, tmp_path):
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from recordings import utils; "
+            + ("utils.limit_wrappers = lambda: None; " if spawn_way == "fork" else "")
+            + f"utils._run(['sh', '-c', 'echo $$ > {pid_file}; exec sleep 60'], "
+            "limits=utils.Limits(timeout_seconds=60), what='sleeping')",
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    deadline = time.monotonic() + 20
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert time.monotonic() < deadline and parent.poll() is None, "the child never started"
+        time.sleep(0.05)
+    child_pid = int(pid_file.read_text())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while _is_running(child_pid):
+        assert time.monotonic() < deadline, f"the child {child_pid} outlived its killed parent"
+        time.sleep(0.05)
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from recordings import live, live_audio, live_webm, services, utils
 from recordings.models import LiveBuild, RecordingSession
@@ -511,9 +513,13 @@ def test_a_process_that_lost_the_lease_saves_nothing(api, media_root):
     build = build_of(started.session_id)
     saved_state = dict(build.state)
     build.state = {**build.state, "output_size": 1}
+    stalled.save(build, ["state"])  # written with the next renewal or the release
     with pytest.raises(live._LeaseLost):
-        stalled.save(build, ["state"])
+        stalled.flush()
+    stalled.save(build, ["state"])
+    stalled.release()  # logged, nothing written
     assert build_of(started.session_id).state == saved_state
+    assert LiveBuild.objects.get(session_id=session.pk).lease_owner == "another-process"
 
 
 def test_a_client_counting_from_one_is_built_while_it_records(api, media_root):
@@ -546,3 +552,89 @@ def test_chunks_within_the_delay_make_one_advance_off_the_request(api, media_roo
     assert len(advances) == 1  # one advance for the four chunks
     assert build_of(started.session_id).next_chunk_index >= 3
     assert RecordingSession.objects.get(pk=started.session_id).live_requested_at is None  # nothing pending
+
+
+def test_an_advance_writes_the_database_three_times(api, media_root, settings):
+    """Beside the uploads every write waits for SQLite's one writer: an advance takes the lease,
+    saves its state as it lets go, and clears the request; nothing else."""
+    settings.RECORDER_LIVE_BUILD_DELAY_SECONDS = 60  # the requested advance waits; this test runs it
+    chunks = load_chrome_set("vp8_opus_60s").chunks
+    started = start(api)
+
+    def advance_counting_writes() -> list[str]:
+        with CaptureQueriesContext(connection) as queries:
+            live.advance_while_requested(started.session_id, schedule_again=lambda session_id, delay_seconds: None)
+        return [query["sql"].split()[0] for query in queries.captured_queries if not query["sql"].startswith("SELECT")]
+
+    upload_all(api, started, chunks[:2])
+    advance_counting_writes()  # the build starts: its row is made
+    for index in range(2, 30):
+        post_chunk(api, started, chunks[index], index=index)
+    assert RecordingSession.objects.get(pk=started.session_id).live_requested_at is not None
+    assert advance_counting_writes() == ["UPDATE", "UPDATE", "UPDATE"]
+    build = build_of(started.session_id)
+    assert build.next_chunk_index >= 29 and build.lease_owner == "" and build.state["audio_mp3"]["next_frame"] > 0
+    assert RecordingSession.objects.get(pk=started.session_id).live_requested_at is None
+    for index in range(30, len(chunks)):
+        post_chunk(api, started, chunks[index], index=index)
+    assert finalize(api, started, total_chunks=len(chunks)).json()["status"] == "ready"
+
+
+def test_a_piece_is_not_written_by_a_process_that_lost_the_lease(api, media_root, tmp_path):
+    """An encode at idle priority on a busy machine can outlast the lease: its MP3 frames are
+    appended only once the lease is known to be held (`before_writing`, the lease's renewal)."""
+    chunks = load_chrome_set("vp8_opus_60s").chunks
+    started = start(api)
+    upload_all(api, started, chunks[:20])
+    session = RecordingSession.objects.get(pk=started.session_id)
+    build_dir = media_root / ".live" / session.view_id.hex
+    written = (build_dir / "audio.mp3").read_bytes()
+    state = build_of(started.session_id).state
+    assert state["audio_mp3"]["next_frame"] > 0 and written
+    state["audio_mp3"] = live_audio.new_state(state)  # the first piece again, which would cut the MP3 to 0
+    piece = live_audio.next_piece(state, state["audio_mp3"], final=False)
+
+    def lease_lost() -> None:
+        raise live._LeaseLost(session.pk)
+
+    with pytest.raises(live._LeaseLost):
+        live_audio.encode_piece(
+            piece,
+            state,
+            state["audio_mp3"],
+            video_path=build_dir / "video.webm",
+            index_path=build_dir / "index.bin",
+            audio_path=build_dir / "audio.mp3",
+            work_dir=tmp_path,
+            limits=utils.Limits(),
+            before_writing=lease_lost,
+        )
+    assert (build_dir / "audio.mp3").read_bytes() == written
+
+
+@pytest.mark.parametrize("advance_seconds, next_delay", [(0.0, 0.3), (0.4, 0)])
+def test_the_next_advance_waits_the_delay_unless_this_one_took_longer(
+    api, media_root, settings, monkeypatch, advance_seconds, next_delay
+):
+    """Chunks that came during an advance ask for the next one after the delay, which gathers the
+    chunks of those seconds; an advance that took longer (a build catching up) has no reason to
+    wait: the next is queued at once, else a fast upload leaves its build to Stop."""
+    settings.RECORDER_LIVE_BUILD_DELAY_SECONDS = 60  # the chunks' own requests wait; this test runs them
+    chunks = load_chrome_set("vp8_opus").chunks
+    started = start(api)
+    upload_all(api, started, chunks[:3])
+    real_advance = live.advance
+
+    def advance_while_a_chunk_comes(session):
+        real_advance(session)
+        post_chunk(api, started, chunks[3], index=3)
+        time.sleep(advance_seconds)
+
+    monkeypatch.setattr(live, "advance", advance_while_a_chunk_comes)
+    settings.RECORDER_LIVE_BUILD_DELAY_SECONDS = 0.3
+    delays = []
+    live.advance_while_requested(
+        started.session_id, schedule_again=lambda session_id, delay_seconds: delays.append(delay_seconds)
+    )
+    assert delays == [next_delay]
+    assert RecordingSession.objects.get(pk=started.session_id).live_requested_at is not None
