@@ -225,9 +225,17 @@ class Http:
                     return 599, time.perf_counter() - started, b""
         raise AssertionError("unreachable")
 
-    def json(self, method: str, path: str, payload: dict | None = None, headers: dict | None = None) -> dict:
+    def json_status(
+        self, method: str, path: str, payload: dict | None = None, headers: dict | None = None
+    ) -> tuple[int, bytes]:
+        """A JSON request: the status and the body, whatever the status."""
         body = json.dumps(payload or {}).encode()
         status, _, content = self.request(method, path, body, {"Content-Type": "application/json", **(headers or {})})
+        return status, content
+
+    def json(self, method: str, path: str, payload: dict | None = None, headers: dict | None = None) -> dict:
+        """A JSON request that must succeed: the body, decoded."""
+        status, content = self.json_status(method, path, payload, headers)
         if status >= 400:
             raise RuntimeError(f"{method} {path} → {status}: {content[:300]!r}")
         return json.loads(content)
@@ -305,13 +313,20 @@ def throwaway_postgres_database(server_url: str, *, prefix: str) -> Iterator[str
 
 
 @contextmanager
-def db_workers(environment: dict, log_dir: Path, count: int, *, interval_seconds: float = 0.2) -> Iterator[list]:
-    """`count` processes of `manage.py db_worker`, logging to log_dir/worker-<n>.log; stopped with SIGTERM."""
+def db_workers(
+    environment: dict, log_dir: Path, count: int, *, interval_seconds: float = 0.2, niceness: int = 0
+) -> Iterator[list]:
+    """`count` processes of `manage.py db_worker`, logging to log_dir/worker-<n>.log; stopped with SIGTERM.
+    Each leads its own process group (cpu_seconds_of_group(worker.pid) counts it with its ffmpeg)."""
     processes = []
     for number in range(count):
         log = open(log_dir / f"worker-{number}.log", "wb")  # noqa: SIM115 - closed below
         command = [PYTHON, "manage.py", "db_worker", "--interval", str(interval_seconds), "--no-startup-delay"]
-        process = subprocess.Popen(command, cwd=PROJECT_DIR, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        if niceness:
+            command = ["nice", "-n", str(niceness), *command]
+        process = subprocess.Popen(
+            command, cwd=PROJECT_DIR, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         processes.append((process, log))
     try:
         yield [process for process, _ in processes]
@@ -365,9 +380,9 @@ def moto_s3(log_dir: Path) -> Iterator[dict[str, str]]:
         server.wait(timeout=10)
 
 
-def cpu_seconds_of_group(process_group: int) -> float:
-    """CPU time of every process in `process_group` (gunicorn and its workers), with the children
-    they have waited for (ffmpeg): from /proc, in seconds."""
+def cpu_seconds_of_group(*process_groups: int) -> float:
+    """CPU time of every process in `process_groups` (gunicorn and its workers, task workers), with the
+    children they have waited for (ffmpeg): from /proc, in seconds."""
     ticks = 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -376,18 +391,18 @@ def cpu_seconds_of_group(process_group: int) -> float:
             fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == process_group:  # pgrp
+        if int(fields[2]) in process_groups:  # pgrp
             ticks += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def wait_until_idle(process_group: int, *, quiet_cpu_seconds: float = 0.05, timeout_seconds: float = 600) -> None:
+def wait_until_idle(*process_groups: int, quiet_cpu_seconds: float = 0.05, timeout_seconds: float = 600) -> None:
     """Until the server's processes spend less than `quiet_cpu_seconds` of CPU in half a second."""
     deadline = time.monotonic() + timeout_seconds
-    before = cpu_seconds_of_group(process_group)
+    before = cpu_seconds_of_group(*process_groups)
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        now = cpu_seconds_of_group(process_group)
+        now = cpu_seconds_of_group(*process_groups)
         if now - before < quiet_cpu_seconds:
             return
         before = now

@@ -12,7 +12,6 @@ latency p50/p95/p99, errors, peak RSS, the server's CPU time in each run and wha
 """
 
 import argparse
-import json
 import random
 import threading
 import time
@@ -23,10 +22,12 @@ from bench.harness import (
     MiB,
     RssSampler,
     cpu_seconds_of_group,
+    db_workers,
     gunicorn,
     latency_summary,
     machine_description,
     multipart_body,
+    service_environment,
     wait_until_idle,
     work_directory,
     write_result,
@@ -70,9 +71,10 @@ class Target:
         """Stop: the recording is processed (the service) while the recorder starts its next one."""
         if not self.is_service:
             return 200
-        body = json.dumps({"session_id": recorder["session_id"], "is_final": True, "total_chunks": total_chunks})
-        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {recorder['token']}"}
-        status, _, _ = self.http.request("POST", "/api/finalize-recording/", body.encode(), headers)
+        payload = {"session_id": recorder["session_id"], "is_final": True, "total_chunks": total_chunks}
+        status, _ = self.http.json_status(
+            "POST", "/api/finalize-recording/", payload, {"Authorization": f"Bearer {recorder['token']}"}
+        )
         return status
 
     def prepared_chunk(self, recorder: dict, index: int, chunk: bytes) -> tuple[str, bytes, dict]:
@@ -148,18 +150,18 @@ def run_load(
     }
 
 
-def measured_run(server, target: Target, **load) -> dict:
-    """One load run, its server CPU time (ffmpeg children included), and the background work it left:
-    the next run starts once the server is idle again, so each measures its own load only."""
-    cpu_before = cpu_seconds_of_group(server.pid)
+def measured_run(process_groups: list[int], target: Target, **load) -> dict:
+    """One load run, its server CPU time (task workers and ffmpeg children included), and the background
+    work it left: the next run starts once the server is idle again, so each measures its own load only."""
+    cpu_before = cpu_seconds_of_group(*process_groups)
     run = run_load(target, **load)
-    cpu_at_end = cpu_seconds_of_group(server.pid)
+    cpu_at_end = cpu_seconds_of_group(*process_groups)
     began_settling = time.perf_counter()
-    wait_until_idle(server.pid, timeout_seconds=300)
+    wait_until_idle(*process_groups, timeout_seconds=300)
     run["server_cpu_seconds"] = round(cpu_at_end - cpu_before, 1)
     run["left_over"] = {
         "seconds": round(time.perf_counter() - began_settling, 1),
-        "cpu_seconds": round(cpu_seconds_of_group(server.pid) - cpu_at_end, 1),
+        "cpu_seconds": round(cpu_seconds_of_group(*process_groups) - cpu_at_end, 1),
     }
     return run
 
@@ -167,15 +169,25 @@ def measured_run(server, target: Target, **load) -> dict:
 def measure_server(name: str, work_dir: Path, args, paced_chunks, flat_chunks) -> dict:
     app = None if name == "service" else "bench.baseline_app:application"
     extra_env = {"BASELINE_DIR": str(work_dir / "baseline-bodies")} if app else dict(args.service_env)
+    task_workers = args.workers if name == "service" else 0
+    if task_workers:
+        extra_env["RECORDER_TASKS_BACKEND"] = "database"
     (work_dir / "baseline-bodies").mkdir(parents=True, exist_ok=True)
     result: dict = {"paced": [], "flat_out": None}
-    with gunicorn(work_dir, app=app, extra_env=extra_env) as server, RssSampler(server.pid) as rss:
+    with (
+        gunicorn(work_dir, app=app, extra_env=extra_env) as server,
+        db_workers(
+            {**service_environment(work_dir), **extra_env}, work_dir, task_workers, niceness=args.workers_niceness
+        ) as workers,
+        RssSampler(server.pid) as rss,
+    ):
+        process_groups = [server.pid, *(worker.pid for worker in workers)]
         target = Target(server.base_url, is_service=(name == "service"))
-        measured_run(server, target, recorders=4, chunks=paced_chunks, seconds=2, paced=False)  # warm up
+        measured_run(process_groups, target, recorders=4, chunks=paced_chunks, seconds=2, paced=False)  # warm up
         rss.reset()
         for recorders in args.paced_recorders:
             load = {"recorders": recorders, "chunks": paced_chunks, "seconds": args.seconds, "paced": True}
-            run = measured_run(server, target, **load, chunks_per_recording=args.recording_seconds)
+            run = measured_run(process_groups, target, **load, chunks_per_recording=args.recording_seconds)
             print(
                 f"{name:8} paced    {recorders:4} × {len(paced_chunks[1]) // 1024} KiB/s: "
                 f"p95 {run['latency'].get('p95_ms')} ms, errors {run['errors']}, CPU {run['server_cpu_seconds']} s "
@@ -183,7 +195,7 @@ def measure_server(name: str, work_dir: Path, args, paced_chunks, flat_chunks) -
             )
             result["paced"].append(run)
         run = measured_run(
-            server, target, recorders=args.recorders, chunks=flat_chunks, seconds=args.seconds, paced=False
+            process_groups, target, recorders=args.recorders, chunks=flat_chunks, seconds=args.seconds, paced=False
         )
         print(
             f"{name:8} flat-out {args.recorders:4} × {len(flat_chunks[1]) // 1024} KiB: "
@@ -221,6 +233,14 @@ def main() -> None:
         type=lambda text: tuple(text.split("=", 1)),
         help="NAME=VALUE for the service's environment, e.g. RECORDER_LIVE_BUILD=0 (repeatable)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="run the service with RECORDER_TASKS_BACKEND=database and this many `db_worker` processes "
+        "(their CPU counts as the server's); 0: the default embedded backend",
+    )
+    parser.add_argument("--workers-niceness", type=int, default=10, help="the workers' niceness (`nice -n`)")
     parser.add_argument("--smoke", action="store_true", help="tiny run for the test suite")
     parser.add_argument("--output", default="ingest", help="result name under bench/results/")
     args = parser.parse_args()

@@ -9,6 +9,7 @@ under a lease. Anything the live path does not handle, or any doubt (a file shor
 state, another first chunk), and the processing run takes the full pipeline, the reference.
 """
 
+import copy
 import datetime
 import logging
 import os
@@ -411,7 +412,9 @@ class _Lease:
             self.flush()
 
     def save(self, build: LiveBuild, fields: list[str]) -> None:
-        self._unsaved.update({name: getattr(build, name) for name in fields}, updated_at=timezone.now())
+        """Write these fields, as they are now, with the next renewal or the release."""
+        values = {name: copy.deepcopy(getattr(build, name)) for name in fields}  # the state dict changes on
+        self._unsaved.update(values, updated_at=timezone.now())
         self.keep()
 
     def flush(self) -> None:
@@ -435,37 +438,49 @@ class _Lease:
 
 
 def _take_lease(session: RecordingSession, *, wait: bool) -> _Lease | None:
-    """Hold the recording's build for this process (LEASE_SECONDS, renewed by the holder). While
-    another holds it, waiting reads (no write lock) until it is free or has expired."""
+    """Hold the recording's build for this process (LEASE_SECONDS, renewed by the holder): one
+    conditional UPDATE when it is free, as it nearly always is. While another holds it, waiting
+    reads (no write lock) until it is free or has expired."""
     owner = uuid.uuid4().hex
     deadline = time.monotonic() + LEASE_SECONDS + 1
-    _ensure_row(session)
+    row_checked = False
     while True:
         now = timezone.now()
-        free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
-        if _lease_rows(session).filter(free).exists():
-            with database_write_lock():
-                taken = (
-                    _lease_rows(session)
-                    .filter(free)
-                    .update(lease_owner=owner, lease_expires_at=now + datetime.timedelta(seconds=LEASE_SECONDS))
-                )
-            if taken:
-                return _Lease(session, owner)
-        if not wait or time.monotonic() > deadline:
+        with database_write_lock():
+            taken = (
+                _lease_rows(session)
+                .filter(_free_at(now))
+                .update(lease_owner=owner, lease_expires_at=now + datetime.timedelta(seconds=LEASE_SECONDS))
+            )
+        if taken:
+            return _Lease(session, owner)
+        if not row_checked:
+            row_checked = True
+            if _created_row(session):  # the build's first advance: its row is new, and free
+                continue
+        if not wait:
             return None
-        time.sleep(_LEASE_POLL_SECONDS)
+        while not _lease_rows(session).filter(_free_at(timezone.now())).exists():
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(_LEASE_POLL_SECONDS)
 
 
-def _ensure_row(session: RecordingSession) -> None:
-    """The build's row, not started (empty state) until its first chunk is there."""
+def _free_at(now: datetime.datetime) -> Q:
+    return Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
+
+
+def _created_row(session: RecordingSession) -> bool:
+    """Create the build's row, not started (empty state) until its first chunk is there; False
+    when it exists already."""
     if _lease_rows(session).exists():
-        return
+        return False
     try:
         with database_write_lock(), transaction.atomic():
             LiveBuild.objects.create(session_id=session.pk, first_chunk_index=0, next_chunk_index=0, state={})
     except IntegrityError:
-        pass  # another process created it meanwhile
+        pass  # another process created it meanwhile: it may hold it too; the UPDATE tells
+    return True
 
 
 def _lease_rows(session: RecordingSession):

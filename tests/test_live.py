@@ -580,6 +580,40 @@ def test_an_advance_writes_the_database_three_times(api, media_root, settings):
     assert finalize(api, started, total_chunks=len(chunks)).json()["status"] == "ready"
 
 
+def test_a_free_lease_is_taken_by_one_statement_and_a_held_one_is_left_after_a_read(api, media_root):
+    chunks = load_chrome_set("vp8_opus_60s").chunks
+    started = start(api)
+    upload_all(api, started, chunks[:3])  # the build's row exists, and its lease is free
+    session = RecordingSession.objects.get(pk=started.session_id)
+    with CaptureQueriesContext(connection) as queries:
+        lease = live._take_lease(session, wait=False)
+    assert lease is not None
+    assert [query["sql"].split()[0] for query in queries.captured_queries] == ["UPDATE"]
+    with CaptureQueriesContext(connection) as queries:
+        assert live._take_lease(session, wait=False) is None  # held: this one does not wait
+    assert [query["sql"].split()[0] for query in queries.captured_queries] == ["UPDATE", "SELECT"]
+    lease.release()
+    assert build_of(started.session_id).lease_owner == ""
+
+
+def test_a_saved_state_is_written_as_it_was_when_saved(api, media_root):
+    """The build's state dict goes on changing after a save; the write that follows with the next
+    renewal or the release holds what was saved."""
+    chunks = load_chrome_set("vp8_opus_60s").chunks
+    started = start(api)
+    upload_all(api, started, chunks[:3])
+    session = RecordingSession.objects.get(pk=started.session_id)
+    lease = live._take_lease(session, wait=False)
+    assert lease is not None
+    build = build_of(started.session_id)
+    saved_state = {**build.state, "output_size": build.state["output_size"] + 1}
+    build.state = saved_state
+    lease.save(build, ["state"])
+    saved_state["output_size"] += 1000  # changed in place after the save
+    lease.release()
+    assert build_of(started.session_id).state["output_size"] == saved_state["output_size"] - 1000
+
+
 def test_a_piece_is_not_written_by_a_process_that_lost_the_lease(api, media_root, tmp_path):
     """An encode at idle priority on a busy machine can outlast the lease: its MP3 frames are
     appended only once the lease is known to be held (`before_writing`, the lease's renewal)."""
