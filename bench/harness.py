@@ -109,9 +109,17 @@ def process_tree_rss_bytes(root_pid: int) -> tuple[int, int]:
             if parent in tree and pid not in tree:
                 tree.add(pid)
                 changed = True
-    memory = {pid: _proportional_bytes(pid, rss.get(pid, 0)) for pid in tree}
-    python_bytes = sum(memory[pid] for pid in tree if "ffmpeg" not in names.get(pid, ""))
-    other_bytes = sum(memory[pid] for pid in tree if "ffmpeg" in names.get(pid, ""))
+    # Below the server's workers, a child between its fork and its exec still has its parent's name.
+    # Started by vfork (every spawn with util-linux's wrappers) it runs in its parent's memory,
+    # whose pages it would count a second time (a 20 ms sampler catches such moments when ffmpeg
+    # starts every few seconds); forked, it shares them copy-on-write. It holds nothing of its own,
+    # and leaving it out can only lower a sample for that moment, never raise the peak.
+    counted = {
+        pid for pid in tree if pid == root_pid or parents[pid] == root_pid or names.get(pid) != names.get(parents[pid])
+    }
+    memory = {pid: _proportional_bytes(pid, rss.get(pid, 0)) for pid in counted}
+    python_bytes = sum(memory[pid] for pid in counted if "ffmpeg" not in names.get(pid, ""))
+    other_bytes = sum(memory[pid] for pid in counted if "ffmpeg" in names.get(pid, ""))
     return python_bytes, other_bytes
 
 
