@@ -82,6 +82,13 @@ def _proportional_bytes(pid: int, rss_bytes: int) -> int:
     return rss_bytes
 
 
+def _executable(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None  # gone, or a kernel thread
+
+
 def process_tree_rss_bytes(root_pid: int) -> tuple[int, int]:
     """(Memory of the root and its Python descendants, of everything else below it, e.g. ffmpeg):
     proportional set sizes, so that pages shared between them count once."""
@@ -109,13 +116,16 @@ def process_tree_rss_bytes(root_pid: int) -> tuple[int, int]:
             if parent in tree and pid not in tree:
                 tree.add(pid)
                 changed = True
-    # Below the server's workers, a child between its fork and its exec still has its parent's name.
-    # Started by vfork (every spawn with util-linux's wrappers) it runs in its parent's memory,
-    # whose pages it would count a second time (a 20 ms sampler catches such moments when ffmpeg
-    # starts every few seconds); forked, it shares them copy-on-write. It holds nothing of its own,
-    # and leaving it out can only lower a sample for that moment, never raise the peak.
+    # Below the server's workers, a child between its fork and its exec still runs its parent's
+    # executable. Started by vfork (every spawn with util-linux's wrappers) it runs in its parent's
+    # memory, whose pages it would count a second time (a 20 ms sampler catches such moments when
+    # ffmpeg starts every few seconds); forked, it shares them copy-on-write. It holds nothing of its
+    # own, and leaving it out can only lower a sample for that moment, never raise the peak. (Not
+    # by name: a child is named after the thread that spawned it, which Python 3.14 names.)
     counted = {
-        pid for pid in tree if pid == root_pid or parents[pid] == root_pid or names.get(pid) != names.get(parents[pid])
+        pid
+        for pid in tree
+        if pid == root_pid or parents[pid] == root_pid or _executable(pid) != _executable(parents[pid])
     }
     memory = {pid: _proportional_bytes(pid, rss.get(pid, 0)) for pid in counted}
     python_bytes = sum(memory[pid] for pid in counted if "ffmpeg" not in names.get(pid, ""))

@@ -238,7 +238,7 @@ def main() -> None:
         type=int,
         default=0,
         help="run the service with RECORDER_TASKS_BACKEND=database and this many `db_worker` processes "
-        "(their CPU counts as the server's); 0: the default embedded backend",
+        "(their CPU counts as the server's, their memory not in peak_rss_mib); 0: the default embedded backend",
     )
     parser.add_argument("--workers-niceness", type=int, default=10, help="the workers' niceness (`nice -n`)")
     parser.add_argument("--smoke", action="store_true", help="tiny run for the test suite")

@@ -35,8 +35,8 @@ logger = logging.getLogger("recordings.live")
 # A process that died while advancing a build holds it this long at most.
 LEASE_SECONDS = 30
 # A request whose task never ran (its process was killed) is asked again by the next chunk after
-# this, beyond the delay it waits anyway. A second task for a build that is advancing costs a lease
-# query: it finds the lease held.
+# this, beyond the delay it waits anyway. A second task for a build that is advancing costs a
+# conditional UPDATE that matches nothing and a read: it finds the lease held.
 REQUEST_STALE_SECONDS = 10
 _LEASE_POLL_SECONDS = 0.01
 # Chunks one step of an advance reads at most: a build far behind (chunk 1 came last) catches up

@@ -606,12 +606,14 @@ def test_a_saved_state_is_written_as_it_was_when_saved(api, media_root):
     lease = live._take_lease(session, wait=False)
     assert lease is not None
     build = build_of(started.session_id)
-    saved_state = {**build.state, "output_size": build.state["output_size"] + 1}
-    build.state = saved_state
+    saved_bytes = build.state["audio_mp3"]["bytes"]
     lease.save(build, ["state"])
-    saved_state["output_size"] += 1000  # changed in place after the save
+    build.state["output_size"] += 1000  # changed in place after the save, at the top and deeper down
+    build.state["audio_mp3"]["bytes"] += 1000
     lease.release()
-    assert build_of(started.session_id).state["output_size"] == saved_state["output_size"] - 1000
+    written = build_of(started.session_id).state
+    assert written["output_size"] == build.state["output_size"] - 1000
+    assert written["audio_mp3"]["bytes"] == saved_bytes
 
 
 def test_a_piece_is_not_written_by_a_process_that_lost_the_lease(api, media_root, tmp_path):
