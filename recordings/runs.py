@@ -16,7 +16,7 @@ from django.db import DatabaseError, connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from . import chunks, files, live, processing, utils
+from . import chunks, files, live, processing, transcription, utils
 from .locks import database_write_lock
 from .models import IllegalTransition, RecordingSession, Status, transition
 
@@ -79,6 +79,7 @@ def _run(session: RecordingSession, attempt: int, *, use_live_build: bool) -> Re
             error_detail="",
             processing_seconds=timer.total_seconds,
             processing_steps=timer.seconds,
+            captions_status=transcription.initial_status(results.get("has_audio")),
             **results,
         )
         logger.info(

@@ -391,8 +391,10 @@ delete_recording = swagger_auto_schema(
 get_media = swagger_auto_schema(
     operation_id="get_recording_media",
     tags=["results"],
-    operation_summary="Download or stream the video, audio or thumbnail",
-    operation_description="`kind` is `video`, `audio` or `thumbnail`. Supports single byte ranges (206, 416), "
+    operation_summary="Download or stream the video, audio, thumbnail, captions or transcript",
+    operation_description="`kind` is `video`, `audio`, `thumbnail`, `captions` (WebVTT, `text/vtt`) or "
+    "`transcript` (JSON: `language`, `transcribed_seconds`, `words` [{`word`, `start`, `end`, `probability`}], "
+    "`text`); the last two once the recording's `captions_status` is `ready`. Supports single byte ranges (206, 416), "
     "`ETag`/`Last-Modified` with 304, `If-Range`, and `?download=1` for an attachment.",
     manual_parameters=[
         openapi.Parameter(
@@ -413,7 +415,8 @@ get_media = swagger_auto_schema(
         ),
         "304": openapi.Response("Not modified."),
         "404": _error(
-            "`session_not_found`, `media_not_ready`, `no_audio`, `no_video`, `no_thumbnail`.",
+            "`session_not_found`, `media_not_ready`, `captions_not_ready`, `no_audio`, `no_video`, "
+            "`no_thumbnail`, `no_captions`, `no_transcript`.",
             "media_not_ready",
             "Recording 8d7f... is processing; its files are served once it is ready.",
         ),

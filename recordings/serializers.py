@@ -5,7 +5,7 @@ import re
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 
-from .models import MAX_CHUNKS, Status
+from .models import MAX_CHUNKS, CaptionsStatus, Status
 
 _CHECKSUM = re.compile(r"^(?:sha256:)?([0-9a-fA-F]{64})$")
 
@@ -219,6 +219,24 @@ class RecordingOutput(serializers.Serializer):
     audio_url = serializers.URLField(source="links.audio_url", allow_null=True)
     thumbnail_url = serializers.URLField(source="links.thumbnail_url", allow_null=True)
     error = RecordingErrorOutput(allow_null=True)
+    captions_status = serializers.ChoiceField(
+        choices=CaptionsStatus.values,
+        help_text="`pending` (being made: while it records, then after `ready`, which never waits for them), "
+        "`ready`, `none` (no audio), `failed`, `off` (RECORDER_CAPTIONS=0) or `unavailable` (the captions "
+        "extra is not installed).",
+    )
+    captions_language = OptionalTextField(
+        source="session.captions_language", allow_null=True, help_text="The spoken language, e.g. `en`."
+    )
+    captions_url = serializers.URLField(
+        source="links.captions_url", allow_null=True, help_text="WebVTT, once `captions_status` is `ready`."
+    )
+    transcript_url = serializers.URLField(
+        source="links.transcript_url",
+        allow_null=True,
+        help_text="The transcript with word timings (JSON: language, transcribed_seconds, words "
+        "[{word, start, end, probability}], text), once `captions_status` is `ready`.",
+    )
 
 
 class RecordingViewOutput(RecordingOutput):

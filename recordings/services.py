@@ -16,10 +16,19 @@ from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
-from . import chunks, files, inflight, live, runs, streams, tasks
+from . import captions, chunks, files, inflight, live, runs, streams, tasks
 from .errors import RecorderError
 from .locks import database_write_lock
-from .models import GONE_STATUSES, MAX_CHUNKS, Chunk, RecordingSession, Status, chunk_storage_name, transition
+from .models import (
+    GONE_STATUSES,
+    MAX_CHUNKS,
+    CaptionsStatus,
+    Chunk,
+    RecordingSession,
+    Status,
+    chunk_storage_name,
+    transition,
+)
 from .tasks import enqueue_processing
 
 logger = logging.getLogger("recordings.services")
@@ -120,7 +129,10 @@ def start_recording(*, title: str = "", mime_type: str = "") -> StartedRecording
     """Create a recording; its upload token is returned here once and only its hash is stored."""
     upload_token = secrets.token_urlsafe(32)
     session = RecordingSession.objects.create(
-        title=title, mime_type=mime_type, upload_token_hash=hash_upload_token(upload_token)
+        title=title,
+        mime_type=mime_type,
+        upload_token_hash=hash_upload_token(upload_token),
+        captions_status=captions.status_for_new_recording(),
     )
     return StartedRecording(session=session, upload_token=upload_token)
 
@@ -613,6 +625,7 @@ def reprocess_recording(*, session_id: str) -> RecordingSession:
     processed = runs.process_recording(locked.id, use_live_build=False)
     if processed is None:
         raise session_not_found(session_id)
+    tasks.enqueue_captions_if_pending(processed)  # in the background, as after any run
     return processed
 
 
@@ -700,6 +713,8 @@ def _expire_each(condition: Q, now: datetime.datetime, *, reason: str) -> list[u
                 video_name="",
                 audio_name="",
                 thumbnail_name="",
+                captions_name="",
+                transcript_name="",
             )
         logger.info("recording %s expired (%s)", session_id, reason)
         expired.append(session_id)
@@ -720,14 +735,18 @@ class MediaFile:
 
 
 MEDIA_KINDS = ("video", "audio", "thumbnail")
+# Made after the recording is ready (recordings/transcription.py), on their own clock.
+TEXT_KINDS = {"captions": "text/vtt; charset=utf-8", "transcript": "application/json"}
 
 
 def media_file(*, session_id: str, kind: str) -> MediaFile:
-    """Where a ready recording's video, audio or thumbnail is stored, with what to serve it as.
-    `session_id` may be the view id; nothing served names the session id."""
-    if kind not in MEDIA_KINDS:
+    """Where a ready recording's video, audio, thumbnail, captions or transcript is stored, with what
+    to serve it as. `session_id` may be the view id; nothing served names the session id."""
+    if kind not in MEDIA_KINDS and kind not in TEXT_KINDS:
         raise RecorderError(
-            code="not_found", detail=f"A recording has no {kind!s:.32}; use video, audio or thumbnail.", status=404
+            code="not_found",
+            detail=f"A recording has no {kind!s:.32}; use video, audio, thumbnail, captions or transcript.",
+            status=404,
         )
     session = get_readable(recording_id=session_id).session
     if session.status != Status.READY:
@@ -736,18 +755,29 @@ def media_file(*, session_id: str, kind: str) -> MediaFile:
             detail=f"Recording {session_id!s:.64} is {session.status}; its files are served once it is ready.",
             status=404,
         )
+    if kind in TEXT_KINDS and session.captions_status != CaptionsStatus.READY:
+        raise RecorderError(
+            code="captions_not_ready",
+            detail=f"The captions of recording {session_id!s:.64} are {session.captions_status or 'unavailable'}.",
+            status=404,
+        )
     storage_name = getattr(session, f"{kind}_name")
     if not storage_name:
         raise RecorderError(code=f"no_{kind}", detail=f"Recording {session_id!s:.64} has no {kind}.", status=404)
     size = getattr(session, f"{kind}_bytes")
-    content_type = "image/jpeg" if kind == "thumbnail" else getattr(session, f"{kind}_content_type")
+    if kind in TEXT_KINDS:
+        content_type = TEXT_KINDS[kind]
+        made_at = session.captions_ready_at or session.ready_at or session.created_at
+    else:
+        content_type = "image/jpeg" if kind == "thumbnail" else getattr(session, f"{kind}_content_type")
+        made_at = session.ready_at or session.created_at
     extension = storage_name.rsplit(".", 1)[-1]
-    ready_timestamp = (session.ready_at or session.created_at).timestamp()
+    made_timestamp = made_at.timestamp()
     return MediaFile(
         storage_name=storage_name,
         size=size,
         content_type=content_type,
-        etag=f'"{session.view_id.hex[:12]}-{int(ready_timestamp * 1000):x}-{size:x}"',
-        last_modified=int(ready_timestamp),
+        etag=f'"{session.view_id.hex[:12]}-{int(made_timestamp * 1000):x}-{size:x}"',
+        last_modified=int(made_timestamp),
         download_name=f"{slugify(session.title) or f'recording-{session.view_id}'}-{kind}.{extension}",
     )

@@ -17,10 +17,10 @@ from django.utils import timezone
 from django_tasks import task
 from django_tasks_db import DatabaseBackend
 
-from . import live, runs
+from . import live, runs, transcription
 from .backends import waiting_arguments
 from .locks import after_write_lock
-from .models import Status
+from .models import CaptionsStatus, RecordingSession, Status
 
 logger = logging.getLogger("recordings.tasks")
 
@@ -29,7 +29,30 @@ logger = logging.getLogger("recordings.tasks")
 def process_recording_task(session_id: str) -> str:
     """Process one recording; returns its final status. Safe to run twice."""
     processed = runs.process_recording(session_id)
+    if processed is not None:
+        enqueue_captions_if_pending(processed)
     return processed.status if processed is not None else "gone"
+
+
+CAPTIONS_QUEUE = "captions"
+
+
+# Below processing and the live build (priority 0) where the backend orders by priority (database).
+@task(queue_name=CAPTIONS_QUEUE, priority=-10)
+def transcribe_task(session_id: str) -> str:
+    """Transcribe the next window of the recording's audio (queueing the one after); its captions status."""
+    return transcription.advance(session_id, enqueue_again=_enqueue_transcription)
+
+
+def _enqueue_transcription(session_id: str) -> None:
+    transcribe_task.enqueue(session_id)
+
+
+def enqueue_captions_if_pending(session: RecordingSession) -> None:
+    """A recording that has just become ready: its captions are finished in their own task."""
+    if session.status == Status.READY and session.captions_status == CaptionsStatus.PENDING:
+        transcription.request_final(session.id)
+        transcribe_task.enqueue(str(session.id))
 
 
 @task()
@@ -74,6 +97,8 @@ def _schedule_watch(session_id: str) -> None:
 def advance_live_task(session_id: str) -> str:
     """Append the chunks stored since the last time to the recording's live build (recordings/live.py)."""
     live.advance_while_requested(session_id, schedule_again=schedule_live_advance)
+    if transcription.wants_live_window(session_id):  # a window of new audio: captions while it records
+        transcribe_task.enqueue(session_id)
     return runs.current_status(session_id) or "gone"
 
 
@@ -170,16 +195,30 @@ def _settle(session_id: str) -> None:
 
 
 def recover_stale_recordings() -> list[uuid.UUID]:
-    """Queue again every recording whose processing run died or never started; see runs.recover_stale."""
+    """Queue again every recording whose processing run died or never started (runs.recover_stale),
+    and every ready one whose captions task was lost."""
+    recover_lost_captions()
     return runs.recover_stale(enqueue=enqueue_processing)
+
+
+def recover_lost_captions() -> None:
+    for session_id in transcription.stale_requests():
+        logger.warning("recording %s: its captions task was lost; queued again", session_id)
+        transcription.request_final(session_id)
+        transcribe_task.enqueue(str(session_id))
+
+
+def _settle_overdue_and_recover_captions() -> None:
+    from . import services  # see _settle
+
+    services.settle_overdue_finalizes()
+    recover_lost_captions()
 
 
 def keep_recovering() -> None:
     """With the embedded backend: sweep for lost runs from this process, marking its own waiting ones."""
-    from . import services  # see _settle
-
     runs.keep_recovering(
         enqueue=enqueue_processing,
         waiting=lambda: [args[0] for args in waiting_arguments() if args],
-        settle_overdue=services.settle_overdue_finalizes,
+        settle_overdue=_settle_overdue_and_recover_captions,
     )

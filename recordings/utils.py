@@ -664,6 +664,45 @@ def encode_mp3_piece(
     )
 
 
+# --- Speech for captions ------------------------------------------------------------------------
+
+SPEECH_SAMPLE_RATE = 16_000  # what Whisper listens to: mono, float32
+
+
+def decode_speech(
+    source_path: Path, destination_path: Path, *, start_seconds: float, duration_seconds: float, limits: Limits
+) -> int:
+    """Decode `duration_seconds` of the first audio track of `source_path` (one of our own outputs or
+    live files), from `start_seconds`, to raw 16 kHz mono float32 samples in `destination_path`:
+    a window's worth, never the whole recording. How many samples it holds."""
+    run_ffmpeg(
+        [
+            "-protocol_whitelist",
+            "file",
+            "-ss",
+            f"{max(0.0, start_seconds):.3f}",
+            "-t",
+            f"{duration_seconds:.3f}",
+            "-i",
+            str(source_path),
+            "-map",
+            "0:a:0",
+            "-vn",
+            "-sn",
+            "-dn",
+            "-ac",
+            "1",
+            "-ar",
+            str(SPEECH_SAMPLE_RATE),
+            "-f",
+            "f32le",
+            str(destination_path),
+        ],
+        limits=limits,
+    )
+    return destination_path.stat().st_size // 4
+
+
 # --- Joining segments ------------------------------------------------------------------------------
 
 

@@ -12,9 +12,9 @@ from rest_framework.views import APIView
 
 from . import schema, services
 from .errors import RecorderError
-from .models import RecordingSession, Status
+from .models import CaptionsStatus, RecordingSession, Status
 from .parsers import BoundedJSONParser, IgnoredBodyParser, JsonChunkParser, RawChunkParser
-from .responses import deliver_stored_file
+from .responses import deliver_stored_file, serve_stored_file
 from .serializers import (
     ChunkReceiptOutput,
     ChunkUploadInput,
@@ -42,6 +42,10 @@ class RecordingReadout:
     links: dict[str, str | None]
 
     @property
+    def captions_status(self) -> str:
+        return self.session.captions_status or CaptionsStatus.UNAVAILABLE  # recordings from before captions
+
+    @property
     def error(self) -> dict | None:
         return (
             {"code": self.session.error_code, "detail": self.session.error_detail} if self.session.error_code else None
@@ -57,9 +61,15 @@ def _readout(request: Request, session: RecordingSession) -> RecordingReadout:
             return None
         return _absolute(request, "recording-media", session_id=session.view_id, kind=kind)
 
+    def text_url(kind: str) -> str | None:
+        if not (is_ready and session.captions_status == CaptionsStatus.READY and getattr(session, f"{kind}_name")):
+            return None
+        return _absolute(request, "recording-media", session_id=session.view_id, kind=kind)
+
     links = {
         "watch_url": _absolute(request, "watch", session_id=session.view_id),
         **{f"{kind}_url": media_url(kind) for kind in services.MEDIA_KINDS},
+        **{f"{kind}_url": text_url(kind) for kind in services.TEXT_KINDS},
     }
     return RecordingReadout(session=session, progress=services.chunk_progress(session), links=links)
 
@@ -200,4 +210,8 @@ class RecordingMediaView(APIView):
     def get(self, request: Request, session_id: str, kind: str):
         media = services.media_file(session_id=session_id, kind=kind)
         as_attachment = request.query_params.get("download", "").lower() in ("1", "true", "yes")
+        if kind in services.TEXT_KINDS:
+            # Small, and from this origin always: a <track> or a fetch under the page's CSP could
+            # not follow a redirect to the object store without CORS there.
+            return serve_stored_file(request, media, as_attachment=as_attachment)
         return deliver_stored_file(request, media, as_attachment=as_attachment)

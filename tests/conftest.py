@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,7 +206,7 @@ def use_media_root(settings, root: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def media_root(tmp_path, settings) -> Path:
+def media_root(tmp_path, settings) -> Iterator[Path]:
     """Each test gets its own MEDIA_ROOT and temporary directory; nothing leaks between tests."""
     root = use_media_root(settings, tmp_path / "media")
     yield root

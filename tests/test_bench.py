@@ -145,3 +145,20 @@ def test_workers_bench_processes_every_recording_with_each_pool_size(results_dir
     expected_ratio = result["runs"][1]["recordings_per_minute"] / result["runs"][0]["recordings_per_minute"]
     assert result["summary"][1]["ratio_to_fewest"] == pytest.approx(expected_ratio, abs=0.011)
     assert "recordings/minute" in output
+
+
+def test_captions_bench_measures_both_servers_with_real_speech(results_dir):
+    from recordings import captions
+
+    if not captions.is_installed():
+        from tests.conftest import skip_or_fail
+
+        skip_or_fail("the captions extra is not installed (make captions)")
+    run_bench("captions", results_dir, "--smoke", timeout=600)
+    result = json.loads((results_dir / "captions-smoke.json").read_text())
+    [length] = result["summary"]["lengths"]
+    assert length["word_error_rate"] <= 0.10, length
+    assert 0 < length["stop_to_ready_seconds"] <= length["stop_to_captions_seconds"]
+    assert result["summary"]["uploads_errors"] == 0
+    assert len(result["summary"]["uploads_p95_ratios"]) == 2
+    assert [run["captions_status_after"] for run in result["baseline"]["uploads"]] == ["off", "off"]

@@ -52,7 +52,125 @@ function show(recording) {
   showWarnings(recording.warnings || []);
   $("media").hidden = false;
   $("status").textContent = "Ready.";
+  showCaptions(recording);
 }
+
+// --- Captions and the transcript -------------------------------------------------------------
+
+const CAPTIONS_STATES = {
+  pending: "Captions are being made…",
+  none: "This recording has no audio, so no captions.",
+  failed: "Captions could not be made for this recording.",
+  off: "",
+  unavailable: "",
+};
+let captionsWaitMs = 500;
+// A paragraph starts after a pause this long (seconds).
+const PARAGRAPH_PAUSE = 1.5;
+
+async function showCaptions(recording) {
+  if (recording.captions_status !== "ready") {
+    $("captions-status").textContent = CAPTIONS_STATES[recording.captions_status] ?? "";
+    if (recording.captions_status === "pending") {
+      setTimeout(async () => {
+        try {
+          showCaptions(await (await fetch(page.dataset.statusUrl)).json());
+        } catch {
+          showCaptions(recording);
+        }
+      }, captionsWaitMs);
+      captionsWaitMs = Math.min(captionsWaitMs * 2, 4000);
+    }
+    return;
+  }
+  $("captions-status").textContent = "";
+  const track = document.createElement("track");
+  Object.assign(track, {
+    kind: "captions",
+    src: recording.captions_url,
+    srclang: recording.captions_language || "en",
+    label: recording.captions_language === "en" || !recording.captions_language ? "English" : recording.captions_language,
+    default: true,
+  });
+  track.id = "captions-track";
+  $("video").append(track);
+  try {
+    const transcript = await (await fetch(recording.transcript_url)).json();
+    showTranscript(transcript.words || []);
+  } catch {
+    $("captions-status").textContent = "The transcript could not be loaded.";
+  }
+}
+
+function showTranscript(words) {
+  const container = $("transcript");
+  const paragraphs = [];
+  let paragraph = null;
+  let previousEnd = -Infinity;
+  for (const word of words) {
+    if (!paragraph || word.start - previousEnd >= PARAGRAPH_PAUSE) {
+      paragraph = document.createElement("p");
+      paragraphs.push(paragraph);
+    }
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "word";
+    button.textContent = word.word;
+    button.dataset.start = word.start;
+    button.dataset.end = word.end;
+    button.title = `${word.start.toFixed(1)} s`;
+    paragraph.append(button, " ");
+    previousEnd = word.end;
+  }
+  container.replaceChildren(...paragraphs);
+  if (!words.length) container.textContent = "No speech was heard in this recording.";
+  $("transcript-panel").hidden = false;
+}
+
+$("transcript").addEventListener("click", (event) => {
+  const word = event.target.closest("button.word");
+  if (!word) return;
+  const video = $("video");
+  video.currentTime = Number(word.dataset.start);
+  video.play().catch(() => {});
+});
+
+// The word being spoken is marked as the video plays.
+$("video").addEventListener("timeupdate", () => {
+  const time = $("video").currentTime;
+  for (const spoken of document.querySelectorAll("#transcript .word.current")) spoken.classList.remove("current");
+  for (const word of document.querySelectorAll("#transcript .word")) {
+    if (Number(word.dataset.start) <= time && time < Number(word.dataset.end)) {
+      word.classList.add("current");
+      break;
+    }
+  }
+});
+
+const searchable = (text) => text.toLowerCase().replace(/[^\p{L}\p{N}' ]+/gu, " ").trim();
+
+$("transcript-search").addEventListener("input", () => {
+  const wanted = searchable($("transcript-search").value).split(/\s+/).filter(Boolean);
+  const words = [...document.querySelectorAll("#transcript .word")];
+  for (const word of words) word.classList.remove("match");
+  if (!wanted.length) {
+    $("transcript-matches").textContent = "";
+    return;
+  }
+  const spoken = words.map((word) => searchable(word.textContent));
+  let matches = 0;
+  for (let at = 0; at + wanted.length <= words.length; at += 1) {
+    // every word of the query in a row; the last may be the start of a word (search as you type)
+    const found = wanted.every((part, offset) =>
+      offset === wanted.length - 1 ? spoken[at + offset].startsWith(part) : spoken[at + offset] === part,
+    );
+    if (!found) continue;
+    matches += 1;
+    for (let offset = 0; offset < wanted.length; offset += 1) words[at + offset].classList.add("match");
+  }
+  $("transcript-matches").textContent = matches === 1 ? "1 match" : `${matches} matches`;
+  document.querySelector("#transcript .word.match")?.scrollIntoView({ block: "nearest" });
+});
 
 async function load() {
   let recording;

@@ -1,0 +1,371 @@
+"""A recording's captions and transcript, made window after window: while it records, from the live
+build's MP3 as it grows, and after `ready` from its stored audio, to the end; then its WebVTT and
+transcript JSON are stored beside its other outputs and `captions_status` becomes `ready`.
+
+Never on the `ready` path: every window runs in its own task (queue `captions`), on a thread at the
+lowest priority (nice 19), one at a time on a machine (a lock file in RECORDER_TEMP_DIR), with a
+model on one CPU thread. What one window may cost is bounded by its length (WINDOW_SECONDS), what a
+recording may cost by RECORDER_CAPTIONS_MAX_SECONDS. docs/captions.md.
+"""
+
+import datetime
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from . import captions, files, utils
+from .locks import database_write_lock
+from .models import CaptionsStatus, LiveBuild, RecordingSession, Status, Transcription, TranscriptSegment
+
+logger = logging.getLogger("recordings.transcription")
+
+# A request whose task never ran (its process was killed) is asked again after this.
+REQUEST_STALE_SECONDS = 60
+LOW_PRIORITY_NICENESS = 19
+# The live MP3's frame grid (recordings/live_audio.py): frame j holds samples [1152 j, 1152 (j+1)).
+_LIVE_FRAME_SECONDS = 1152 / 48_000
+DECODE_LIMITS = utils.Limits(timeout_seconds=120, memory_bytes=512 * 1024 * 1024, output_bytes=8 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class _Audio:
+    """Where the audio to transcribe is, and how much of it there is to take now."""
+
+    path: Path
+    available_seconds: float
+    is_complete: bool  # the recording is ready: the last window takes the rest
+
+
+def initial_status(has_audio: bool | None) -> str:
+    """The captions status of a recording that has just become ready."""
+    status = captions.status_for_new_recording()
+    if status == CaptionsStatus.PENDING and not has_audio:
+        return CaptionsStatus.NONE
+    return status
+
+
+# --- Asking for a window -------------------------------------------------------------------------
+
+
+def wants_live_window(session_id: uuid.UUID | str) -> bool:
+    """After a live build's advance: whether a whole window of new audio is there to transcribe and
+    no request is pending; if so the request is recorded here (the caller queues the task)."""
+    if captions.WINDOW_SECONDS <= 0:
+        return False
+    row = (
+        RecordingSession.objects.filter(pk=session_id, status=Status.RECORDING, captions_status=CaptionsStatus.PENDING)
+        .values_list("live__state", flat=True)
+        .first()
+    )
+    audio_state = (row or {}).get("audio_mp3") if isinstance(row, dict) else None
+    if not audio_state:
+        return False
+    available_seconds = audio_state["next_frame"] * _LIVE_FRAME_SECONDS
+    done_seconds = (
+        Transcription.objects.filter(pk=uuid.UUID(str(session_id))).values_list("next_seconds", flat=True).first()
+    )
+    if available_seconds < (done_seconds or 0.0) + captions.WINDOW_SECONDS:
+        return False
+    return _mark_requested(session_id)
+
+
+def _mark_requested(session_id: uuid.UUID | str) -> bool:
+    """Record a request unless a fresh one is pending: True when the caller should queue a task."""
+    now = timezone.now()
+    stale = now - datetime.timedelta(seconds=REQUEST_STALE_SECONDS)
+    with database_write_lock():
+        if Transcription.objects.filter(
+            Q(requested_at__isnull=True) | Q(requested_at__lt=stale), pk=uuid.UUID(str(session_id))
+        ).update(requested_at=now):
+            return True
+        try:
+            with transaction.atomic():
+                Transcription.objects.create(session_id=session_id, requested_at=now)
+            return True
+        except IntegrityError:
+            return False  # it exists, with a fresh request
+
+
+def request_final(session_id: uuid.UUID | str) -> bool:
+    """For a recording that has just become ready with captions pending: the rest is wanted, whatever
+    request is pending (an equal task queued twice finds nothing left to do). A transcription that
+    was finished before (the recording was processed again) starts over."""
+    with database_write_lock():
+        Transcription.objects.filter(pk=uuid.UUID(str(session_id)), finished_at__isnull=False).delete()
+        if not Transcription.objects.filter(pk=uuid.UUID(str(session_id))).update(requested_at=timezone.now()):
+            try:
+                with transaction.atomic():
+                    Transcription.objects.create(session_id=session_id, requested_at=timezone.now())
+            except IntegrityError:
+                pass
+    return True
+
+
+# --- The task ------------------------------------------------------------------------------------
+
+
+def advance(session_id: uuid.UUID | str, *, enqueue_again: Callable[[str], None]) -> str:
+    """Transcribe the next window there is audio for; once the recording is ready and the last one
+    is done, store the captions. With more to do, `enqueue_again` queues the next window as a task
+    of its own, so a processing run waits behind one window at most. The captions status after.
+    Never raises for a recording's own trouble: a failure is logged, and at the end it is `failed`."""
+    session = RecordingSession.objects.filter(pk=session_id).first()
+    if session is None:
+        return "gone"
+    if session.captions_status != CaptionsStatus.PENDING:
+        _clear_request(session_id)
+        return session.captions_status
+    is_final = session.status == Status.READY
+    more_to_do = False
+    try:
+        with _audio_of(session) as audio:
+            if audio is not None:
+                more_to_do = _transcribe_next_window(session, audio)
+                if audio.is_complete and not more_to_do:
+                    _store(session)
+    except captions.CaptionsUnavailable as error:
+        logger.error("recording %s: no captions: %s", session.id, error)
+        _finish_failed(session, "captions_unavailable")
+    except Exception:
+        logger.exception("recording %s: transcription failed", session.id)
+        if is_final:
+            _finish_failed(session, "captions_failed")
+    if more_to_do:
+        enqueue_again(str(session_id))
+    else:
+        _clear_request(session_id)
+    return RecordingSession.objects.filter(pk=session_id).values_list("captions_status", flat=True).first() or "gone"
+
+
+@contextmanager
+def _audio_of(session: RecordingSession) -> Iterator[_Audio | None]:
+    """The ready recording's stored audio (a local copy where the storage has no path), or while it
+    records the live build's MP3 so far; None when there is none to read now."""
+    if session.status == Status.READY:
+        name = session.audio_name or session.video_name
+        if not name or not session.duration_seconds:
+            yield None
+            return
+        with files.local_copy(name) as path:
+            yield _Audio(path, min(session.duration_seconds, settings.RECORDER_CAPTIONS_MAX_SECONDS), True)
+        return
+    state = LiveBuild.objects.filter(session_id=session.pk).values_list("state", flat=True).first() or {}
+    audio_state = state.get("audio_mp3") if isinstance(state, dict) else None
+    if session.status != Status.RECORDING or not audio_state:
+        yield None
+        return
+    available_seconds = audio_state["next_frame"] * _LIVE_FRAME_SECONDS
+    path = files.live_build_dir(session) / "audio.mp3"
+    yield _Audio(path, min(available_seconds, settings.RECORDER_CAPTIONS_MAX_SECONDS), False)
+
+
+def _transcribe_next_window(session: RecordingSession, audio: _Audio) -> bool:
+    """Transcribe one window if there is audio for one: True when another is there after it."""
+    transcription, _ = Transcription.objects.get_or_create(session_id=session.pk)
+    if not _has_window(transcription.next_seconds, audio):
+        return False
+    start_seconds = transcription.next_seconds
+    left_seconds = audio.available_seconds - start_seconds
+    is_last = audio.is_complete and left_seconds <= captions.WINDOW_SECONDS
+    duration_seconds = min(left_seconds, captions.WINDOW_SECONDS)
+    language = settings.RECORDER_CAPTIONS_LANGUAGE
+    result, cpu_seconds = _at_low_priority(
+        lambda: _transcribe(audio.path, start_seconds, duration_seconds, is_last=is_last, language=language)
+    )
+    if not _commit(transcription, result, cpu_seconds):
+        logger.info("recording %s: another process transcribed this window first", session.id)
+        return False
+    return not is_last and _has_window(transcription.next_seconds, audio)
+
+
+def _has_window(start_seconds: float, audio: _Audio) -> bool:
+    """Audio for a window from `start_seconds`: a whole one while it records, any left at the end."""
+    left_seconds = audio.available_seconds - start_seconds
+    return left_seconds > 0.05 if audio.is_complete else left_seconds >= captions.WINDOW_SECONDS
+
+
+def _transcribe(
+    path: Path, start_seconds: float, duration_seconds: float, *, is_last: bool, language: str
+) -> captions.WindowResult:
+    settings.RECORDER_TEMP_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.RECORDER_TEMP_DIR, prefix="captions-") as work:
+        samples_path = Path(work) / "window.f32"
+        utils.decode_speech(
+            path, samples_path, start_seconds=start_seconds, duration_seconds=duration_seconds, limits=DECODE_LIMITS
+        )
+        samples = numpy.fromfile(samples_path, dtype=numpy.float32)
+    if not len(samples):
+        return captions.WindowResult([], start_seconds + duration_seconds, language)
+    result = captions.transcribe_window(samples, start_seconds=start_seconds, is_last=is_last, language=language)
+    if is_last or len(samples) < duration_seconds * utils.SPEECH_SAMPLE_RATE - utils.SPEECH_SAMPLE_RATE:
+        # the audio ended before the window did (a duration rounded up): nothing is left after it
+        return captions.WindowResult(result.words, start_seconds + duration_seconds, result.language)
+    return result
+
+
+def _commit(transcription: Transcription, result: captions.WindowResult, cpu_seconds: float) -> bool:
+    """The window's words and the new position, together, if no other process moved it meanwhile."""
+    with database_write_lock(), transaction.atomic():
+        moved = Transcription.objects.filter(pk=transcription.pk, version=transcription.version).update(
+            next_seconds=result.next_start_seconds,
+            version=F("version") + 1,
+            language=result.language or "",
+            windows=F("windows") + 1,
+            requested_at=timezone.now(),  # a task that keeps committing is not a lost one
+            cpu_seconds=F("cpu_seconds") + cpu_seconds,
+        )
+        if not moved:
+            return False
+        if result.words:
+            TranscriptSegment.objects.create(
+                transcription=transcription,
+                start_seconds=result.words[0].start_seconds,
+                words=[word.as_json() for word in result.words],
+            )
+    transcription.refresh_from_db()
+    return True
+
+
+_machine_lock = threading.Lock()
+
+
+def _at_low_priority(work: Callable[[], captions.WindowResult]) -> tuple[captions.WindowResult, float]:
+    """Run `work` on a new thread at nice 19 (its ffmpeg too), one at a time on this machine; its
+    result and the thread's CPU seconds. Uploads and processing take the CPU first."""
+    outcome: dict = {}
+
+    def run() -> None:
+        if hasattr(os, "setpriority"):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOW_PRIORITY_NICENESS)
+        started = time.thread_time()
+        try:
+            outcome["result"] = work()
+        except BaseException as error:  # handed to the caller's thread
+            outcome["error"] = error
+        outcome["cpu_seconds"] = time.thread_time() - started
+
+    with _one_per_machine():
+        thread = threading.Thread(target=run, name="recorder-captions", daemon=True)
+        thread.start()
+        thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"], outcome["cpu_seconds"]
+
+
+@contextmanager
+def _one_per_machine() -> Iterator[None]:
+    settings.RECORDER_TEMP_DIR.mkdir(parents=True, exist_ok=True)
+    with _machine_lock:
+        fd = os.open(settings.RECORDER_TEMP_DIR / "captions.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _clear_request(session_id: uuid.UUID | str) -> None:
+    with database_write_lock():
+        Transcription.objects.filter(pk=uuid.UUID(str(session_id))).update(requested_at=None)
+
+
+# --- The outputs ---------------------------------------------------------------------------------
+
+
+def words_of(transcription: Transcription) -> Iterator[captions.Word]:
+    """Every kept word, in order, read a segment at a time."""
+    for words in transcription.segments.order_by("start_seconds").values_list("words", flat=True).iterator():
+        for word in words:
+            yield captions.Word(word["word"], word["start"], word["end"], word["probability"])
+
+
+def _store(session: RecordingSession) -> None:
+    """Write the WebVTT and the transcript, store them under the view id, and say `ready`."""
+    transcription = Transcription.objects.get(session_id=session.pk)
+    language = transcription.language or settings.RECORDER_CAPTIONS_LANGUAGE
+    with tempfile.TemporaryDirectory(dir=settings.RECORDER_TEMP_DIR, prefix="captions-") as work:
+        captions_path = Path(work) / "captions.vtt"
+        transcript_path = Path(work) / "transcript.json"
+        with open(captions_path, "w", encoding="utf-8") as captions_file:
+            captions_file.writelines(captions.webvtt_lines(captions.cues(words_of(transcription))))
+        with open(transcript_path, "w", encoding="utf-8") as transcript_file:
+            _write_transcript(transcript_file, transcription, language)
+        stored: dict[str, int | str] = {}
+        for kind, path in (("captions", captions_path), ("transcript", transcript_path)):
+            stored[f"{kind}_bytes"] = path.stat().st_size
+            stored[f"{kind}_name"] = files.store_output(session, path)
+    with database_write_lock():  # ordered with a DELETE's status change on SQLite, as every writer is
+        moved = RecordingSession.objects.filter(
+            pk=session.pk, status=Status.READY, captions_status=CaptionsStatus.PENDING
+        ).update(
+            captions_status=CaptionsStatus.READY,
+            captions_language=language,
+            captions_ready_at=timezone.now(),
+            captions_error_code="",
+            **stored,
+        )
+    if not moved:  # deleted, expired or processed again meanwhile: its files must not outlive it
+        for name in (stored["captions_name"], stored["transcript_name"]):
+            default_storage.delete(str(name))
+        return
+    transcription.segments.all().delete()  # its words are in the transcript now
+    Transcription.objects.filter(pk=transcription.pk).update(finished_at=timezone.now())
+    logger.info(
+        "recording %s: captions ready (%d windows, %.1f CPU s)",
+        session.id,
+        transcription.windows,
+        transcription.cpu_seconds,
+    )
+
+
+def _write_transcript(out, transcription: Transcription, language: str) -> None:
+    """{"language", "transcribed_seconds", "words": [...], "text"}, written a word at a time."""
+    out.write(f'{{"language": {json.dumps(language)}, "transcribed_seconds": {round(transcription.next_seconds, 3)}')
+    out.write(', "words": [')
+    for number, word in enumerate(words_of(transcription)):
+        out.write(("," if number else "") + json.dumps(word.as_json()))
+    out.write('], "text": "')
+    for number, word in enumerate(words_of(transcription)):
+        out.write((" " if number else "") + json.dumps(word.text)[1:-1])
+    out.write('"}\n')
+
+
+def _finish_failed(session: RecordingSession, code: str) -> None:
+    RecordingSession.objects.filter(pk=session.pk, captions_status=CaptionsStatus.PENDING).update(
+        captions_status=CaptionsStatus.FAILED, captions_error_code=code
+    )
+
+
+# --- Recovery ------------------------------------------------------------------------------------
+
+
+def stale_requests() -> list[uuid.UUID]:
+    """Ready recordings whose captions are pending with no fresh request: their task was lost."""
+    cutoff = timezone.now() - datetime.timedelta(seconds=REQUEST_STALE_SECONDS)
+    return list(
+        RecordingSession.objects.filter(status=Status.READY, captions_status=CaptionsStatus.PENDING)
+        .filter(
+            Q(transcription__isnull=True)
+            | Q(transcription__requested_at__isnull=True)
+            | Q(transcription__requested_at__lt=cutoff)
+        )
+        .filter(Q(ready_at__lt=cutoff))
+        .values_list("id", flat=True)
+    )

@@ -1,0 +1,241 @@
+"""Captions and transcripts, made offline: real speech (espeak-ng) through the real pipeline and the
+real model (requirements-captions.txt); the cue rules and WebVTT without the model."""
+
+import json
+import re
+
+import pytest
+from django.core.management import call_command
+
+from recordings import captions, transcription
+from recordings.models import RecordingSession, Transcription
+from tests.conftest import skip_or_fail
+from tests.recorder_client import finalize, post_chunk, start, upload_all
+from tests.speech import PHRASES, normalized_words, speech_recording, word_error_rate
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def captions_on(settings):
+    if not captions.is_installed():
+        skip_or_fail("the captions extra is not installed (make captions)")
+    settings.RECORDER_CAPTIONS = True
+    return settings
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    return speech_recording(tmp_path_factory.mktemp("speech"))
+
+
+def record(api, recording) -> str:
+    started = start(api, mime_type=recording.mime_type)
+    upload_all(api, started, recording.chunks)
+    response = finalize(api, started, is_final=True, total_chunks=len(recording.chunks))
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "ready"
+    return started.session_id
+
+
+def transcript_of(api, session_id: str) -> dict:
+    body = api.get(f"/api/get-recorded-data/{session_id}/").json()
+    assert body["captions_status"] == "ready", body
+    response = api.get(body["transcript_url"])
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    return json.loads(b"".join(response.streaming_content) if response.streaming else response.content)
+
+
+def served(api, url: str, **headers):
+    response = api.get(url, headers=headers)
+    body = b"".join(response.streaming_content) if getattr(response, "streaming", False) else response.content
+    return response, body
+
+
+# --- With the model ----------------------------------------------------------------------------
+
+
+def test_spoken_words_become_captions_a_person_can_read(api, captions_on, speech):
+    session_id = record(api, speech.recording)
+    transcript = transcript_of(api, session_id)
+    heard = normalized_words(" ".join(word["word"] for word in transcript["words"]))
+    error_rate = word_error_rate(speech.words, heard)
+    assert error_rate <= 0.10, (error_rate, " ".join(heard))
+    assert transcript["language"] == "en"
+    assert normalized_words(transcript["text"]) == heard
+
+    body = api.get(f"/api/get-recorded-data/{session_id}/").json()
+    response, vtt = served(api, body["captions_url"])
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/vtt; charset=utf-8"
+    cues = parse_vtt(vtt.decode())
+    assert cues, vtt
+    for start_seconds, end_seconds, lines in cues:
+        assert 1 <= len(lines) <= 2 and all(len(line) <= 42 for line in lines), lines
+        assert 0 < end_seconds - start_seconds <= 5.0 + 0.05, (start_seconds, end_seconds, lines)
+    # Every phrase starts a cue within 0.5 s of where its sound starts, and the cue's words are its.
+    for phrase in speech.spoken:
+        nearest = min(cues, key=lambda cue: abs(cue[0] - phrase.start_seconds))
+        assert abs(nearest[0] - phrase.start_seconds) <= 0.5, (phrase, nearest)
+        first_words = normalized_words(" ".join(nearest[2]))[:2]
+        assert word_error_rate(normalized_words(phrase.text)[:2], first_words) <= 0.5, (phrase.text, nearest)
+    # Every word lies inside the phrase it belongs to, give or take 0.5 s.
+    for word in transcript["words"]:
+        assert any(
+            phrase.start_seconds - 0.5 <= word["start"] and word["end"] <= phrase.end_seconds + 0.5
+            for phrase in speech.spoken
+        ), word
+
+
+def parse_vtt(text: str) -> list[tuple[float, float, list[str]]]:
+    assert text.startswith("WEBVTT\n")
+    cues = []
+    for block in text.split("\n\n")[1:]:
+        lines = block.strip("\n").split("\n")
+        timing = re.fullmatch(r"(\d\d):(\d\d):(\d\d\.\d\d\d) --> (\d\d):(\d\d):(\d\d\.\d\d\d)", lines[1])
+        assert timing, block
+        hours, minutes, seconds, end_hours, end_minutes, end_seconds = timing.groups()
+        cues.append(
+            (
+                int(hours) * 3600 + int(minutes) * 60 + float(seconds),
+                int(end_hours) * 3600 + int(end_minutes) * 60 + float(end_seconds),
+                lines[2:],
+            )
+        )
+    return cues
+
+
+def test_captions_are_served_like_the_other_media(api, captions_on, speech):
+    session_id = record(api, speech.recording)
+    url = api.get(f"/api/get-recorded-data/{session_id}/").json()["captions_url"]
+    whole_response, whole = served(api, url)
+    etag = whole_response["ETag"]
+    part_response, part = served(api, url, Range="bytes=0-6")
+    assert part_response.status_code == 206 and part == whole[:7] == b"WEBVTT\n"
+    not_modified, _ = served(api, url, If_None_Match=etag)
+    assert not_modified.status_code == 304
+    download, _ = served(api, url + "?download=1")
+    assert download["Content-Disposition"].startswith("attachment;") and ".vtt" in download["Content-Disposition"]
+
+
+def test_silence_gives_empty_captions_not_a_failure(api, captions_on, tmp_path):
+    silent = speech_recording(tmp_path, phrases=[], lead_seconds=6.0, name="silence")
+    session_id = record(api, silent.recording)
+    assert transcript_of(api, session_id)["words"] == []
+    url = api.get(f"/api/get-recorded-data/{session_id}/").json()["captions_url"]
+    assert served(api, url)[1] == b"WEBVTT\n"
+
+
+def test_captions_are_made_while_it_records_and_only_the_rest_after_stop(api, captions_on, tmp_path):
+    longer = speech_recording(tmp_path, phrases=PHRASES * 2, name="longer")  # ~70 s
+    started = start(api, mime_type=longer.recording.mime_type)
+    upload_all(api, started, longer.recording.chunks)  # the live build and its windows run per chunk here
+    while_recording = Transcription.objects.get(session_id=started.session_id)
+    assert while_recording.next_seconds >= longer.recording.duration_seconds - 30 - captions.WINDOW_SECONDS
+    assert while_recording.windows >= 1
+    windows_before = while_recording.windows
+
+    response = finalize(api, started, is_final=True, total_chunks=len(longer.recording.chunks))
+    assert response.json()["status"] == "ready"
+    session = RecordingSession.objects.get(pk=started.session_id)
+    assert session.captions_status == "ready"
+    assert Transcription.objects.get(session_id=started.session_id).windows - windows_before <= 2
+    heard = normalized_words(" ".join(word["word"] for word in transcript_of(api, started.session_id)["words"]))
+    assert word_error_rate(longer.words, heard) <= 0.10, " ".join(heard)
+
+
+def test_the_transcript_stops_at_the_longest_length_transcribed(api, captions_on, speech):
+    captions_on.RECORDER_CAPTIONS_MAX_SECONDS = 10
+    transcript = transcript_of(api, record(api, speech.recording))
+    assert transcript["transcribed_seconds"] == 10
+    assert transcript["words"] and all(word["end"] <= 10 for word in transcript["words"])
+
+
+def test_a_model_that_is_not_the_packaged_one_fails_the_captions_not_the_recording(api, captions_on, speech):
+    captions_on.RECORDER_CAPTIONS_MODEL_SHA256 = "0" * 64
+    session_id = record(api, speech.recording)
+    body = api.get(f"/api/get-recorded-data/{session_id}/").json()
+    assert body["status"] == "ready" and body["video_url"]
+    assert body["captions_status"] == "failed" and body["captions_url"] is None
+    assert RecordingSession.objects.get(pk=session_id).captions_error_code == "captions_unavailable"
+
+
+# --- Without the model ---------------------------------------------------------------------------
+
+
+def test_without_a_model_recordings_say_captions_are_unavailable(api, settings, tmp_path, speech):
+    settings.RECORDER_CAPTIONS = True
+    settings.RECORDER_CAPTIONS_MODEL_DIR = str(tmp_path / "no-model-here")
+    started = start(api)
+    assert api.get(f"/api/get-recorded-data/{started.session_id}/").json()["captions_status"] == "unavailable"
+
+
+def test_captions_turned_off_say_so(api, settings):
+    settings.RECORDER_CAPTIONS = False
+    started = start(api)
+    body = api.get(f"/api/get-recorded-data/{started.session_id}/").json()
+    assert body["captions_status"] == "off" and body["captions_url"] is None and body["transcript_url"] is None
+
+
+@pytest.mark.parametrize("kind", ["captions", "transcript"])
+def test_captions_of_a_recording_not_ready_are_a_clear_404(api, kind):
+    started = start(api)
+    post_chunk(api, started, b"\x1a\x45\xdf\xa3", index=0)
+    response = api.get(f"/api/recordings/{started.body['view_id']}/{kind}/")
+    assert response.status_code == 404 and response.json()["code"] == "media_not_ready"
+
+
+def word(text: str, start_seconds: float, end_seconds: float) -> captions.Word:
+    return captions.Word(text, start_seconds, end_seconds, 0.9)
+
+
+def test_cues_break_at_pauses_sentences_five_seconds_and_two_lines_of_42():
+    words = [word(f"word{number:02d}", number * 0.4, number * 0.4 + 0.3) for number in range(40)]
+    words += [word("This", 30.0, 30.2), word("sentence", 30.3, 30.6), word("ends here.", 30.7, 31.0)]
+    words += [word("Next", 31.1, 31.3)]
+    cues = list(captions.cues(words))
+    for cue in cues:
+        assert len(cue.lines) <= 2 and all(len(line) <= 42 for line in cue.lines), cue
+        assert cue.end_seconds - cue.start_seconds <= 5.0, cue
+    # a pause starts a cue, and so does a sentence's end
+    assert [cue.lines for cue in cues[-2:]] == [["This sentence ends here."], ["Next"]]
+    assert len(cues) == 4 + 2  # 12 of those words a cue: two lines of six (in 4.7 s)
+
+
+def test_webvtt_escapes_what_a_model_might_write():
+    lines = "".join(captions.webvtt_lines([captions.Cue(3661.5, 3662.25, ["a <b> & c --> d"])]))
+    assert lines == "WEBVTT\n\n1\n01:01:01.500 --> 01:01:02.250\na &lt;b&gt; &amp; c --&gt; d\n"
+
+
+def test_a_new_recording_with_captions_off_never_gets_a_transcription_task(api, settings, speech):
+    settings.RECORDER_CAPTIONS = False
+    session_id = record(api, speech.recording)
+    assert not Transcription.objects.filter(session_id=session_id).exists()
+    assert transcription.stale_requests() == []
+
+
+def test_captions_made_for_a_recording_deleted_meanwhile_leave_no_files(api, captions_on, speech, media_root):
+    session_id = record(api, speech.recording)
+    session = RecordingSession.objects.get(pk=session_id)
+    captions_path = media_root / session.captions_name
+    assert captions_path.is_file()
+    captions_path.unlink()
+    # the transcription read the recording as ready; the owner's DELETE changed its status since
+    RecordingSession.objects.filter(pk=session_id).update(status="deleting", captions_status="pending")
+    transcription._store(session)
+    assert not captions_path.exists()
+    assert not (media_root / session.transcript_name).exists()
+
+
+def test_a_recording_processed_again_gets_its_captions_again(api, captions_on, speech):
+    captions_on.RECORDER_KEEP_CHUNKS = True
+    session_id = record(api, speech.recording)
+    first = transcript_of(api, session_id)
+    call_command("process_recording", session_id)
+    assert RecordingSession.objects.get(pk=session_id).captions_status == "ready"
+    again = transcript_of(api, session_id)
+    # the full pipeline's MP3 is another encode of the same audio: the same words, at the same times
+    assert [word["word"] for word in again["words"]] == [word["word"] for word in first["words"]]
+    for before, after in zip(first["words"], again["words"], strict=True):
+        assert abs(before["start"] - after["start"]) <= 0.1 and abs(before["end"] - after["end"]) <= 0.1
