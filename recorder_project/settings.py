@@ -316,6 +316,9 @@ RECORDER_LIVE_BUILD_DELAY_SECONDS = env_float("RECORDER_LIVE_BUILD_DELAY_SECONDS
 RECORDER_LIVE_DIR = Path(env_str("RECORDER_LIVE_DIR", str(MEDIA_ROOT / ".live"))).resolve()
 
 # --- Captions (recordings/captions.py, docs/captions.md) ------------------------------------------
+# numpy's BLAS would start a thread per core at import, outside the captions thread's nice 19, for
+# the mel spectrogram's small matrix products: the captions' work stays on their one thread.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # Made offline with faster-whisper when requirements-captions.txt is installed (`make captions`);
 # without it every recording says `unavailable`. Off: no recording is transcribed.
 RECORDER_CAPTIONS = env_bool("RECORDER_CAPTIONS", True)

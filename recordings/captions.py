@@ -21,6 +21,9 @@ from django.conf import settings
 WINDOW_SECONDS = 30.0
 # The words ending in a window's last seconds are transcribed again with what follows them.
 WINDOW_TAIL_SECONDS = 4.0
+# However long a word the model claims, a window moves the transcription on by this much at least:
+# a recording costs at most its length / this many windows.
+MIN_ADVANCE_SECONDS = 15.0
 # A cue: what a person reads at a glance (BBC and Netflix guidelines: 37-42 characters a line,
 # two lines, up to ~6 s; a pause or a sentence's end starts the next one).
 CUE_LINE_CHARACTERS = 42
@@ -143,14 +146,18 @@ def load_model():
 def transcribe_window(samples, *, start_seconds: float, is_last: bool, language: str) -> WindowResult:
     """The words in `samples` (16 kHz mono float32, at most a window, starting at `start_seconds` of
     the recording). Unless it is the last window, the words ending in its last WINDOW_TAIL_SECONDS
-    are dropped and the next window starts where the kept ones end (or, with no words kept, at the
-    tail), so no word cut by the window's edge is kept."""
+    are dropped and the next window starts at the first of them that began before the tail (else at
+    the tail), so no word cut by the window's edge is kept, and none is heard twice."""
     model = load_model()
     duration_seconds = len(samples) / 16_000
     segments, info = model.transcribe(
         samples,
         language=language or None,
         beam_size=1,  # greedy: ~2x less CPU than a beam of 5, and the same words on clear speech
+        # One decode, no fallback: faster-whisper's default decodes audio it finds doubtful again at
+        # five temperatures with five candidates each, ~8x the CPU of speech for audio a stranger
+        # can make (fast counting, babble; measured). Doubtful audio gets its one greedy guess.
+        temperature=0.0,
         word_timestamps=True,
         vad_filter=True,  # silero, inside faster-whisper: silence costs no decoding, and makes no words
         condition_on_previous_text=False,  # a window's mistakes do not carry into the next
@@ -173,8 +180,10 @@ def transcribe_window(samples, *, start_seconds: float, is_last: bool, language:
         return WindowResult(words, window_end, info.language)
     keep_until = window_end - WINDOW_TAIL_SECONDS
     kept = [word for word in words if word.end_seconds <= keep_until]
-    next_start = kept[-1].end_seconds if kept else keep_until
-    return WindowResult(kept, max(next_start, start_seconds + 1.0), info.language)
+    # the next window starts at the first word left out, if it began before the tail (cut by it)
+    next_start = min([keep_until, *(word.start_seconds for word in words if word.end_seconds > keep_until)])
+    next_start = max(next_start, kept[-1].end_seconds if kept else start_seconds)
+    return WindowResult(kept, max(next_start, start_seconds + MIN_ADVANCE_SECONDS), info.language)
 
 
 _ENVELOPE_SECONDS = 0.02

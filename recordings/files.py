@@ -1,6 +1,8 @@
 """Which stored files belong to a recording (chunks, outputs, work folders, the live build): storing
 its outputs, and removing them."""
 
+import hashlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -105,8 +107,10 @@ def store_output(session: RecordingSession, path: Path) -> str:
 
 @contextmanager
 def local_copy(name: str) -> Iterator[Path]:
-    """A stored file as a local path: the storage's own where it has one, else a temporary copy in
-    RECORDER_TEMP_DIR (S3), copied in blocks and removed after."""
+    """A stored file as a local path: the storage's own where it has one, else a copy in
+    RECORDER_TEMP_DIR (S3), made once in blocks and kept for the next caller (a recording's
+    transcription reads it window after window, task after task) until drop_local_copy or the
+    temporary directory's clean-up (expire_recordings)."""
     try:
         local_path = Path(default_storage.path(name))
     except NotImplementedError:
@@ -114,9 +118,23 @@ def local_copy(name: str) -> Iterator[Path]:
     if local_path is not None:
         yield local_path
         return
-    settings.RECORDER_TEMP_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=settings.RECORDER_TEMP_DIR, prefix="stored-") as work:
-        path = Path(work) / Path(name).name
-        with default_storage.open(name, "rb") as stored, open(path, "wb") as copy:
-            shutil.copyfileobj(stored, copy, 1024 * 1024)
-        yield path
+    copy_path = _local_copy_path(name)
+    size = default_storage.size(name)
+    if not (copy_path.is_file() and copy_path.stat().st_size == size):
+        copy_path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=copy_path.parent, prefix="stored-", delete=False) as partial:
+            with default_storage.open(name, "rb") as stored:
+                shutil.copyfileobj(stored, partial, 1024 * 1024)
+        os.replace(partial.name, copy_path)
+    os.utime(copy_path)  # in use: not stale for the clean-up
+    yield copy_path
+
+
+def drop_local_copy(name: str) -> None:
+    if name:
+        _local_copy_path(name).unlink(missing_ok=True)
+
+
+def _local_copy_path(name: str) -> Path:
+    digest = hashlib.sha256(name.encode()).hexdigest()[:32]
+    return settings.RECORDER_TEMP_DIR / f"stored-copy-{digest}{Path(name).suffix[:8]}"

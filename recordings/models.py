@@ -11,7 +11,7 @@ from .errors import RecorderError
 class CaptionsStatus(models.TextChoices):
     PENDING = "pending"  # being made (while it records, or after `ready`)
     READY = "ready"
-    NONE = "none"  # the recording has no audio
+    NONE = "none"  # none will be made: the recording has no audio, or it failed or expired
     FAILED = "failed"
     OFF = "off"  # RECORDER_CAPTIONS is off
     UNAVAILABLE = "unavailable"  # the captions extra is not installed (or was not, when it started)
@@ -135,6 +135,9 @@ CLOSED_STATUSES = frozenset({Status.PROCESSING, Status.READY, Status.FAILED, Sta
 # waits for its files to be deleted.
 GONE_STATUSES = frozenset({Status.DELETING})
 
+# Statuses in which no captions are made (the transcription so far is dropped on entering them).
+CAPTIONLESS_STATUSES = frozenset({Status.FAILED, Status.EXPIRED})
+
 # recording → finalizing → processing → ready | failed. A failed or ready recording may be
 # processed again (by `manage.py process_recording`, or a finalize once its chunks are complete).
 # An upload abandoned for RECORDER_SESSION_TTL, or a finished one past RECORDER_RETENTION_DAYS,
@@ -178,6 +181,19 @@ def transition(session: RecordingSession, to_status: str, *, only_if: dict | Non
     session.status = to_status
     for field_name, value in changes.items():
         setattr(session, field_name, value)
+    if to_status in CAPTIONLESS_STATUSES:
+        _end_captions(session)
+
+
+def _end_captions(session: RecordingSession) -> None:
+    """A recording that failed or expired gets no captions: its status says so (`none`), and the
+    words transcribed while it recorded go (a transcript must not outlive the recording's files)."""
+    RecordingSession.objects.filter(pk=session.pk, captions_status=CaptionsStatus.PENDING).update(
+        captions_status=CaptionsStatus.NONE
+    )
+    if session.captions_status == CaptionsStatus.PENDING:
+        session.captions_status = CaptionsStatus.NONE
+    Transcription.objects.filter(session_id=session.pk).delete()
 
 
 class Chunk(models.Model):
@@ -252,7 +268,7 @@ class Transcription(models.Model):
     # Set when a window (or the finish) was asked for, cleared when it is done: one task at a time.
     requested_at = models.DateTimeField(null=True, blank=True)
     windows = models.PositiveIntegerField(default=0)
-    cpu_seconds = models.FloatField(default=0.0)  # the transcribing thread's own, model and decode
+    seconds = models.FloatField(default=0.0)  # wall-clock seconds of its windows (decode and model)
     # Its captions were stored (its segments then go): a recording processed again starts over.
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import tempfile
 import threading
 import time
@@ -132,13 +133,13 @@ def advance(session_id: uuid.UUID | str, *, enqueue_again: Callable[[str], None]
         _clear_request(session_id)
         return session.captions_status
     is_final = session.status == Status.READY
-    more_to_do = False
+    outcome = _DONE
     try:
         with _audio_of(session) as audio:
             if audio is not None:
-                more_to_do = _transcribe_next_window(session, audio)
-                if audio.is_complete and not more_to_do:
-                    _store(session)
+                outcome = _transcribe_next_window(session, audio)
+                if audio.is_complete and outcome == _DONE:
+                    _store(session, audio)
     except captions.CaptionsUnavailable as error:
         logger.error("recording %s: no captions: %s", session.id, error)
         _finish_failed(session, "captions_unavailable")
@@ -146,10 +147,13 @@ def advance(session_id: uuid.UUID | str, *, enqueue_again: Callable[[str], None]
         logger.exception("recording %s: transcription failed", session.id)
         if is_final:
             _finish_failed(session, "captions_failed")
-    if more_to_do:
+        else:
+            return session.captions_status  # the request stays: a live window is tried again in a minute at most
+    if outcome == _MORE:
         enqueue_again(str(session_id))
-    else:
+    elif outcome == _DONE:
         _clear_request(session_id)
+    # _LOST: another process moved it on meanwhile, and goes on with it
     return RecordingSession.objects.filter(pk=session_id).values_list("captions_status", flat=True).first() or "gone"
 
 
@@ -172,26 +176,37 @@ def _audio_of(session: RecordingSession) -> Iterator[_Audio | None]:
         return
     available_seconds = audio_state["next_frame"] * _LIVE_FRAME_SECONDS
     path = files.live_build_dir(session) / "audio.mp3"
+    if not path.is_file():  # a worker without RECORDER_LIVE_DIR: all of it after `ready`, from storage
+        yield None
+        return
     yield _Audio(path, min(available_seconds, settings.RECORDER_CAPTIONS_MAX_SECONDS), False)
 
 
-def _transcribe_next_window(session: RecordingSession, audio: _Audio) -> bool:
-    """Transcribe one window if there is audio for one: True when another is there after it."""
-    transcription, _ = Transcription.objects.get_or_create(session_id=session.pk)
-    if not _has_window(transcription.next_seconds, audio):
-        return False
-    start_seconds = transcription.next_seconds
-    left_seconds = audio.available_seconds - start_seconds
-    is_last = audio.is_complete and left_seconds <= captions.WINDOW_SECONDS
-    duration_seconds = min(left_seconds, captions.WINDOW_SECONDS)
-    language = settings.RECORDER_CAPTIONS_LANGUAGE
-    result, cpu_seconds = _at_low_priority(
-        lambda: _transcribe(audio.path, start_seconds, duration_seconds, is_last=is_last, language=language)
-    )
-    if not _commit(transcription, result, cpu_seconds):
-        logger.info("recording %s: another process transcribed this window first", session.id)
-        return False
-    return not is_last and _has_window(transcription.next_seconds, audio)
+_MORE, _DONE, _LOST = "more", "done", "lost"
+
+
+def _transcribe_next_window(session: RecordingSession, audio: _Audio) -> str:
+    """Transcribe one window if there is audio for one: `more` when another is there after it,
+    `done` when the audio there is now is all transcribed, `lost` when another process committed
+    this window first. On this machine the position is read under the captions lock, so a second
+    task for the recording (a recovery, a duplicate) waits and then finds the window done."""
+    with _one_per_machine():
+        transcription, _ = Transcription.objects.get_or_create(session_id=session.pk)
+        if not _has_window(transcription.next_seconds, audio):
+            return _DONE
+        start_seconds = transcription.next_seconds
+        left_seconds = audio.available_seconds - start_seconds
+        is_last = audio.is_complete and left_seconds <= captions.WINDOW_SECONDS
+        duration_seconds = min(left_seconds, captions.WINDOW_SECONDS)
+        language = settings.RECORDER_CAPTIONS_LANGUAGE
+        began = time.monotonic()
+        result = _at_low_priority(
+            lambda: _transcribe(audio.path, start_seconds, duration_seconds, is_last=is_last, language=language)
+        )
+        if not _commit(transcription, result, time.monotonic() - began):
+            logger.info("recording %s: another process transcribed this window first", session.id)
+            return _LOST
+    return _MORE if _has_window(transcription.next_seconds, audio) else _DONE
 
 
 def _has_window(start_seconds: float, audio: _Audio) -> bool:
@@ -219,7 +234,7 @@ def _transcribe(
     return result
 
 
-def _commit(transcription: Transcription, result: captions.WindowResult, cpu_seconds: float) -> bool:
+def _commit(transcription: Transcription, result: captions.WindowResult, seconds: float) -> bool:
     """The window's words and the new position, together, if no other process moved it meanwhile."""
     with database_write_lock(), transaction.atomic():
         moved = Transcription.objects.filter(pk=transcription.pk, version=transcription.version).update(
@@ -228,7 +243,7 @@ def _commit(transcription: Transcription, result: captions.WindowResult, cpu_sec
             language=result.language or "",
             windows=F("windows") + 1,
             requested_at=timezone.now(),  # a task that keeps committing is not a lost one
-            cpu_seconds=F("cpu_seconds") + cpu_seconds,
+            seconds=F("seconds") + seconds,
         )
         if not moved:
             return False
@@ -245,37 +260,38 @@ def _commit(transcription: Transcription, result: captions.WindowResult, cpu_sec
 _machine_lock = threading.Lock()
 
 
-def _at_low_priority(work: Callable[[], captions.WindowResult]) -> tuple[captions.WindowResult, float]:
-    """Run `work` on a new thread at nice 19 (its ffmpeg too), one at a time on this machine; its
-    result and the thread's CPU seconds. Uploads and processing take the CPU first."""
+def _at_low_priority(work: Callable[[], captions.WindowResult]) -> captions.WindowResult:
+    """Run `work` on a new thread at nice 19: its ffmpeg, and the model's threads started from it,
+    inherit that. Uploads and processing take the CPU first."""
     outcome: dict = {}
 
     def run() -> None:
         if hasattr(os, "setpriority"):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOW_PRIORITY_NICENESS)
-        started = time.thread_time()
         try:
             outcome["result"] = work()
         except BaseException as error:  # handed to the caller's thread
             outcome["error"] = error
-        outcome["cpu_seconds"] = time.thread_time() - started
 
-    with _one_per_machine():
-        thread = threading.Thread(target=run, name="recorder-captions", daemon=True)
-        thread.start()
-        thread.join()
+    thread = threading.Thread(target=run, name="recorder-captions", daemon=True)
+    thread.start()
+    thread.join()
     if "error" in outcome:
         raise outcome["error"]
-    return outcome["result"], outcome["cpu_seconds"]
+    return outcome["result"]
 
 
 @contextmanager
 def _one_per_machine() -> Iterator[None]:
+    """One window at a time on this machine: a lock file in RECORDER_TEMP_DIR (touched at every use,
+    so the clean-up of stale temporary files never takes it from under a waiting process)."""
     settings.RECORDER_TEMP_DIR.mkdir(parents=True, exist_ok=True)
+    path = settings.RECORDER_TEMP_DIR / "captions.lock"
     with _machine_lock:
-        fd = os.open(settings.RECORDER_TEMP_DIR / "captions.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            os.utime(fd)
             yield
         finally:
             os.close(fd)
@@ -296,13 +312,24 @@ def words_of(transcription: Transcription) -> Iterator[captions.Word]:
             yield captions.Word(word["word"], word["start"], word["end"], word["probability"])
 
 
-def _store(session: RecordingSession) -> None:
-    """Write the WebVTT and the transcript, store them under the view id, and say `ready`."""
-    transcription = Transcription.objects.get(session_id=session.pk)
+def _store(session: RecordingSession, audio: _Audio) -> None:
+    """Write the WebVTT and the transcript, store them under the view id, and say `ready`: only once
+    the transcription has reached the end of `audio`. Each store has names of its own, so a store
+    that loses (to a DELETE, an expiry, another process's store) deletes what it wrote and nothing
+    of the winner's."""
+    transcription = Transcription.objects.filter(session_id=session.pk).first()
+    if transcription is None:
+        return  # deleted with its recording meanwhile
+    if _has_window(transcription.next_seconds, audio):
+        logger.warning(
+            "recording %s: captions not stored: transcribed to %.1f s only", session.id, transcription.next_seconds
+        )
+        return
     language = transcription.language or settings.RECORDER_CAPTIONS_LANGUAGE
+    suffix = secrets.token_hex(4)
     with tempfile.TemporaryDirectory(dir=settings.RECORDER_TEMP_DIR, prefix="captions-") as work:
-        captions_path = Path(work) / "captions.vtt"
-        transcript_path = Path(work) / "transcript.json"
+        captions_path = Path(work) / f"captions-{suffix}.vtt"
+        transcript_path = Path(work) / f"transcript-{suffix}.json"
         with open(captions_path, "w", encoding="utf-8") as captions_file:
             captions_file.writelines(captions.webvtt_lines(captions.cues(words_of(transcription))))
         with open(transcript_path, "w", encoding="utf-8") as transcript_file:
@@ -312,6 +339,7 @@ def _store(session: RecordingSession) -> None:
             stored[f"{kind}_bytes"] = path.stat().st_size
             stored[f"{kind}_name"] = files.store_output(session, path)
     with database_write_lock():  # ordered with a DELETE's status change on SQLite, as every writer is
+        before = RecordingSession.objects.filter(pk=session.pk).values("captions_name", "transcript_name").first()
         moved = RecordingSession.objects.filter(
             pk=session.pk, status=Status.READY, captions_status=CaptionsStatus.PENDING
         ).update(
@@ -321,17 +349,18 @@ def _store(session: RecordingSession) -> None:
             captions_error_code="",
             **stored,
         )
-    if not moved:  # deleted, expired or processed again meanwhile: its files must not outlive it
-        for name in (stored["captions_name"], stored["transcript_name"]):
+    stale = [stored["captions_name"], stored["transcript_name"]] if not moved else list((before or {}).values())
+    for name in stale:  # a loser's own files; a winner's predecessors (the recording processed again)
+        if name:
             default_storage.delete(str(name))
+    if not moved:
         return
+    for name in (session.audio_name, session.video_name):
+        files.drop_local_copy(name)  # S3: the copy windows were read from
     transcription.segments.all().delete()  # its words are in the transcript now
     Transcription.objects.filter(pk=transcription.pk).update(finished_at=timezone.now())
     logger.info(
-        "recording %s: captions ready (%d windows, %.1f CPU s)",
-        session.id,
-        transcription.windows,
-        transcription.cpu_seconds,
+        "recording %s: captions ready (%d windows, %.1f s)", session.id, transcription.windows, transcription.seconds
     )
 
 

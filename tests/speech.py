@@ -69,7 +69,7 @@ def word_error_rate(reference: list[str], hypothesis: list[str]) -> float:
     return previous[-1] / max(1, len(reference))
 
 
-def _spoken_samples(text: str, directory: Path, number: int) -> numpy.ndarray:
+def _spoken_samples(text: str, directory: Path, number: int, words_per_minute: int = 140) -> numpy.ndarray:
     espeak = shutil.which("espeak-ng")
     if espeak is None:
         from tests.conftest import skip_or_fail  # here: the benchmarks use this module without pytest
@@ -77,7 +77,7 @@ def _spoken_samples(text: str, directory: Path, number: int) -> numpy.ndarray:
         skip_or_fail("espeak-ng is not installed (apt-get install espeak-ng): the speech fixtures need it")
         raise AssertionError("unreachable")
     path = directory / f"phrase-{number}.wav"
-    subprocess.run([espeak, "-v", "en-us", "-s", "140", "-w", str(path), text], check=True, timeout=60)
+    subprocess.run([espeak, "-v", "en-us", "-s", str(words_per_minute), "-w", str(path), text], check=True, timeout=60)
     with wave.open(str(path)) as spoken:
         assert spoken.getframerate() == SAMPLE_RATE and spoken.getnchannels() == 1
         return numpy.frombuffer(spoken.readframes(spoken.getnframes()), dtype=numpy.int16).astype(numpy.float32)
@@ -91,6 +91,7 @@ def speech_webm(
     gap_seconds: float = 1.2,
     tail_seconds: float = 1.0,
     noise_level: float = 0.0,
+    words_per_minute: int = 140,
     name: str = "speech",
 ) -> tuple[Path, list[Spoken], float]:
     """The phrases in order with silence between, as a live VP8 + Opus WebM (as MediaRecorder writes
@@ -101,7 +102,7 @@ def speech_webm(
     said: dict[str, numpy.ndarray] = {}
     for text in phrases:
         if text not in said:
-            said[text] = _spoken_samples(text, directory, len(said))
+            said[text] = _spoken_samples(text, directory, len(said), words_per_minute)
         samples = said[text]
         loud = numpy.flatnonzero(numpy.abs(samples) > 0.02 * numpy.abs(samples).max())
         spoken.append(Spoken(text, (position + loud[0]) / SAMPLE_RATE, (position + loud[-1]) / SAMPLE_RATE))

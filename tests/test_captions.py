@@ -1,14 +1,16 @@
 """Captions and transcripts, made offline: real speech (espeak-ng) through the real pipeline and the
 real model (requirements-captions.txt); the cue rules and WebVTT without the model."""
 
+import datetime
 import json
 import re
 
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 
 from recordings import captions, transcription
-from recordings.models import RecordingSession, Transcription
+from recordings.models import RecordingSession, Transcription, TranscriptSegment
 from tests.conftest import skip_or_fail
 from tests.recorder_client import finalize, post_chunk, start, upload_all
 from tests.speech import PHRASES, normalized_words, speech_recording, word_error_rate
@@ -218,14 +220,23 @@ def test_a_new_recording_with_captions_off_never_gets_a_transcription_task(api, 
 def test_captions_made_for_a_recording_deleted_meanwhile_leave_no_files(api, captions_on, speech, media_root):
     session_id = record(api, speech.recording)
     session = RecordingSession.objects.get(pk=session_id)
-    captions_path = media_root / session.captions_name
-    assert captions_path.is_file()
-    captions_path.unlink()
+    outputs = (media_root / session.captions_name).parent
+    files_before = sorted(path.name for path in outputs.iterdir())
     # the transcription read the recording as ready; the owner's DELETE changed its status since
     RecordingSession.objects.filter(pk=session_id).update(status="deleting", captions_status="pending")
-    transcription._store(session)
-    assert not captions_path.exists()
-    assert not (media_root / session.transcript_name).exists()
+    transcription._store(session, transcription._Audio(media_root / session.audio_name, 1.0, True))
+    assert sorted(path.name for path in outputs.iterdir()) == files_before  # its own files went again
+
+
+def test_captions_are_stored_only_once_the_whole_audio_is_transcribed(api, captions_on, speech, media_root):
+    """A task whose window another process committed first must not store what there is so far."""
+    session_id = record(api, speech.recording)
+    session = RecordingSession.objects.get(pk=session_id)
+    RecordingSession.objects.filter(pk=session_id).update(captions_status="pending")
+    Transcription.objects.filter(session_id=session_id).update(next_seconds=10.0, finished_at=None)
+    audio = transcription._Audio(media_root / session.audio_name, session.duration_seconds, True)
+    transcription._store(session, audio)
+    assert RecordingSession.objects.get(pk=session_id).captions_status == "pending"
 
 
 def test_a_recording_processed_again_gets_its_captions_again(api, captions_on, speech):
@@ -239,3 +250,36 @@ def test_a_recording_processed_again_gets_its_captions_again(api, captions_on, s
     assert [word["word"] for word in again["words"]] == [word["word"] for word in first["words"]]
     for before, after in zip(first["words"], again["words"], strict=True):
         assert abs(before["start"] - after["start"]) <= 0.1 and abs(before["end"] - after["end"]) <= 0.1
+
+
+def test_noise_costs_windows_in_proportion_to_its_length_not_its_content(api, captions_on, tmp_path):
+    noisy = speech_recording(tmp_path, phrases=[], lead_seconds=70.0, noise_level=0.3, name="noise")
+    session_id = record(api, noisy.recording)
+    transcript = transcript_of(api, session_id)
+    windows = Transcription.objects.get(session_id=session_id).windows
+    # each window moves on by MIN_ADVANCE_SECONDS at least, whatever the model heard
+    assert windows <= -(-70 // captions.MIN_ADVANCE_SECONDS) + 1
+    assert len(transcript["words"]) <= 448 * windows
+    assert all(len(word["word"]) <= captions.MAX_WORD_CHARACTERS for word in transcript["words"])
+
+
+def test_a_failed_recording_says_no_captions_will_come(api, captions_on):
+    started = start(api)
+    assert api.get(f"/api/get-recorded-data/{started.session_id}/").json()["captions_status"] == "pending"
+    post_chunk(api, started, b"\x1a\x45\xdf\xa3" + b"garbage" * 100, index=0)  # a header, then nothing decodable
+    response = finalize(api, started, is_final=True, total_chunks=1)
+    assert response.json()["status"] == "failed"
+    assert response.json()["captions_status"] == "none"
+
+
+def test_words_heard_while_recording_go_when_the_upload_expires(api, captions_on, speech):
+    from recordings import services
+
+    started = start(api, mime_type=speech.recording.mime_type)
+    upload_all(api, started, speech.recording.chunks)  # ~43 s: one window is transcribed meanwhile
+    assert TranscriptSegment.objects.filter(transcription__session_id=started.session_id).exists()
+    captions_on.RECORDER_SESSION_TTL = 0
+    services.expire_recordings(now=timezone.now() + datetime.timedelta(seconds=1))
+    session = RecordingSession.objects.get(pk=started.session_id)
+    assert (session.status, session.captions_status) == ("expired", "none")
+    assert not TranscriptSegment.objects.filter(transcription__session_id=started.session_id).exists()

@@ -5,6 +5,8 @@ and the media URLs answer 302 to presigned URLs that serve Range themselves.
 """
 
 import hashlib
+import json
+import time
 import urllib.error
 import urllib.request
 from email.message import Message
@@ -122,3 +124,36 @@ def test_an_unreachable_object_store_answers_503_and_stores_nothing(s3_server, t
     assert (status, body["code"]) == (503, "storage_unavailable")
     assert progress["received_chunks"] == 0
     assert [path for path in (tmp_path / "media" / ".tmp").rglob("*") if path.is_file()] == []
+
+
+def test_captions_are_made_from_the_bucket_and_stored_in_it(s3_server, tmp_path):
+    from recordings import captions
+    from tests.conftest import skip_or_fail
+    from tests.speech import normalized_words, speech_recording, word_error_rate
+
+    if not captions.is_installed():
+        skip_or_fail("the captions extra is not installed (make captions)")
+    speech = speech_recording(tmp_path / "speech")
+    bucket, environment = s3_server.new_bucket()
+    # the live build off: every window is read from the bucket's MP3, through a local copy
+    extra_env = {**environment, "RECORDER_CAPTIONS": "1", "RECORDER_LIVE_BUILD": "0"}
+    with gunicorn(tmp_path / "server", extra_env=extra_env) as server:
+        session_id, _ = upload_recording([server.base_url], speech.recording.chunks)
+        body = wait_until_finished(server.base_url, session_id)
+        assert body["status"] == "ready", body["error"]
+        deadline = time.monotonic() + 120
+        while body["captions_status"] == "pending" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            body = call("GET", f"{server.base_url}/api/get-recorded-data/{session_id}/")[1]
+        assert body["captions_status"] == "ready"
+        status, headers, transcript = get_bytes(body["transcript_url"])  # from the service, not a redirect
+        assert status == 200 and headers["Content-Type"] == "application/json"
+        heard = normalized_words(" ".join(word["word"] for word in json.loads(transcript)["words"]))
+        assert word_error_rate(speech.words, heard) <= 0.10
+        objects = s3_server.objects(bucket)
+        outputs = f"outputs/{body['view_id']}/"
+        [transcript_key] = [key for key in objects if key.startswith(f"{outputs}transcript-")]
+        [captions_key] = [key for key in objects if key.startswith(f"{outputs}captions-")]
+        assert objects[transcript_key] == transcript and objects[captions_key].startswith(b"WEBVTT\n")
+        temp_dir = server.work_dir / "media" / ".tmp"
+        assert [path.name for path in temp_dir.rglob("*") if path.is_file() and path.name != "captions.lock"] == []

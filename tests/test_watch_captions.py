@@ -9,7 +9,7 @@ import pytest
 
 from recordings import captions
 from tests.browser import ARTIFACTS_DIR
-from tests.conftest import skip_or_fail
+from tests.conftest import make_target_server, run_server_environment, skip_or_fail
 from tests.speech import speech_recording
 from tests.test_recorder_page import chromium, wait_until
 
@@ -43,10 +43,18 @@ def upload(base_url: str, chunks: list[bytes], mime_type: str) -> dict:
     return started
 
 
-def test_the_watch_page_shows_captions_and_a_transcript_that_seeks_and_searches(make_run_server, tmp_path):
+@pytest.fixture(scope="module")
+def captions_server(tmp_path_factory):
+    """`make run` as a newcomer gets it, captions on (the default)."""
     if not captions.is_installed():
         skip_or_fail("the captions extra is not installed (make captions)")
-    base_url = make_run_server.base_url
+    work = tmp_path_factory.mktemp("watch-captions")
+    with make_target_server("run", work, run_server_environment(work, RECORDER_CAPTIONS="1")) as (base_url, _):
+        yield base_url
+
+
+def test_the_watch_page_shows_captions_and_a_transcript_that_seeks_and_searches(captions_server, tmp_path):
+    base_url = captions_server
     speech = speech_recording(tmp_path)
     started = upload(base_url, speech.recording.chunks, speech.recording.mime_type)
     deadline = time.monotonic() + 120
