@@ -222,8 +222,8 @@ class RecordingOutput(serializers.Serializer):
     captions_status = serializers.ChoiceField(
         choices=CaptionsStatus.values,
         help_text="`pending` (being made: while it records, then after `ready`, which never waits for them), "
-        "`ready`, `none` (no audio), `failed`, `off` (RECORDER_CAPTIONS=0) or `unavailable` (the captions "
-        "extra is not installed).",
+        "`ready`, `none` (none will be made: no audio, or the recording failed or expired), `failed`, "
+        "`off` (RECORDER_CAPTIONS=0) or `unavailable` (the captions extra is not installed).",
     )
     captions_language = OptionalTextField(
         source="session.captions_language", allow_null=True, help_text="The spoken language, e.g. `en`."
