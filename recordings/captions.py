@@ -24,6 +24,9 @@ WINDOW_TAIL_SECONDS = 4.0
 # However long a word the model claims, a window moves the transcription on by this much at least:
 # a recording costs at most its length / this many windows.
 MIN_ADVANCE_SECONDS = 15.0
+# The next window starts this much before the first word left out (Whisper's start of a word with a
+# quiet onset, s or f or h, is late by about that much).
+NEXT_WINDOW_PREROLL_SECONDS = 0.2
 # A cue: what a person reads at a glance (BBC and Netflix guidelines: 37-42 characters a line,
 # two lines, up to ~6 s; a pause or a sentence's end starts the next one).
 CUE_LINE_CHARACTERS = 42
@@ -174,16 +177,26 @@ def transcribe_window(samples, *, start_seconds: float, is_last: bool, language:
         for word in (segment.words or [])
         if word.word.strip()
     ]
-    words = _fitted_to_sound(words, samples, start_seconds)
     window_end = start_seconds + duration_seconds
     if is_last:
-        return WindowResult(words, window_end, info.language)
-    keep_until = window_end - WINDOW_TAIL_SECONDS
+        return WindowResult(_fitted_to_sound(words, samples, start_seconds), window_end, info.language)
+    kept, next_start = split_at_tail(words, start_seconds=start_seconds, end_seconds=window_end)
+    return WindowResult(_fitted_to_sound(kept, samples, start_seconds), next_start, info.language)
+
+
+def split_at_tail(words: list[Word], *, start_seconds: float, end_seconds: float) -> tuple[list[Word], float]:
+    """The words of a window that is not the last that are kept, and where the next window starts:
+    the words ending in the window's last WINDOW_TAIL_SECONDS are left to the next window, which
+    starts a little before the first of them that began before the tail (a word cut by the tail is
+    heard whole again; its quiet onset too), never before the last kept word's end, and at least
+    MIN_ADVANCE_SECONDS after this window's start."""
+    keep_until = end_seconds - WINDOW_TAIL_SECONDS
     kept = [word for word in words if word.end_seconds <= keep_until]
-    # the next window starts at the first word left out, if it began before the tail (cut by it)
-    next_start = min([keep_until, *(word.start_seconds for word in words if word.end_seconds > keep_until)])
-    next_start = max(next_start, kept[-1].end_seconds if kept else start_seconds)
-    return WindowResult(kept, max(next_start, start_seconds + MIN_ADVANCE_SECONDS), info.language)
+    left_out_starts = [
+        word.start_seconds - NEXT_WINDOW_PREROLL_SECONDS for word in words if word.end_seconds > keep_until
+    ]
+    next_start = max(min([keep_until, *left_out_starts]), kept[-1].end_seconds if kept else start_seconds)
+    return kept, max(next_start, start_seconds + MIN_ADVANCE_SECONDS)
 
 
 _ENVELOPE_SECONDS = 0.02

@@ -35,13 +35,24 @@ def output_names(session: RecordingSession) -> list[str]:
 
 def delete_all_files(session: RecordingSession) -> None:
     """Every file a recording has: its chunks (if still there), its outputs, its live build. Safe to repeat."""
-    names = output_names(session)
+    names = list(dict.fromkeys(output_names(session) + _stored_output_names(session)))
     if session.chunks_deleted_at is None:
         names += _stored_chunk_names(session)
     chunks.delete_stored_files(names)
     chunks.remove_empty_folders(media_storage_name(session.id, ""))
     chunks.remove_empty_folders(output_storage_name(session.view_id, ""))
     shutil.rmtree(live_build_dir(session), ignore_errors=True)
+
+
+def _stored_output_names(session: RecordingSession) -> list[str]:
+    """Whatever is stored under the recording's view id, named on its row or not (a store that died
+    before its row named its files, e.g. captions): nothing outlives the recording."""
+    folder = output_storage_name(session.view_id, "")
+    try:
+        _, file_names = default_storage.listdir(folder)
+    except FileNotFoundError:
+        return []
+    return [f"{folder}{file_name}" for file_name in file_names]
 
 
 def live_build_dir(session: RecordingSession) -> Path:
@@ -102,7 +113,7 @@ def store_output(session: RecordingSession, path: Path) -> str:
     """Save one more output (captions, transcript) under the recording's view id; its storage name."""
     name = output_storage_name(session.view_id, path.name)
     with MovableFile(str(path)) as output_file:
-        return default_storage.save(name, output_file)  # a rerun's is replaced (the storages overwrite)
+        return default_storage.save(name, output_file)
 
 
 @contextmanager

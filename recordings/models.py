@@ -183,6 +183,12 @@ def transition(session: RecordingSession, to_status: str, *, only_if: dict | Non
         setattr(session, field_name, value)
     if to_status in CAPTIONLESS_STATUSES:
         _end_captions(session)
+    elif to_status == Status.PROCESSING and session.captions_status == CaptionsStatus.READY:
+        # processed again: its captions are made again once it is ready (until then not served)
+        RecordingSession.objects.filter(pk=session.pk, captions_status=CaptionsStatus.READY).update(
+            captions_status=CaptionsStatus.PENDING
+        )
+        session.captions_status = CaptionsStatus.PENDING
 
 
 def _end_captions(session: RecordingSession) -> None:

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import connections, transaction
 from django.utils import timezone
 from django_tasks import task
+from django_tasks.backends.immediate import ImmediateBackend
 from django_tasks_db import DatabaseBackend
 
 from . import live, runs, transcription
@@ -45,7 +46,24 @@ def transcribe_task(session_id: str) -> str:
 
 
 def _enqueue_transcription(session_id: str) -> None:
+    """The next window, as a task of its own; with the `immediate` backend (tests, scripts), after
+    this one returns rather than inside it: an hour's 150 windows must not nest 150 calls deep."""
+    waiting = getattr(_immediate_windows, "waiting", None)
+    if waiting is not None:
+        waiting.append(session_id)
+        return
+    if type(transcribe_task.get_backend()) is ImmediateBackend:
+        _immediate_windows.waiting = [session_id]
+        try:
+            while _immediate_windows.waiting:
+                transcribe_task.enqueue(_immediate_windows.waiting.pop(0))
+        finally:
+            _immediate_windows.waiting = None
+        return
     transcribe_task.enqueue(session_id)
+
+
+_immediate_windows = threading.local()
 
 
 def enqueue_captions_if_pending(session: RecordingSession) -> None:

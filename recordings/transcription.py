@@ -77,7 +77,7 @@ def wants_live_window(session_id: uuid.UUID | str) -> bool:
     audio_state = (row or {}).get("audio_mp3") if isinstance(row, dict) else None
     if not audio_state:
         return False
-    available_seconds = audio_state["next_frame"] * _LIVE_FRAME_SECONDS
+    available_seconds = min(audio_state["next_frame"] * _LIVE_FRAME_SECONDS, settings.RECORDER_CAPTIONS_MAX_SECONDS)
     done_seconds = (
         Transcription.objects.filter(pk=uuid.UUID(str(session_id))).values_list("next_seconds", flat=True).first()
     )
@@ -164,6 +164,7 @@ def _audio_of(session: RecordingSession) -> Iterator[_Audio | None]:
     if session.status == Status.READY:
         name = session.audio_name or session.video_name
         if not name or not session.duration_seconds:
+            _finish(session, CaptionsStatus.NONE)  # nothing to listen to: no captions will come
             yield None
             return
         with files.local_copy(name) as path:
@@ -191,7 +192,12 @@ def _transcribe_next_window(session: RecordingSession, audio: _Audio) -> str:
     this window first. On this machine the position is read under the captions lock, so a second
     task for the recording (a recovery, a duplicate) waits and then finds the window done."""
     with _one_per_machine():
-        transcription, _ = Transcription.objects.get_or_create(session_id=session.pk)
+        if not RecordingSession.objects.filter(pk=session.pk, captions_status=CaptionsStatus.PENDING).exists():
+            return _LOST  # it failed, expired or was deleted while this task waited: nothing more
+        with database_write_lock():
+            transcription, _ = Transcription.objects.get_or_create(session_id=session.pk)
+        if transcription.finished_at is not None:
+            return _LOST  # a finished one, about to be started over by the run that asked for it
         if not _has_window(transcription.next_seconds, audio):
             return _DONE
         start_seconds = transcription.next_seconds
@@ -227,9 +233,13 @@ def _transcribe(
         samples = numpy.fromfile(samples_path, dtype=numpy.float32)
     if not len(samples):
         return captions.WindowResult([], start_seconds + duration_seconds, language)
-    result = captions.transcribe_window(samples, start_seconds=start_seconds, is_last=is_last, language=language)
-    if is_last or len(samples) < duration_seconds * utils.SPEECH_SAMPLE_RATE - utils.SPEECH_SAMPLE_RATE:
-        # the audio ended before the window did (a duration rounded up): nothing is left after it
+    # Audio that ends before the window does (the container's duration was the video's, or rounded
+    # up): this is the last of it, whose words are all kept; the transcription moves to the window's end.
+    audio_ended = len(samples) < (duration_seconds - 1.0) * utils.SPEECH_SAMPLE_RATE
+    result = captions.transcribe_window(
+        samples, start_seconds=start_seconds, is_last=is_last or audio_ended, language=language
+    )
+    if is_last or audio_ended:
         return captions.WindowResult(result.words, start_seconds + duration_seconds, result.language)
     return result
 
@@ -318,8 +328,8 @@ def _store(session: RecordingSession, audio: _Audio) -> None:
     that loses (to a DELETE, an expiry, another process's store) deletes what it wrote and nothing
     of the winner's."""
     transcription = Transcription.objects.filter(session_id=session.pk).first()
-    if transcription is None:
-        return  # deleted with its recording meanwhile
+    if transcription is None or transcription.finished_at is not None:
+        return  # deleted with its recording meanwhile, or an earlier run's, whose words are gone
     if _has_window(transcription.next_seconds, audio):
         logger.warning(
             "recording %s: captions not stored: transcribed to %.1f s only", session.id, transcription.next_seconds
@@ -377,9 +387,14 @@ def _write_transcript(out, transcription: Transcription, language: str) -> None:
 
 
 def _finish_failed(session: RecordingSession, code: str) -> None:
-    RecordingSession.objects.filter(pk=session.pk, captions_status=CaptionsStatus.PENDING).update(
-        captions_status=CaptionsStatus.FAILED, captions_error_code=code
-    )
+    _finish(session, CaptionsStatus.FAILED, captions_error_code=code)
+
+
+def _finish(session: RecordingSession, captions_status: str, **changes) -> None:
+    with database_write_lock():
+        RecordingSession.objects.filter(pk=session.pk, captions_status=CaptionsStatus.PENDING).update(
+            captions_status=captions_status, **changes
+        )
 
 
 # --- Recovery ------------------------------------------------------------------------------------

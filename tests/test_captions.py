@@ -234,9 +234,53 @@ def test_captions_are_stored_only_once_the_whole_audio_is_transcribed(api, capti
     session = RecordingSession.objects.get(pk=session_id)
     RecordingSession.objects.filter(pk=session_id).update(captions_status="pending")
     Transcription.objects.filter(session_id=session_id).update(next_seconds=10.0, finished_at=None)
+    outputs = (media_root / session.captions_name).parent
+    files_before = sorted(path.name for path in outputs.iterdir())
     audio = transcription._Audio(media_root / session.audio_name, session.duration_seconds, True)
     transcription._store(session, audio)
     assert RecordingSession.objects.get(pk=session_id).captions_status == "pending"
+    assert sorted(path.name for path in outputs.iterdir()) == files_before  # nothing written either
+
+
+def test_captions_being_made_again_are_a_clear_404(api, captions_on, speech):
+    session_id = record(api, speech.recording)
+    view_id = RecordingSession.objects.get(pk=session_id).view_id
+    assert api.get(f"/api/recordings/{view_id}/captions/").status_code == 200
+    RecordingSession.objects.filter(pk=session_id).update(captions_status="pending")
+    for kind in ("captions", "transcript"):
+        response = api.get(f"/api/recordings/{view_id}/{kind}/")
+        assert response.status_code == 404 and response.json()["code"] == "captions_not_ready"
+    body = api.get(f"/api/get-recorded-data/{session_id}/").json()
+    assert body["captions_url"] is None and body["transcript_url"] is None
+
+
+def test_a_window_keeps_whole_words_and_the_next_one_hears_the_cut_word_again():
+    words = [word("one", 1.0, 1.5), word("two", 20.0, 25.9), word("three", 25.8, 26.4), word("four", 28.0, 29.0)]
+    kept, next_start = captions.split_at_tail(words, start_seconds=0.0, end_seconds=30.0)
+    assert [each.text for each in kept] == ["one", "two"]  # "three" ends in the tail: cut, maybe
+    assert next_start == pytest.approx(25.9)  # from the last kept word's end: "three" heard whole again
+    kept, next_start = captions.split_at_tail([word("long", 2.0, 29.5)], start_seconds=0.0, end_seconds=30.0)
+    assert kept == [] and next_start == captions.MIN_ADVANCE_SECONDS  # a window always moves on
+    kept, next_start = captions.split_at_tail([word("x", 1.0, 1.2)], start_seconds=0.0, end_seconds=30.0)
+    assert next_start == 30.0 - captions.WINDOW_TAIL_SECONDS  # silence after: from the tail on
+
+
+def test_a_long_recording_chains_its_windows_without_nesting(api, captions_on, tmp_path):
+    """The `immediate` backend runs a task inside the call that queues it; 23 windows in a row
+    (as an hour would have 150) must not nest 23 deep."""
+    captions_on.RECORDER_LIVE_BUILD = False  # every window after `ready`, one task queueing the next
+    import sys
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(250)  # above one window's depth; below 23 windows nested (fails without the loop)
+    try:
+        long_silence = speech_recording(
+            tmp_path, phrases=PHRASES[:1], lead_seconds=1.0, tail_seconds=600.0, name="long"
+        )
+        session_id = record(api, long_silence.recording)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert RecordingSession.objects.get(pk=session_id).captions_status == "ready"
 
 
 def test_a_recording_processed_again_gets_its_captions_again(api, captions_on, speech):

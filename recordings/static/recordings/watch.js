@@ -69,7 +69,7 @@ let captionsWaitMs = 500;
 const PARAGRAPH_PAUSE = 1.5;
 
 async function showCaptions(recording) {
-  if (recording.captions_status !== "ready") {
+  if (recording.captions_status !== "ready" || !recording.captions_url) {
     $("captions-status").textContent = CAPTIONS_STATES[recording.captions_status] ?? "";
     if (recording.captions_status === "pending") {
       setTimeout(async () => {
