@@ -275,6 +275,8 @@ class Transcription(models.Model):
     requested_at = models.DateTimeField(null=True, blank=True)
     windows = models.PositiveIntegerField(default=0)
     seconds = models.FloatField(default=0.0)  # wall-clock seconds of its windows (decode and model)
+    # Tasks that failed after `ready` (a storage or database outage): tried again until MAX_FAILURES.
+    failures = models.PositiveSmallIntegerField(default=0)
     # Its captions were stored (its segments then go): a recording processed again starts over.
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)

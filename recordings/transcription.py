@@ -38,6 +38,8 @@ logger = logging.getLogger("recordings.transcription")
 
 # A request whose task never ran (its process was killed) is asked again after this.
 REQUEST_STALE_SECONDS = 60
+# A ready recording's captions are `failed` after this many failed tasks (each tried a minute apart).
+MAX_FAILURES = 3
 LOW_PRIORITY_NICENESS = 19
 # The live MP3's frame grid (recordings/live_audio.py): frame j holds samples [1152 j, 1152 (j+1)).
 _LIVE_FRAME_SECONDS = 1152 / 48_000
@@ -145,10 +147,11 @@ def advance(session_id: uuid.UUID | str, *, enqueue_again: Callable[[str], None]
         _finish_failed(session, "captions_unavailable")
     except Exception:
         logger.exception("recording %s: transcription failed", session.id)
-        if is_final:
-            _finish_failed(session, "captions_failed")
-        else:
-            return session.captions_status  # the request stays: a live window is tried again in a minute at most
+        if not is_final or _failed_again(session) < MAX_FAILURES:
+            # the request stays: the recovery sweep asks again once it is stale (a live window: the
+            # next advance after a minute)
+            return session.captions_status
+        _finish_failed(session, "captions_failed")
     if outcome == _MORE:
         enqueue_again(str(session_id))
     elif outcome == _DONE:
@@ -384,6 +387,14 @@ def _write_transcript(out, transcription: Transcription, language: str) -> None:
     for number, word in enumerate(words_of(transcription)):
         out.write((" " if number else "") + json.dumps(word.text)[1:-1])
     out.write('"}\n')
+
+
+def _failed_again(session: RecordingSession) -> int:
+    """Count a failed task of a ready recording; how many there have been."""
+    with database_write_lock():
+        Transcription.objects.filter(session_id=session.pk).update(failures=F("failures") + 1)
+    failures = Transcription.objects.filter(session_id=session.pk).values_list("failures", flat=True).first()
+    return MAX_FAILURES if failures is None else failures
 
 
 def _finish_failed(session: RecordingSession, code: str) -> None:

@@ -327,3 +327,18 @@ def test_words_heard_while_recording_go_when_the_upload_expires(api, captions_on
     session = RecordingSession.objects.get(pk=started.session_id)
     assert (session.status, session.captions_status) == ("expired", "none")
     assert not TranscriptSegment.objects.filter(transcription__session_id=started.session_id).exists()
+
+
+def test_a_failing_transcription_is_tried_again_then_says_failed(api, captions_on, speech, media_root):
+    captions_on.RECORDER_CAPTIONS = False  # made ready without captions, then asked for them by hand
+    session_id = record(api, speech.recording)
+    session = RecordingSession.objects.get(pk=session_id)
+    (media_root / session.audio_name).unlink()  # the stored audio is gone (a storage outage, say)
+    (media_root / session.video_name).unlink()
+    RecordingSession.objects.filter(pk=session_id).update(captions_status="pending")
+    transcription.request_final(session_id)
+    queued = []
+    statuses = [transcription.advance(session_id, enqueue_again=queued.append) for _ in range(3)]
+    assert statuses == ["pending", "pending", "failed"] and queued == []
+    session = RecordingSession.objects.get(pk=session_id)
+    assert (session.captions_status, session.captions_error_code) == ("failed", "captions_failed")
