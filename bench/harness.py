@@ -334,14 +334,23 @@ def throwaway_postgres_database(server_url: str, *, prefix: str) -> Iterator[str
 
 @contextmanager
 def db_workers(
-    environment: dict, log_dir: Path, count: int, *, interval_seconds: float = 0.2, niceness: int = 0
+    environment: dict,
+    log_dir: Path,
+    count: int,
+    *,
+    interval_seconds: float = 0.2,
+    niceness: int = 0,
+    queue_names: str = "default",
 ) -> Iterator[list]:
-    """`count` processes of `manage.py db_worker`, logging to log_dir/worker-<n>.log; stopped with SIGTERM.
-    Each leads its own process group (cpu_seconds_of_group(worker.pid) counts it with its ffmpeg)."""
+    """`count` processes of `manage.py db_worker` taking `queue_names` (comma-separated), logging to
+    log_dir/worker-<n>.log (worker-<queues>-<n>.log for other queues than `default`); stopped with
+    SIGTERM. Each leads its own process group (cpu_seconds_of_group(worker.pid) counts it with its ffmpeg)."""
     processes = []
+    prefix = "worker" if queue_names == "default" else f"worker-{queue_names.replace(',', '-')}"
     for number in range(count):
-        log = open(log_dir / f"worker-{number}.log", "wb")  # noqa: SIM115 - closed below
+        log = open(log_dir / f"{prefix}-{number}.log", "wb")  # noqa: SIM115 - closed below
         command = [PYTHON, "manage.py", "db_worker", "--interval", str(interval_seconds), "--no-startup-delay"]
+        command += ["--queue-name", queue_names]
         if niceness:
             command = ["nice", "-n", str(niceness), *command]
         process = subprocess.Popen(

@@ -38,8 +38,7 @@ def process_recording_task(session_id: str) -> str:
 CAPTIONS_QUEUE = "captions"
 
 
-# Below processing and the live build (priority 0) where the backend orders by priority (database).
-@task(queue_name=CAPTIONS_QUEUE, priority=-10)
+@task(queue_name=CAPTIONS_QUEUE)
 def transcribe_task(session_id: str) -> str:
     """Transcribe the next window of the recording's audio (queueing the one after); its captions status."""
     return transcription.advance(session_id, enqueue_again=_enqueue_transcription)
@@ -56,21 +55,29 @@ def _enqueue_transcription(session_id: str) -> None:
         _immediate_windows.waiting = [session_id]
         try:
             while _immediate_windows.waiting:
-                transcribe_task.enqueue(_immediate_windows.waiting.pop(0))
+                _queue_transcription(_immediate_windows.waiting.pop(0))
         finally:
             _immediate_windows.waiting = None
         return
-    transcribe_task.enqueue(session_id)
+    _queue_transcription(session_id)
 
 
 _immediate_windows = threading.local()
+CAPTIONS_PRIORITY = -10  # below processing and the live build (0), where the backend orders by priority
+
+
+def _queue_transcription(session_id: str) -> None:
+    backend = transcribe_task.get_backend()
+    (transcribe_task.using(priority=CAPTIONS_PRIORITY) if backend.supports_priority else transcribe_task).enqueue(
+        session_id
+    )
 
 
 def enqueue_captions_if_pending(session: RecordingSession) -> None:
     """A recording that has just become ready: its captions are finished in their own task."""
     if session.status == Status.READY and session.captions_status == CaptionsStatus.PENDING:
         transcription.request_final(session.id)
-        transcribe_task.enqueue(str(session.id))
+        _queue_transcription(str(session.id))
 
 
 @task()
@@ -116,7 +123,7 @@ def advance_live_task(session_id: str) -> str:
     """Append the chunks stored since the last time to the recording's live build (recordings/live.py)."""
     live.advance_while_requested(session_id, schedule_again=schedule_live_advance)
     if transcription.wants_live_window(session_id):  # a window of new audio: captions while it records
-        transcribe_task.enqueue(session_id)
+        _queue_transcription(session_id)
     return runs.current_status(session_id) or "gone"
 
 
@@ -223,7 +230,7 @@ def recover_lost_captions() -> None:
     for session_id in transcription.stale_requests():
         logger.warning("recording %s: its captions task was lost; queued again", session_id)
         transcription.request_final(session_id)
-        transcribe_task.enqueue(str(session_id))
+        _queue_transcription(str(session_id))
 
 
 def _settle_overdue_and_recover_captions() -> None:

@@ -139,3 +139,43 @@ def test_a_finalize_without_a_count_is_settled_by_a_worker_and_a_late_chunk_gets
     assert finished["status"] == "ready", finished["error"]
     assert (finished["expected_chunks"], finished["source_sha256"]) == (8, recording.joined_sha256)
     assert "recordings.tasks.settle_finalize_task state=SUCCESSFUL" in (worker_dir / "worker-0.log").read_text()
+
+
+def test_captions_are_taken_by_a_worker_pool_of_their_own(postgres_url, tmp_path):
+    """`make worker QUEUE=default` processes, `make worker QUEUE=captions` transcribes: until a
+    captions worker runs, a ready recording's captions wait; then that worker alone makes them."""
+    from recordings import captions
+    from tests.conftest import skip_or_fail
+    from tests.speech import speech_recording
+
+    if not captions.is_installed():
+        skip_or_fail("the captions extra is not installed (make captions)")
+    speech = speech_recording(tmp_path / "speech")
+    shared = {
+        "DATABASE_URL": postgres_url,
+        "MEDIA_ROOT": str(tmp_path / "media"),
+        "RECORDER_TASKS_BACKEND": "database",
+        "RECORDER_CAPTIONS": "1",
+    }
+    worker_dir = tmp_path / "workers"
+    worker_dir.mkdir()
+    worker_env = {**service_environment(worker_dir), **shared}
+    with ExitStack() as stack:
+        web = stack.enter_context(gunicorn(tmp_path / "web", extra_env=shared))
+        stack.enter_context(db_workers(worker_env, worker_dir, count=1, queue_names="default"))
+        session_id, _ = upload_recording([web.base_url], speech.recording.chunks)
+        body = wait_until_finished(web.base_url, session_id)
+        assert body["status"] == "ready", body["error"]
+        time.sleep(3)  # a captions task would have run by now, had anything taken its queue
+        assert call("GET", f"{web.base_url}/api/get-recorded-data/{session_id}/")[1]["captions_status"] == "pending"
+        stack.enter_context(db_workers(worker_env, worker_dir, count=1, queue_names="captions"))
+        deadline = time.monotonic() + 120
+        while (body := call("GET", f"{web.base_url}/api/get-recorded-data/{session_id}/")[1])[
+            "captions_status"
+        ] == "pending":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    assert body["captions_status"] == "ready" and body["captions_url"]
+    captions_log = (worker_dir / "worker-captions-0.log").read_text()
+    assert "recordings.tasks.transcribe_task state=SUCCESSFUL" in captions_log
+    assert "transcribe_task" not in (worker_dir / "worker-0.log").read_text()
