@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bench.finalize import finalize_until_ready
 from bench.harness import (
     Http,
     cpu_seconds_of_group,
@@ -81,21 +82,10 @@ def upload(http: Http, chunk_paths: list[Path], server_pid: int, *, paced_last: 
 def stop_and_wait(http: Http, session_id: str, token: str, total_chunks: int, *, captions: bool) -> dict:
     """Finalize; the seconds until `ready` and (the service) until the captions are ready."""
     began = time.perf_counter()
-    http.json(
-        "POST",
-        "/api/finalize-recording/",
-        {"session_id": session_id, "is_final": True, "total_chunks": total_chunks},
-        {"Authorization": f"Bearer {token}"},
-    )
-    ready_seconds = None
-    while True:
-        body = http.json("GET", f"/api/get-recorded-data/{session_id}/")
-        if ready_seconds is None and body["status"] in ("ready", "failed"):
-            ready_seconds = time.perf_counter() - began
-            assert body["status"] == "ready", body["error"]
-        if ready_seconds is not None and (not captions or body["captions_status"] != "pending"):
-            break
+    ready_seconds, body = finalize_until_ready(http, session_id, token, total_chunks)
+    while captions and body["captions_status"] == "pending":
         time.sleep(0.05)
+        body = http.json("GET", f"/api/get-recorded-data/{session_id}/")
     return {
         "stop_to_ready_seconds": round(ready_seconds, 3),
         "stop_to_captions_seconds": round(time.perf_counter() - began, 3) if captions else None,
@@ -134,14 +124,7 @@ def uploads_while_processing(http: Http, server, load_chunks, speech: list[Path]
     windows had no time to run while it was uploaded) is what the uploads compete with."""
     session_id, token = upload(http, speech, server.pid, paced_last=0)
     began = time.perf_counter()
-    http.json(
-        "POST",
-        "/api/finalize-recording/",
-        {"session_id": session_id, "is_final": True, "total_chunks": len(speech)},
-        {"Authorization": f"Bearer {token}"},
-    )
-    while http.json("GET", f"/api/get-recorded-data/{session_id}/")["status"] != "ready":
-        time.sleep(0.05)
+    finalize_until_ready(http, session_id, token, len(speech))
     target = Target(server.base_url, is_service=True)
     cpu_before = cpu_seconds_of_group(server.pid)
     run = run_load(target, recorders=recorders, chunks=load_chunks, seconds=seconds, paced=True)

@@ -53,6 +53,11 @@ def decoded_samples(build_state: dict) -> int:
     return max(0, build_state.get("audio_samples", 0) - build_state["audio"]["preskip"])
 
 
+def encoded_seconds(audio_state: dict) -> float:
+    """Seconds of the recording's audio in the MP3 so far (its frames are on the recording's grid)."""
+    return audio_state["next_frame"] * FRAME_SAMPLES / SAMPLE_RATE
+
+
 def next_piece(build_state: dict, audio_state: dict, *, final: bool) -> Piece | None:
     """The next piece to encode: a whole one once enough audio has arrived, or at the end the rest."""
     if build_state.get("audio_first_time") is None:

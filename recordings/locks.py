@@ -29,11 +29,19 @@ def _sqlite_lock_path() -> str | None:
 
 @contextmanager
 def _flock(path: str) -> Iterator[None]:
-    with _process_lock:
+    with file_lock(path, thread_lock=_process_lock):
+        yield
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike, *, thread_lock: threading.Lock) -> Iterator[int]:
+    """An exclusive flock on `path` (created if need be) across processes; `thread_lock` queues this
+    process's threads first (a flock is per open file). Yields the file's descriptor."""
+    with thread_lock:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            yield fd
         finally:
             os.close(fd)  # closing releases the flock
 

@@ -9,7 +9,6 @@ recording may cost by RECORDER_CAPTIONS_MAX_SECONDS. docs/captions.md.
 """
 
 import datetime
-import fcntl
 import json
 import logging
 import os
@@ -30,8 +29,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from . import captions, files, utils
-from .locks import database_write_lock
+from . import captions, files, live_audio, utils
+from .locks import database_write_lock, file_lock
 from .models import CaptionsStatus, LiveBuild, RecordingSession, Status, Transcription, TranscriptSegment
 
 logger = logging.getLogger("recordings.transcription")
@@ -41,8 +40,6 @@ REQUEST_STALE_SECONDS = 60
 # A ready recording's captions are `failed` after this many failed tasks (each tried a minute apart).
 MAX_FAILURES = 3
 LOW_PRIORITY_NICENESS = 19
-# The live MP3's frame grid (recordings/live_audio.py): frame j holds samples [1152 j, 1152 (j+1)).
-_LIVE_FRAME_SECONDS = 1152 / 48_000
 DECODE_LIMITS = utils.Limits(timeout_seconds=120, memory_bytes=512 * 1024 * 1024, output_bytes=8 * 1024 * 1024)
 
 
@@ -69,8 +66,6 @@ def initial_status(has_audio: bool | None) -> str:
 def wants_live_window(session_id: uuid.UUID | str) -> bool:
     """After a live build's advance: whether a whole window of new audio is there to transcribe and
     no request is pending; if so the request is recorded here (the caller queues the task)."""
-    if captions.WINDOW_SECONDS <= 0:
-        return False
     row = (
         RecordingSession.objects.filter(pk=session_id, status=Status.RECORDING, captions_status=CaptionsStatus.PENDING)
         .values_list("live__state", flat=True)
@@ -79,7 +74,7 @@ def wants_live_window(session_id: uuid.UUID | str) -> bool:
     audio_state = (row or {}).get("audio_mp3") if isinstance(row, dict) else None
     if not audio_state:
         return False
-    available_seconds = min(audio_state["next_frame"] * _LIVE_FRAME_SECONDS, settings.RECORDER_CAPTIONS_MAX_SECONDS)
+    available_seconds = min(live_audio.encoded_seconds(audio_state), settings.RECORDER_CAPTIONS_MAX_SECONDS)
     done_seconds = (
         Transcription.objects.filter(pk=uuid.UUID(str(session_id))).values_list("next_seconds", flat=True).first()
     )
@@ -105,7 +100,7 @@ def _mark_requested(session_id: uuid.UUID | str) -> bool:
             return False  # it exists, with a fresh request
 
 
-def request_final(session_id: uuid.UUID | str) -> bool:
+def request_final(session_id: uuid.UUID | str) -> None:
     """For a recording that has just become ready with captions pending: the rest is wanted, whatever
     request is pending (an equal task queued twice finds nothing left to do). A transcription that
     was finished before (the recording was processed again) starts over."""
@@ -117,7 +112,6 @@ def request_final(session_id: uuid.UUID | str) -> bool:
                     Transcription.objects.create(session_id=session_id, requested_at=timezone.now())
             except IntegrityError:
                 pass
-    return True
 
 
 # --- The task ------------------------------------------------------------------------------------
@@ -178,7 +172,7 @@ def _audio_of(session: RecordingSession) -> Iterator[_Audio | None]:
     if session.status != Status.RECORDING or not audio_state:
         yield None
         return
-    available_seconds = audio_state["next_frame"] * _LIVE_FRAME_SECONDS
+    available_seconds = live_audio.encoded_seconds(audio_state)
     path = files.live_build_dir(session) / "audio.mp3"
     if not path.is_file():  # a worker without RECORDER_LIVE_DIR: all of it after `ready`, from storage
         yield None
@@ -299,15 +293,9 @@ def _one_per_machine() -> Iterator[None]:
     """One window at a time on this machine: a lock file in RECORDER_TEMP_DIR (touched at every use,
     so the clean-up of stale temporary files never takes it from under a waiting process)."""
     settings.RECORDER_TEMP_DIR.mkdir(parents=True, exist_ok=True)
-    path = settings.RECORDER_TEMP_DIR / "captions.lock"
-    with _machine_lock:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            os.utime(fd)
-            yield
-        finally:
-            os.close(fd)
+    with file_lock(settings.RECORDER_TEMP_DIR / "captions.lock", thread_lock=_machine_lock) as fd:
+        os.utime(fd)
+        yield
 
 
 def _clear_request(session_id: uuid.UUID | str) -> None:
