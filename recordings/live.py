@@ -1,11 +1,12 @@
-"""The live build: a WebM recording's seekable video, made while its chunks arrive.
+"""The live build: a WebM recording's seekable video (Matroska for H.264), made while its chunks arrive.
 
 Each stored chunk asks for the build to advance (services, under the recording's row lock, at most
 one pending request per recording); a background task reads the chunks stored in a row from where
 the build stands and appends them (recordings/live_webm.py). At Stop the processing run finishes
-the build instead of remuxing the whole recording. Where the build stands is in the database
-(LiveBuild) and its files in RECORDER_LIVE_DIR, so any process can go on with it; one at a time,
-under a lease. Anything the live path does not handle, or any doubt (a file shorter than its
+the build instead of joining and remuxing the whole recording (H.264's build is then copied into
+MP4, as the full pipeline serves it: a stream copy, recordings/processing.py). Where the build
+stands is in the database (LiveBuild) and its files in RECORDER_LIVE_DIR, so any process can go
+on with it; one at a time, under a lease. Anything the live path does not handle, or any doubt (a file shorter than its
 state, another first chunk), and the processing run takes the full pipeline, the reference.
 """
 
@@ -46,7 +47,7 @@ CHUNKS_PER_STEP = 500
 
 @dataclass(frozen=True)
 class _BuildFiles:
-    """A build's files: the growing WebM, its Cluster and cue index, the MP3 so far."""
+    """A build's files: the growing WebM (Matroska for H.264), its Cluster and cue index, the MP3 so far."""
 
     video: Path
     index: Path
@@ -63,6 +64,7 @@ class LiveOutputs:
     """What a finished build gives the processing run: the video, and the MP3 when it has audio."""
 
     video_path: Path
+    container: str  # the video's DocType: "webm", or "matroska" (H.264, served as MP4)
     video_bytes: int
     duration_seconds: float
     audio_path: Path | None
@@ -168,6 +170,7 @@ def finish(session: RecordingSession) -> LiveOutputs | None:
         has_audio = state.get("audio_first_time") is not None
         return LiveOutputs(
             video_path=paths.video,
+            container=live_webm.output_doc_type(state),
             video_bytes=finished.size,
             duration_seconds=finished.duration_seconds,
             audio_path=paths.audio if has_audio else None,

@@ -1,4 +1,5 @@
-"""Builds a seekable WebM from a browser's live WebM while its chunks arrive, element by element.
+"""Builds a seekable WebM from a browser's live WebM while its chunks arrive, element by element
+(or a seekable Matroska from Chrome's H.264 in Matroska, which the processing run copies into MP4).
 
 MediaRecorder's WebM is written for streaming: the Segment and every Cluster have an unknown size,
 and there is no Duration and no Cues, so a browser cannot seek it. Remuxing it with ffmpeg after
@@ -8,11 +9,14 @@ each Cluster's size is written when the next one starts, and `finish` writes wha
 knows into space reserved at the front: Cues (so a browser seeks without fetching the tail),
 Duration and the Segment's size. Its cost after the last chunk does not grow with the length.
 
-What it does not handle raises NotLive, and the recording goes through the full pipeline
-(recordings/processing.py), which is the reference: H.264 or PCM in Matroska (served as MP4),
-encoded tracks, a restarted recorder's second header, timestamps that go backwards, more than one
-video or audio track. The state between calls is a small JSON-safe dict plus two files (the
-output and its cue list); the caller keeps them, so any process can continue the work.
+H.264 (V_MPEG4/ISO/AVC) is copied the same way (keyframes are the blocks' flag, CodecPrivate is
+copied as it came); WebM does not allow it, so the output's DocType is then "matroska", else
+"webm". What it does not handle raises NotLive, and the recording goes through the full pipeline
+(recordings/processing.py), which is the reference: PCM in Matroska, H.264 with Vorbis (MP4 does
+not hold Vorbis), encoded tracks, a restarted recorder's second header, timestamps that go
+backwards (H.264's B-frames among them), more than one video or audio track. The state between
+calls is a small JSON-safe dict plus two files (the output and its cue list); the caller keeps
+them, so any process can continue the work.
 
 Spec: https://www.matroska.org/technical/elements.html (and RFC 8794 for EBML).
 """
@@ -55,7 +59,9 @@ TAGS = 0x1254C367
 _LEVEL_1 = frozenset({SEEK_HEAD, INFO, TRACKS, CUES, CLUSTER, TAGS, 0x1043A770, 0x1941A469})
 # Elements kept from the source's Info; ffmpeg's remux keeps these too (and writes its own Duration).
 _INFO_KEPT = frozenset({TIMECODE_SCALE, 0x4D80, 0x5741, 0x7BA9})  # TimecodeScale, MuxingApp, WritingApp, Title
-_LIVE_CODECS = {"V_VP8": "vp8", "V_VP9": "vp9", "A_OPUS": "opus", "A_VORBIS": "vorbis"}
+_LIVE_CODECS = {"V_VP8": "vp8", "V_VP9": "vp9", "V_MPEG4/ISO/AVC": "h264", "A_OPUS": "opus", "A_VORBIS": "vorbis"}
+# Video the WebM DocType does not allow: the output says "matroska" (and is served as MP4).
+_MATROSKA_VIDEO = frozenset({"h264"})
 _VIDEO, _AUDIO = 1, 2
 
 # What a hostile stream can make one call hold in memory: the largest element it reads whole
@@ -232,16 +238,25 @@ def _void(total_bytes: int) -> bytes:
     return _element(VOID, bytes(total_bytes - 9), size_width=8)
 
 
-_EBML_HEADER = _element(
-    EBML_HEADER,
-    _uint(0x4286, 1)  # EBMLVersion
-    + _uint(0x42F7, 1)  # EBMLReadVersion
-    + _uint(0x42F2, 4)  # EBMLMaxIDLength
-    + _uint(0x42F3, 8)  # EBMLMaxSizeLength
-    + _element(0x4282, b"webm")  # DocType
-    + _uint(0x4287, 4)  # DocTypeVersion
-    + _uint(0x4285, 2),  # DocTypeReadVersion
-)
+def _ebml_header(doc_type: bytes) -> bytes:
+    return _element(
+        EBML_HEADER,
+        _uint(0x4286, 1)  # EBMLVersion
+        + _uint(0x42F7, 1)  # EBMLReadVersion
+        + _uint(0x42F2, 4)  # EBMLMaxIDLength
+        + _uint(0x42F3, 8)  # EBMLMaxSizeLength
+        + _element(0x4282, doc_type)  # DocType
+        + _uint(0x4287, 4)  # DocTypeVersion
+        + _uint(0x4285, 2),  # DocTypeReadVersion
+    )
+
+
+def output_doc_type(state: dict) -> str:
+    """The output's DocType: "webm", or "matroska" for video WebM does not allow (H.264)."""
+    video = state.get("video")
+    return "matroska" if video is not None and video["codec"] in _MATROSKA_VIDEO else "webm"
+
+
 _SEEK_ENTRY_BYTES = 2 + 1 + (2 + 1 + 4) + (2 + 1 + 8)  # Seek(SeekID, SeekPosition with 8 bytes)
 
 
@@ -344,9 +359,10 @@ def _read_header(state: dict, source: ChunkStream, output: BinaryIO) -> None:
     cues_position = tracks_position + len(tracks_element)
     seek_head = _seek_head({INFO: info_position, TRACKS: tracks_position, CUES: cues_position})
     assert len(seek_head) == seek_head_bytes
-    segment_data_start = len(_EBML_HEADER) + 4 + 8
+    ebml_header = _ebml_header(output_doc_type(state).encode("ascii"))
+    segment_data_start = len(ebml_header) + 4 + 8
     header = (
-        _EBML_HEADER
+        ebml_header
         + _id_bytes(SEGMENT)
         + _SEGMENT_SIZE_UNKNOWN
         + seek_head
@@ -402,8 +418,11 @@ def _tracks_state(entries: list[tuple[int, bytes]]) -> dict:
             raise NotLive("a track with a ContentEncoding")
         number = int.from_bytes(fields.get(TRACK_NUMBER, b""), "big")
         kind = int.from_bytes(fields.get(TRACK_TYPE, b""), "big")
-        codec = _LIVE_CODECS.get(fields.get(CODEC_ID, b"").decode("ascii", "replace"))
-        if codec is None or kind not in (_VIDEO, _AUDIO) or not 0 < number < 128:
+        codec_id = fields.get(CODEC_ID, b"").decode("ascii", "replace")
+        codec = _LIVE_CODECS.get(codec_id)
+        # a codec of the other kind (a "video" track of Opus) would be taken for what it is not
+        kind_fits = kind in (_VIDEO, _AUDIO) and (kind == _VIDEO) == codec_id.startswith("V_")
+        if codec is None or not kind_fits or not 0 < number < 128:
             raise NotLive(f"track {number}: codec {fields.get(CODEC_ID, b'')[:32]!r} of type {kind}")
         if kind == _VIDEO:
             if video is not None:
@@ -418,6 +437,9 @@ def _tracks_state(entries: list[tuple[int, bytes]]) -> dict:
             audio = {"number": number, "codec": codec, "preskip": preskip}
     if video is None and audio is None:
         raise NotLive("no video or audio track")
+    if video is not None and video["codec"] in _MATROSKA_VIDEO and audio is not None and audio["codec"] != "opus":
+        # served as MP4, which holds Opus but not Vorbis: the full pipeline re-encodes that audio
+        raise NotLive(f"{video['codec']} video with {audio['codec']} audio")
     return {"video": video, "audio": audio}
 
 

@@ -54,31 +54,51 @@ def build_outputs(session: RecordingSession, timer: StepTimer, *, use_live_build
 
 def _outputs_of_live_build(session: RecordingSession, built: live.LiveOutputs, timer: StepTimer) -> dict:
     """Check, probe and store what the live build made, and make the thumbnail: the same checks and
-    limits as the full pipeline's, on the same packets. The SHA-256 of the chunks comes after `ready`."""
+    limits as the full pipeline's, on the same packets. The SHA-256 of the chunks comes after `ready`.
+
+    The build is served as the full pipeline would serve the recording (`utils.plan_remux`): a WebM
+    as it is; H.264, which the build writes in Matroska, copied into MP4 (`+faststart`) first, the
+    full pipeline's remux of the same packets, so Stop costs that stream copy and no more."""
     source_bytes = session.received_bytes
+    container = built.container  # "webm", or "matroska" for H.264
     with timer.step("probe"):
-        info = utils.probe(built.video_path, container="webm", limits=costs.probe_limits(source_bytes))
-    costs.check_probed("webm", info, utils.plan_remux("webm", info), source_bytes)
-    costs.check_output_size(built.video_bytes, costs.video_limits(source_bytes))
-    if not info.duration_seconds:
-        raise utils.MediaError("media_undecodable", "The recording has no measurable duration.")
-    costs.check_duration(info.duration_seconds)
-    outputs = {"video": (built.video_path, f"{'video' if info.has_video else 'audio'}/webm")}
-    if built.audio_path is not None:
-        costs.check_output_size(built.audio_path.stat().st_size, costs.audio_limits("mp3", source_bytes))
-        outputs["audio"] = (built.audio_path, utils.AUDIO_FORMATS["mp3"].content_type)
+        built_info = utils.probe(built.video_path, container=container, limits=costs.probe_limits(source_bytes))
+    plan = utils.plan_remux(container, built_info)
+    costs.check_probed(container, built_info, plan, source_bytes)
+    video_limits = costs.video_limits(source_bytes)
+    costs.check_output_size(built.video_bytes, video_limits)
     with tempfile.TemporaryDirectory(dir=settings.RECORDER_TEMP_DIR, prefix=files.work_dir_prefix(session)) as work:
+        work_dir = Path(work)
+        timestamps_out_of_order = 0
+        if plan.output.extension == container and plan.copies_everything:
+            video_path, video_container, info = built.video_path, container, built_info
+        else:
+            video_path, video_container = work_dir / f"video.{plan.output.extension}", plan.output.extension
+            with timer.step("remux"):
+                report = utils.remux(built.video_path, video_path, plan, container=container, limits=video_limits)
+                info = utils.probe(video_path, container=video_container, limits=video_limits)
+            timestamps_out_of_order = report.timestamps_out_of_order
+        if not info.duration_seconds:
+            raise utils.MediaError("media_undecodable", "The recording has no measurable duration.")
+        costs.check_duration(info.duration_seconds)
+        outputs = {"video": (video_path, plan.output.content_type)}
+        if built.audio_path is not None:
+            costs.check_output_size(built.audio_path.stat().st_size, costs.audio_limits("mp3", source_bytes))
+            outputs["audio"] = (built.audio_path, utils.AUDIO_FORMATS["mp3"].content_type)
         if info.has_video:
-            outputs["thumbnail"] = _thumbnail(built.video_path, "webm", info, source_bytes, Path(work), timer)
+            outputs["thumbnail"] = _thumbnail(video_path, video_container, info, source_bytes, work_dir, timer)
         with timer.step("store"):
             stored = files.store_outputs(session, outputs)
     return {
-        "container": session.container or "webm",
+        "container": session.container or container,
         "source_bytes": source_bytes,
         "source_sha256": "",
         **_metadata(info),
         "warnings": _warnings(
-            segments=1, segments_left_out=0, timestamps_out_of_order=0, audio_decode_errors=built.audio_decode_errors
+            segments=1,
+            segments_left_out=0,
+            timestamps_out_of_order=timestamps_out_of_order,
+            audio_decode_errors=built.audio_decode_errors,
         ),
         **stored,
     }

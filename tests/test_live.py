@@ -2,8 +2,11 @@
 
 Its output is compared with the full pipeline's, which stays the reference: the same packets
 (ffmpeg's framemd5: timestamps, durations, sizes, hashes), the same Duration, Cues at the front.
+H.264 is built in Matroska and served, as the full pipeline serves it, copied into MP4: the MP4s
+of both paths are compared.
 """
 
+import io
 import random
 import re
 import struct
@@ -17,13 +20,21 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from recordings import live, live_audio, live_webm, services, utils
+from recordings.chunks import sniff_container
 from recordings.models import LiveBuild, RecordingSession
-from tests.conftest import generate_recording, load_chrome_set, output_path, split_bytes
+from tests.conftest import (
+    decode_errors,
+    generate_media,
+    generate_recording,
+    load_chrome_set,
+    output_path,
+    split_bytes,
+)
 from tests.recorder_client import finalize, post_chunk, start, upload_all
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-LIVE_SETS = ["vp8_opus", "vp8_opus_60s", "vp9_opus", "video_only_vp8", "audio_opus_webm"]
+LIVE_SETS = ["vp8_opus", "vp8_opus_60s", "vp9_opus", "video_only_vp8", "audio_opus_webm", "h264_opus_webm"]
 
 
 def build_offline(chunks: list[bytes], directory: Path, *, advance_every: int = 1) -> tuple[Path, live_webm.Finished]:
@@ -71,12 +82,29 @@ def framemd5(path: Path) -> list[str]:
 
 
 def ffmpeg_remux(chunks: list[bytes], directory: Path) -> Path:
-    source = directory / "source.webm"
+    """The full pipeline's video of one stream: its remux as `utils.plan_remux` says (WebM, or MP4
+    for H.264)."""
+    container = sniff_container(chunks[0][:64])
+    source = directory / f"source.{container}"
     source.write_bytes(b"".join(chunks))
-    info = utils.probe(source, container="webm")
-    remuxed = directory / "remuxed.webm"
-    utils.remux(source, remuxed, utils.plan_remux("webm", info), container="webm", limits=utils.Limits())
+    info = utils.probe(source, container=container)
+    plan = utils.plan_remux(container, info)
+    remuxed = directory / f"remuxed.{plan.output.extension}"
+    utils.remux(source, remuxed, plan, container=container, limits=utils.Limits())
     return remuxed
+
+
+def served_video(built: Path, directory: Path) -> Path:
+    """What the processing run serves of a built video, as processing._outputs_of_live_build does:
+    a WebM as it is, H.264 (in Matroska) copied into MP4."""
+    container = sniff_container(built.read_bytes()[:64])
+    info = utils.probe(built, container=container)
+    plan = utils.plan_remux(container, info)
+    if plan.output.extension == container:
+        return built
+    served = directory / f"served.{plan.output.extension}"
+    utils.remux(built, served, plan, container=container, limits=utils.Limits())
+    return served
 
 
 def segment_layout(path: Path) -> dict[str, int]:
@@ -101,9 +129,14 @@ def segment_layout(path: Path) -> dict[str, int]:
 def test_the_live_video_has_the_remuxs_packets_duration_and_cues_at_the_front(name, tmp_path):
     recording = load_chrome_set(name)
     live_video, finished = build_offline(recording.chunks, tmp_path / "live")
+    # the source's DocType: webm, or matroska for H.264 (which WebM does not allow)
+    assert sniff_container(live_video.read_bytes()[:64]) == sniff_container(recording.chunks[0][:64])
     remuxed = ffmpeg_remux(recording.chunks, tmp_path)
-    assert framemd5(live_video) == framemd5(remuxed)  # every packet: stream, pts, dts, duration, size, md5
-    live_info, remuxed_info = utils.probe(live_video, container="webm"), utils.probe(remuxed, container="webm")
+    served = served_video(live_video, tmp_path)
+    assert served.suffix == remuxed.suffix == (".mp4" if name.startswith("h264") else ".webm")
+    assert framemd5(served) == framemd5(remuxed)  # every packet: stream, pts, dts, duration, size, md5
+    container = remuxed.suffix[1:]
+    live_info, remuxed_info = utils.probe(served, container=container), utils.probe(remuxed, container=container)
     assert live_info.duration_seconds == remuxed_info.duration_seconds
     assert round(finished.duration_seconds, 3) == round(_declared_duration(remuxed), 3)
     assert live_info.stream_layout == remuxed_info.stream_layout
@@ -111,15 +144,82 @@ def test_the_live_video_has_the_remuxs_packets_duration_and_cues_at_the_front(na
     assert layout["cues"] < layout["first_cluster"]  # a browser reads them without fetching the tail
     assert live_video.read_bytes()[layout["cues"] : layout["cues"] + 4] == b"\x1c\x53\xbb\x6b"
     assert finished.size == live_video.stat().st_size
+    if container == "mp4":  # +faststart: the index before the packets
+        assert served.read_bytes().index(b"moov") < served.read_bytes().index(b"mdat")
 
 
 def _declared_duration(path: Path) -> float:
-    """The Duration element's value in seconds (TimecodeScale 1 ms in every file here)."""
+    """The Duration element's value in seconds (TimecodeScale 1 ms in every file here), or an MP4's
+    movie duration (its mvhd box)."""
     data = path.read_bytes()
+    if path.suffix == ".mp4":
+        at = data.index(b"mvhd") + 4
+        assert data[at] == 0  # version 0: 32-bit times
+        timescale, duration = struct.unpack(">II", data[at + 12 : at + 20])
+        return duration / timescale
     at = data.index(b"\x44\x89")
     size = data[at + 2] & 0x7F
     value = data[at + 3 : at + 3 + size]
     return (struct.unpack(">d", value)[0] if size == 8 else struct.unpack(">f", value)[0]) / 1000
+
+
+def track_codecs(data: bytes) -> dict[bytes, bytes | None]:
+    """Each track's CodecID and CodecPrivate, read from the file's Tracks element."""
+    at = data.index(b"\x16\x54\xae\x6b")
+    while data[at - 3 : at] == b"\x53\xab\x84":  # a SeekHead's SeekID, not the element
+        at = data.index(b"\x16\x54\xae\x6b", at + 1)
+    stream = live_webm.ChunkStream([io.BytesIO(data[at:])], 0)
+    _, size, _ = live_webm._element_header(stream)
+    entries = [dict(live_webm._children(entry)) for _, entry in live_webm._track_entries(stream.read(size))]
+    return {fields[live_webm.CODEC_ID]: fields.get(live_webm.CODEC_PRIVATE) for fields in entries}
+
+
+def test_h264_is_built_in_matroska_with_its_avcc_as_it_came(tmp_path, generated_dir):
+    """WebM does not allow H.264: the output's DocType says matroska, and each track's CodecPrivate
+    is the source's, byte for byte: ffmpeg's avcC (profile, level, SPS, PPS), or none at all as
+    Chrome writes it (its SPS and PPS come in band, in the first keyframe). A VP8 recording's
+    output stays webm."""
+    for name, chunks in [
+        ("chrome", load_chrome_set("h264_opus_webm").chunks),
+        ("ffmpeg", generate_recording("h264_opus_matroska", generated_dir).chunks),
+    ]:
+        source = b"".join(chunks)
+        live_video, _ = build_offline(chunks, tmp_path / name)
+        built = live_video.read_bytes()
+        assert built.startswith(b"\x1a\x45\xdf\xa3") and b"\x42\x82\x88matroska" in built[:64]
+        codecs = track_codecs(built)
+        assert codecs == track_codecs(source) and set(codecs) == {b"V_MPEG4/ISO/AVC", b"A_OPUS"}
+        avcc = codecs[b"V_MPEG4/ISO/AVC"]
+        if name == "chrome":
+            assert avcc is None
+        else:
+            assert avcc[0] == 1 and len(avcc) > 10  # configurationVersion 1, then the parameter sets
+    vp8_video, _ = build_offline(load_chrome_set("vp8_opus").chunks, tmp_path / "vp8")
+    assert b"\x42\x82\x84webm" in vp8_video.read_bytes()[:64]
+
+
+def _track(number: int, kind: int, codec_id: bytes) -> tuple[int, bytes]:
+    return kind, (
+        live_webm._uint(live_webm.TRACK_NUMBER, number)
+        + live_webm._uint(live_webm.TRACK_TYPE, kind)
+        + live_webm._element(live_webm.CODEC_ID, codec_id)
+    )
+
+
+@pytest.mark.parametrize(
+    ("tracks", "reason"),
+    [
+        # MP4 holds Opus, not Vorbis: the full pipeline re-encodes that audio
+        ([_track(1, 1, b"V_MPEG4/ISO/AVC"), _track(2, 2, b"A_VORBIS")], "h264 video with vorbis audio"),
+        # a codec in a track of the other kind: its DocType and its audio would be decided wrongly
+        ([_track(1, 2, b"V_MPEG4/ISO/AVC")], "codec b'V_MPEG4/ISO/AVC' of type 2"),
+        ([_track(1, 1, b"A_OPUS")], "codec b'A_OPUS' of type 1"),
+        ([_track(1, 1, b"V_MPEGH/ISO/HEVC")], "codec"),
+    ],
+)
+def test_tracks_the_live_path_does_not_build(tracks, reason):
+    with pytest.raises(live_webm.NotLive, match=re.escape(reason)):
+        live_webm._tracks_state(tracks)
 
 
 def test_thirty_frames_a_second_get_the_remuxs_frame_rate_and_duration(tmp_path):
@@ -251,22 +351,49 @@ def test_the_build_advances_over_the_chunks_in_a_row_only(api, media_root):
     assert not video.parent.exists() and build_of(started.session_id) is None
 
 
-@pytest.mark.parametrize("name", ["vp8_opus", "audio_opus_webm"])
-def test_a_full_pipeline_rerun_gives_the_same_packets(api, media_root, settings, tmp_path, name):
+# ffmpeg's H.264 without audio, as a camera-only recording in Matroska
+H264_VIDEO_ONLY_ARGS = [
+    *("-an", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"),
+    *("-f", "matroska", "-live", "1"),
+]
+
+
+def h264_video_only(generated_dir: Path) -> list[bytes]:
+    path = generated_dir / "h264_video_only.mkv"
+    if not path.exists():
+        generate_media(path, seconds=4, output_args=H264_VIDEO_ONLY_ARGS)
+    return split_bytes(path.read_bytes(), 5)
+
+
+@pytest.mark.parametrize("name", ["vp8_opus", "audio_opus_webm", "h264_opus_webm", "h264_video_only"])
+def test_a_full_pipeline_rerun_gives_the_same_packets(api, media_root, settings, tmp_path, generated_dir, name):
+    """The live path's outputs are the full pipeline's: the same video container and content type
+    (MP4 for H.264), the same packets, duration and metadata."""
     settings.RECORDER_KEEP_CHUNKS = True
-    recording = load_chrome_set(name)
+    chunks = h264_video_only(generated_dir) if name == "h264_video_only" else load_chrome_set(name).chunks
     started = start(api)
-    upload_all(api, started, recording.chunks)
-    body = finalize(api, started, total_chunks=len(recording.chunks)).json()
+    upload_all(api, started, chunks)
+    body = finalize(api, started, total_chunks=len(chunks)).json()
     assert body["status"] == "ready"
     session = RecordingSession.objects.get(pk=started.session_id)
-    assert "live_finish" in session.processing_steps
-    live_video = tmp_path / "live.webm"
-    live_video.write_bytes(output_path(media_root, started.session_id, "video.webm").read_bytes())
+    assert "live_finish" in session.processing_steps and "join" not in session.processing_steps
+    # H.264 costs a stream copy of the built Matroska into MP4 at Stop; a WebM is served as built
+    assert ("remux" in session.processing_steps) is name.startswith("h264")
+    video_name = Path(session.video_name).name
+    assert video_name == ("video.mp4" if name.startswith("h264") else "video.webm")
+    live_video = tmp_path / f"live{Path(video_name).suffix}"
+    live_video.write_bytes(output_path(media_root, started.session_id, video_name).read_bytes())
     rerun = services.reprocess_recording(session_id=started.session_id)  # no build: the full pipeline
-    assert rerun.status == "ready" and "remux" in rerun.processing_steps
-    assert framemd5(live_video) == framemd5(output_path(media_root, started.session_id, "video.webm"))
+    assert rerun.status == "ready" and "join" in rerun.processing_steps and "live_finish" not in rerun.processing_steps
+    assert (rerun.video_name, rerun.video_content_type) == (session.video_name, session.video_content_type)
+    assert (rerun.audio_content_type, rerun.container, rerun.warnings) == (
+        session.audio_content_type,
+        session.container,
+        session.warnings,
+    )
+    assert framemd5(live_video) == framemd5(output_path(media_root, started.session_id, video_name))
     assert rerun.duration_seconds == session.duration_seconds
+    assert rerun.fps == session.fps
     assert (rerun.width, rerun.height, rerun.video_codec, rerun.audio_codec) == (
         session.width,
         session.height,
@@ -278,7 +405,6 @@ def test_a_full_pipeline_rerun_gives_the_same_packets(api, media_root, settings,
 @pytest.mark.parametrize(
     ("chunks", "reason"),
     [
-        (lambda: load_chrome_set("h264_opus_webm").chunks, "V_MPEG4/ISO/AVC"),  # served as MP4
         (lambda: load_chrome_set("vp8_pcm_webm").chunks, "A_PCM"),  # PCM: WebM cannot hold it
         # `new Blob(allChunksSoFar)` every time: each chunk starts the stream again
         (
@@ -295,7 +421,8 @@ def test_what_the_live_path_leaves_goes_through_the_full_pipeline(api, media_roo
     assert RecordingSession.objects.get(pk=started.session_id).live_abandoned  # its chunks ask no more
     body = finalize(api, started, total_chunks=len(chunk_list)).json()
     assert body["status"] == "ready"
-    assert "remux" in RecordingSession.objects.get(pk=started.session_id).processing_steps
+    steps = RecordingSession.objects.get(pk=started.session_id).processing_steps
+    assert "join" in steps and "remux" in steps and "live_finish" not in steps
 
 
 def test_a_build_whose_files_went_missing_is_made_again(api, media_root):
@@ -337,13 +464,57 @@ def test_a_client_counting_from_one_gets_the_live_video(api, media_root):
     assert session.first_chunk_index == 1 and "live_finish" in session.processing_steps
 
 
-def test_generated_matroska_with_h264_is_not_built_live(api, media_root, generated_dir):
+def test_generated_matroska_with_h264_is_built_live(api, media_root, generated_dir):
     recording = generate_recording("h264_opus_matroska", generated_dir)
     started = start(api)
     upload_all(api, started, recording.chunks)
+    build = build_of(started.session_id)
+    assert build.abandoned_reason == "" and build.state["video"]["codec"] == "h264"
     assert finalize(api, started, total_chunks=len(recording.chunks)).json()["status"] == "ready"
     session = RecordingSession.objects.get(pk=started.session_id)
-    assert session.video_content_type == "video/mp4" and "remux" in session.processing_steps
+    assert session.video_content_type == "video/mp4" and session.audio_content_type == "audio/mpeg"
+    # the build's Matroska copied into MP4: the only step at Stop that reads the whole video
+    assert {"live_finish", "remux"} <= session.processing_steps.keys() and "join" not in session.processing_steps
+    assert session.video_codec == "h264" and session.container == "matroska"
+
+
+# libx264's B-frames: blocks in decode order, each with its presentation time, which goes back
+H264_B_FRAMES_ARGS = [
+    *("-c:v", "libx264", "-preset", "ultrafast", "-bf", "2", "-pix_fmt", "yuv420p", "-c:a", "libopus"),
+    *("-f", "matroska", "-live", "1"),
+]
+
+
+def test_h264_with_b_frames_is_left_to_the_full_pipeline(api, media_root, generated_dir, tmp_path):
+    """Block timestamps that go backwards (B-frames) are refused live, as from any codec; the full
+    pipeline makes the MP4: every frame there, decodable, in its presentation order."""
+    source = generated_dir / "h264_b_frames.mkv"
+    if not source.exists():
+        generate_media(source, seconds=4, output_args=H264_B_FRAMES_ARGS)
+    data = source.read_bytes()
+    with pytest.raises(live_webm.NotLive, match="timestamps of track 1 go backwards"):
+        build_offline([data], tmp_path / "build")
+    chunk_list = split_bytes(data, 5)
+    started = start(api)
+    upload_all(api, started, chunk_list)
+    assert "go backwards" in build_of(started.session_id).abandoned_reason
+    body = finalize(api, started, total_chunks=len(chunk_list)).json()
+    assert body["status"] == "ready" and body["warnings"] == []
+    session = RecordingSession.objects.get(pk=started.session_id)
+    assert "join" in session.processing_steps and "live_finish" not in session.processing_steps
+    assert session.video_content_type == "video/mp4" and session.video_codec == "h264"
+    assert session.duration_seconds == pytest.approx(4.0, abs=0.1)
+    served = output_path(media_root, started.session_id, "video.mp4")
+    assert decode_errors(served) == (0, "")
+    served_video_packets = [line for line in framemd5(served) if line.startswith("0,")]
+    source_video_packets = [line for line in framemd5(source) if line.startswith("0,")]
+    assert len(served_video_packets) == 60  # 4 s at 15 fps
+    # the same frames in the same (decode) order; their presentation times are not in that order
+    assert [line.split(",")[-1] for line in served_video_packets] == [
+        line.split(",")[-1] for line in source_video_packets
+    ]
+    presentation_times = [int(line.split(",")[2]) for line in served_video_packets]
+    assert presentation_times != sorted(presentation_times)
 
 
 # --- The audio, in pieces ---------------------------------------------------------------------------
