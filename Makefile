@@ -37,8 +37,9 @@ serve: $(VENV)/.runtime-installed
 	exec $(BIN)/python -m gunicorn -c gunicorn.conf.py
 
 # A worker for RECORDER_TASKS_BACKEND=database; run as many as you like, anywhere. QUEUE=default
-# (processing, live builds) or QUEUE=captions (transcription) gives each its own pool (docs/deploy.md).
-QUEUE ?= default,captions
+# (processing, live builds), QUEUE=captions (transcription) or QUEUE=renditions (the MP4 for Safari)
+# gives each its own pool (docs/deploy.md).
+QUEUE ?= default,captions,renditions
 worker: $(VENV)/.runtime-installed
 	exec $(BIN)/python manage.py db_worker --queue-name $(QUEUE)
 
@@ -80,7 +81,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
 
 # Benchmarks (bench/, see docs/performance.md): each writes bench/results/<name>.json.
-.PHONY: bench bench-ingest bench-finalize bench-captions bench-range bench-workers bench-json-memory bench-profile bench-report
+.PHONY: bench bench-ingest bench-finalize bench-captions bench-renditions bench-range bench-workers bench-json-memory bench-profile bench-report
 
 bench: bench-ingest bench-finalize bench-range bench-workers bench-json-memory bench-report
 
@@ -93,6 +94,10 @@ bench-finalize: $(VENV)/.dev-installed
 # Needs the captions extra and espeak-ng (docs/captions.md); not part of `make bench`.
 bench-captions: $(VENV)/.dev-installed $(VENV)/.captions-installed
 	$(BIN)/python -m bench.captions $(BENCH_ARGS)
+
+# The MP4 rendition's cost by source kind and its effect on uploads (docs/renditions.md); ~10 min.
+bench-renditions: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.renditions $(BENCH_ARGS)
 
 bench-range: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.range $(BENCH_ARGS)

@@ -53,8 +53,10 @@ def service_environment(work_dir: Path) -> dict[str, str]:
         "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL", f"sqlite:///{work_dir / 'db.sqlite3'}"),
         "MEDIA_ROOT": str(work_dir / "media"),
         "RECORDER_LOG_LEVEL": "WARNING",
-        # bench/captions.py measures captions, with and without; the others measure the rest alone
+        # bench/captions.py and bench/renditions.py measure those, with and without; the others
+        # measure the rest alone
         "RECORDER_CAPTIONS": "0",
+        "RECORDER_RENDITIONS": "0",
         "RECORDER_MAX_RECORDING_BYTES": str(64 * 1024 * MiB),
         # benchmarks load the service from one address, far past one client's abuse limits
         **dict.fromkeys(

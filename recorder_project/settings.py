@@ -284,9 +284,12 @@ if RECORDER_TASKS_BACKEND not in _TASK_BACKENDS:
     raise ImproperlyConfigured(
         f"RECORDER_TASKS_BACKEND={RECORDER_TASKS_BACKEND!r}; choose one of {sorted(_TASK_BACKENDS)}."
     )
-# Two queues: `default` (processing, the live build) and `captions` (transcription, which a worker
-# pool of its own can take: `make worker QUEUE=captions`, docs/deploy.md).
-TASKS = {"default": {"BACKEND": _TASK_BACKENDS[RECORDER_TASKS_BACKEND], "QUEUES": ["default", "captions"]}}
+# Three queues: `default` (processing, the live build), `captions` (transcription) and `renditions`
+# (the MP4 for Safari); each of the last two can have a worker pool of its own: `make worker
+# QUEUE=captions`, docs/deploy.md.
+TASKS = {
+    "default": {"BACKEND": _TASK_BACKENDS[RECORDER_TASKS_BACKEND], "QUEUES": ["default", "captions", "renditions"]}
+}
 if RECORDER_TASKS_BACKEND == "rq":
     INSTALLED_APPS += ["django_rq", "django_tasks_rq"]
     RQ_QUEUES = {
@@ -332,6 +335,25 @@ RECORDER_CAPTIONS_MODEL_SHA256 = env_str(
 RECORDER_CAPTIONS_LANGUAGE = env_str("RECORDER_CAPTIONS_LANGUAGE", "en")
 # The longest audio transcribed per recording; past it the captions stop there (said in the transcript).
 RECORDER_CAPTIONS_MAX_SECONDS = env_duration_seconds("RECORDER_CAPTIONS_MAX_SECONDS", "4h")
+
+# --- The MP4 rendition (recordings/renditions.py, docs/renditions.md) ------------------------------
+# After `ready`, an MP4 that Safari and iPhones play (H.264 + AAC-LC) is made in the background from
+# every recording whose own video is not one already. Off: only the recorded video is served.
+RECORDER_RENDITIONS = env_bool("RECORDER_RENDITIONS", True)
+# libx264's speed preset and quality (CRF: lower is better and larger) for video that is not H.264;
+# H.264 recordings keep their video as it is. A rate cap bounds what a noisy picture costs.
+RECORDER_RENDITION_PRESET = env_str("RECORDER_RENDITION_PRESET", "veryfast")
+_X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+if RECORDER_RENDITION_PRESET not in _X264_PRESETS:
+    raise ImproperlyConfigured(
+        f"RECORDER_RENDITION_PRESET={RECORDER_RENDITION_PRESET!r}; choose one of {_X264_PRESETS}."
+    )
+RECORDER_RENDITION_CRF = env_int("RECORDER_RENDITION_CRF", 23)
+RECORDER_RENDITION_MAX_BITRATE = env_int("RECORDER_RENDITION_MAX_BITRATE", 4_000_000)
+# Encoder threads per rendition (one rendition at a time per machine, at nice 19): all cores but
+# one, at most 4, so a core is always the web's (uploads' p95 with a rendition running, 2 cores:
+# 1.20-1.37x with 2 threads; bench/renditions.py).
+RECORDER_RENDITION_THREADS = env_int("RECORDER_RENDITION_THREADS", max(1, min((os.cpu_count() or 1) - 1, 4)))
 
 # --- Slow clients (`make serve`: recorder_project/buffering_worker.py) ------------------------------
 # The server reads every request whole before a thread takes it, within these bounds; a client

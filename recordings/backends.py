@@ -24,10 +24,14 @@ from . import runs
 
 _lock = threading.Lock()
 _queue: "queue.Queue[tuple[str, ImmediateBackend, TaskResult]]" = queue.Queue()
-# Captions (the `captions` queue) have a thread of their own, so a transcription never holds up
-# processing: `ready` does not wait behind it. It runs at the lowest priority (transcription.py).
-_captions_queue: "queue.Queue[tuple[str, ImmediateBackend, TaskResult]]" = queue.Queue()
-CAPTIONS_QUEUE_NAME = "captions"
+# Captions and renditions (the `captions` and `renditions` queues) have a thread each, so neither
+# holds up processing (`ready` does not wait behind them) nor the other. Both run at the lowest
+# priority (recordings/background.py).
+CAPTIONS_QUEUE_NAME, RENDITIONS_QUEUE_NAME = "captions", "renditions"
+SLOW_QUEUE_NAMES = (CAPTIONS_QUEUE_NAME, RENDITIONS_QUEUE_NAME)
+_slow_queues: "dict[str, queue.Queue[tuple[str, ImmediateBackend, TaskResult]]]" = {
+    name: queue.Queue() for name in SLOW_QUEUE_NAMES
+}
 _waiting: dict[str, TaskResult] = {}  # key → the task waiting under it, not yet started
 _started_in_pid: int | None = None
 
@@ -58,7 +62,7 @@ class EmbeddedBackend(ImmediateBackend):
             if key in _waiting:
                 return _waiting[key]  # the same task already waits here: it will do this work
             _waiting[key] = task_result
-        (_captions_queue if task.queue_name == CAPTIONS_QUEUE_NAME else _queue).put((key, self, task_result))
+        _slow_queues.get(task.queue_name, _queue).put((key, self, task_result))
         return task_result
 
 
@@ -71,22 +75,25 @@ def waiting_arguments() -> list[list]:
 def wait_until_idle() -> None:
     """Block until every task queued in this process has run (for commands that queue and exit)."""
     _queue.join()
-    _captions_queue.join()
+    for slow_queue in _slow_queues.values():
+        slow_queue.join()
 
 
 def _start_threads() -> None:
     """Once per process: after a fork (gunicorn's workers), each process has its own queue and threads."""
-    global _started_in_pid, _queue, _captions_queue
+    global _started_in_pid, _queue
     if _started_in_pid == os.getpid():
         return
     if _started_in_pid is not None:  # forked from a process that had started them: its state is not ours
         _queue = queue.Queue()
-        _captions_queue = queue.Queue()
+        for name in SLOW_QUEUE_NAMES:
+            _slow_queues[name] = queue.Queue()
         _waiting.clear()
     _started_in_pid = os.getpid()
     for number in range(settings.RECORDER_PROCESSING_CONCURRENCY):
         threading.Thread(target=_work, args=(_queue,), name=f"recorder-task-{number}", daemon=True).start()
-    threading.Thread(target=_work, args=(_captions_queue,), name="recorder-captions-task", daemon=True).start()
+    for name in SLOW_QUEUE_NAMES:
+        threading.Thread(target=_work, args=(_slow_queues[name],), name=f"recorder-{name}-task", daemon=True).start()
     atexit.register(runs.release_active_runs)
 
 

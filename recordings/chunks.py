@@ -139,6 +139,8 @@ def remove_stale_temp_entries(temp_dir: Path, *, older_than_seconds: int, now: f
     except FileNotFoundError:
         return 0
     for entry in entries:
+        if entry.name.endswith(".lock"):
+            continue  # a machine-wide lock (captions, renditions): held for as long as its work runs
         try:
             if _newest_mtime(entry) >= cutoff:
                 continue

@@ -29,8 +29,9 @@ def _stored_chunk_names(session: RecordingSession) -> list[str]:
 
 
 def output_names(session: RecordingSession) -> list[str]:
-    names = [session.video_name, session.audio_name, session.thumbnail_name]
-    return [name for name in [*names, session.captions_name, session.transcript_name] if name]
+    names = [session.video_name, session.audio_name, session.thumbnail_name, session.captions_name]
+    renditions = session.renditions.exclude(storage_name="").values_list("storage_name", flat=True)
+    return [name for name in [*names, session.transcript_name, *renditions] if name]
 
 
 def delete_all_files(session: RecordingSession) -> None:
@@ -139,6 +140,20 @@ def local_copy(name: str) -> Iterator[Path]:
         os.replace(partial.name, copy_path)
     os.utime(copy_path)  # in use: not stale for the clean-up
     yield copy_path
+
+
+@contextmanager
+def private_copy(name: str, directory: Path) -> Iterator[Path]:
+    """A stored file as a local path that no other task deletes meanwhile (local_copy's shared copy
+    may be dropped by the transcription): the storage's own path where it has one, else a copy in
+    `directory`, made in blocks, which goes with the directory."""
+    try:
+        local_path = Path(default_storage.path(name))
+    except NotImplementedError:
+        local_path = directory / f"stored{Path(name).suffix[:8]}"
+        with default_storage.open(name, "rb") as stored, local_path.open("wb") as copy:
+            shutil.copyfileobj(stored, copy, 1024 * 1024)
+    yield local_path
 
 
 def drop_local_copy(name: str) -> None:

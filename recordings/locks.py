@@ -47,6 +47,27 @@ def file_lock(path: str | os.PathLike, *, thread_lock: threading.Lock) -> Iterat
 
 
 @contextmanager
+def file_lock_if_free(path: str | os.PathLike, *, thread_lock: threading.Lock) -> Iterator[int | None]:
+    """file_lock without waiting: yields the descriptor, or None when another thread or process holds it."""
+    if not thread_lock.acquire(blocking=False):
+        yield None
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield None
+                return
+            yield fd
+        finally:
+            os.close(fd)
+    finally:
+        thread_lock.release()
+
+
+@contextmanager
 def database_write_lock() -> Iterator[None]:
     """Hold this around a write transaction; it orders SQLite writers, elsewhere it does nothing."""
     path = _sqlite_lock_path()

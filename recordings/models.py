@@ -297,3 +297,40 @@ class TranscriptSegment(models.Model):
 
     def __str__(self) -> str:
         return f"{len(self.words)} words of {self.transcription_id} from {self.start_seconds:.1f} s"
+
+
+class Rendition(models.Model):
+    """Another file of a ready recording's video, made in the background (recordings/renditions.py):
+    the MP4 that Safari and iPhones play (H.264 + AAC-LC, `moov` first)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"  # asked for, or being made
+        READY = "ready"
+        FAILED = "failed"
+        NONE = "none"  # not needed: the recording's own video plays everywhere
+
+    session = models.ForeignKey(RecordingSession, on_delete=models.CASCADE, related_name="renditions")
+    name = models.CharField(max_length=16)  # "mp4", also its media kind in URLs
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    storage_name = models.CharField(max_length=255, blank=True)
+    size = models.BigIntegerField(null=True, blank=True)
+    content_type = models.CharField(max_length=64, blank=True)
+    codecs = models.CharField(max_length=64, blank=True, help_text="RFC 6381, e.g. avc1.64001F, mp4a.40.2")
+    video_copied = models.BooleanField(null=True, blank=True)  # the source's H.264, not re-encoded
+    requested_at = models.DateTimeField(null=True, blank=True)
+    # The run making it stamps this every few seconds (while it waits for the machine's turn too);
+    # a pending one whose stamp stopped was lost with its worker and is asked for again.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    run_id = models.CharField(max_length=32, blank=True)  # the run that may store it
+    attempts = models.PositiveSmallIntegerField(default=0)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_detail = models.TextField(blank=True)
+    seconds = models.FloatField(null=True, blank=True)  # wall-clock time of the encode
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["session", "name"], name="unique_rendition_per_session")]
+
+    def __str__(self) -> str:
+        return f"{self.name} of {self.session_id} ({self.status})"

@@ -16,7 +16,8 @@ from django.db import DatabaseError, connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from . import chunks, files, live, processing, transcription, utils
+from . import chunks, files, live, processing, rendition_runs, transcription, utils
+from .background import Heartbeat
 from .locks import database_write_lock
 from .models import IllegalTransition, RecordingSession, Status, transition
 
@@ -66,22 +67,24 @@ def _run(session: RecordingSession, attempt: int, *, use_live_build: bool) -> Re
     timer = processing.StepTimer()
     this_run = {"processing_attempts": attempt}
     try:
-        with Heartbeat(session.id, attempt):
+        with _processing_heartbeat(session.id, attempt):
             if attempt > 1:  # the dead run's work folder, if it died on this machine
                 files.remove_work_dirs(session, settings.RECORDER_TEMP_DIR)
             results = processing.build_outputs(session, timer, use_live_build=use_live_build)
-        transition(
-            session,
-            Status.READY,
-            only_if=this_run,
-            ready_at=timezone.now(),
-            error_code="",
-            error_detail="",
-            processing_seconds=timer.total_seconds,
-            processing_steps=timer.seconds,
-            captions_status=transcription.initial_status(results.get("has_audio")),
-            **results,
-        )
+        with database_write_lock(), transaction.atomic():  # ready, and its rendition asked for, or neither
+            transition(
+                session,
+                Status.READY,
+                only_if=this_run,
+                ready_at=timezone.now(),
+                error_code="",
+                error_detail="",
+                processing_seconds=timer.total_seconds,
+                processing_steps=timer.seconds,
+                captions_status=transcription.initial_status(results.get("has_audio")),
+                **results,
+            )
+            rendition_runs.ask(session)
         logger.info(
             "recording %s ready in %.2f s: %s%s",
             session.id,
@@ -222,35 +225,15 @@ def _give_up(session: RecordingSession) -> None:
     )
 
 
-class Heartbeat:
-    """Stamps `processing_heartbeat_at` every stale/4 seconds from a thread while a run works."""
+def _processing_heartbeat(session_id: uuid.UUID, attempt: int) -> Heartbeat:
+    def stamp() -> None:
+        RecordingSession.objects.filter(pk=session_id, status=Status.PROCESSING, processing_attempts=attempt).update(
+            processing_heartbeat_at=timezone.now()
+        )
 
-    def __init__(self, session_id: uuid.UUID, attempt: int):
-        self._session_id = session_id
-        self._attempt = attempt
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{session_id}", daemon=True)
-
-    def __enter__(self) -> "Heartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stopped.set()
-        self._thread.join()
-
-    def _beat(self) -> None:
-        interval_seconds = settings.RECORDER_PROCESSING_STALE_SECONDS / 4
-        try:
-            while not self._stopped.wait(interval_seconds):
-                try:
-                    RecordingSession.objects.filter(
-                        pk=self._session_id, status=Status.PROCESSING, processing_attempts=self._attempt
-                    ).update(processing_heartbeat_at=timezone.now())
-                except DatabaseError:  # a missed beat is retried; only a stopped process stops beating
-                    logger.warning("recording %s: heartbeat failed", self._session_id, exc_info=True)
-        finally:
-            connections.close_all()  # this thread's connections only
+    return Heartbeat(
+        stamp, interval_seconds=settings.RECORDER_PROCESSING_STALE_SECONDS / 4, name=f"heartbeat-{session_id}"
+    )
 
 
 def stale_recording_ids(*, include_unstarted: bool, now: datetime.datetime | None = None) -> list[uuid.UUID]:

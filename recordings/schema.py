@@ -192,6 +192,30 @@ _RECORDING_EXAMPLE = {
     "audio_url": f"http://127.0.0.1:8000/api/recordings/{EXAMPLE_VIEW_ID}/audio/",
     "thumbnail_url": f"http://127.0.0.1:8000/api/recordings/{EXAMPLE_VIEW_ID}/thumbnail/",
     "error": None,
+    "captions_status": "off",
+    "captions_language": None,
+    "captions_url": None,
+    "transcript_url": None,
+    "renditions": [
+        {
+            "name": "mp4",
+            "status": "ready",
+            "url": f"http://127.0.0.1:8000/api/recordings/{EXAMPLE_VIEW_ID}/mp4/",
+            "content_type": "video/mp4",
+            "codecs": "avc1.64001E, mp4a.40.2",
+            "type": 'video/mp4; codecs="avc1.64001E, mp4a.40.2"',
+            "size": 611204,
+        },
+        {
+            "name": "original",
+            "status": "ready",
+            "url": f"http://127.0.0.1:8000/api/recordings/{EXAMPLE_VIEW_ID}/video/",
+            "content_type": "video/webm",
+            "codecs": "vp8, opus",
+            "type": 'video/webm; codecs="vp8, opus"',
+            "size": 236473,
+        },
+    ],
 }
 
 _AUTH_ERRORS = {
@@ -391,10 +415,11 @@ delete_recording = swagger_auto_schema(
 get_media = swagger_auto_schema(
     operation_id="get_recording_media",
     tags=["results"],
-    operation_summary="Download or stream the video, audio, thumbnail, captions or transcript",
-    operation_description="`kind` is `video`, `audio`, `thumbnail`, `captions` (WebVTT, `text/vtt`) or "
+    operation_summary="Download or stream the video, audio, thumbnail, captions, transcript or MP4 rendition",
+    operation_description="`kind` is `video`, `audio`, `thumbnail`, `captions` (WebVTT, `text/vtt`), "
     "`transcript` (JSON: `language`, `transcribed_seconds`, `words` [{`word`, `start`, `end`, `probability`}], "
-    "`text`); the last two once the recording's `captions_status` is `ready`. Supports single byte ranges (206, 416), "
+    "`text`), the last two once the recording's `captions_status` is `ready`, or `mp4` (H.264 + AAC-LC, which "
+    "Safari and iPhones play), once its entry in `renditions` is `ready`. Supports single byte ranges (206, 416), "
     "`ETag`/`Last-Modified` with 304, `If-Range`, and `?download=1` for an attachment.",
     manual_parameters=[
         openapi.Parameter(
@@ -416,7 +441,7 @@ get_media = swagger_auto_schema(
         "304": openapi.Response("Not modified."),
         "404": _error(
             "`session_not_found`, `media_not_ready`, `captions_not_ready`, `no_audio`, `no_video`, "
-            "`no_thumbnail`, `no_captions`, `no_transcript`.",
+            "`no_thumbnail`, `no_captions`, `no_transcript`, `rendition_not_ready`.",
             "media_not_ready",
             "Recording 8d7f... is processing; its files are served once it is ready.",
         ),

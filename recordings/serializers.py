@@ -137,6 +137,28 @@ class OptionalTextField(serializers.CharField):
 READABLE_STATUSES = [status for status in Status.values if status != Status.DELETING]
 
 
+class RenditionOutput(serializers.Serializer):
+    name = serializers.CharField(
+        source="item.name", help_text="`mp4` (H.264 + AAC-LC, made after `ready`) or `original` (the recorded video)."
+    )
+    status = serializers.ChoiceField(
+        source="item.status",
+        choices=["pending", "ready", "failed"],
+        help_text="`pending` while it is made (after `ready`, which never waits for it), `ready` or `failed`.",
+    )
+    url = serializers.URLField(allow_null=True, help_text="Once `ready`: served with Range, ETag and ?download=1.")
+    content_type = serializers.CharField(source="item.content_type", help_text="e.g. `video/mp4`.")
+    codecs = OptionalTextField(
+        source="item.codecs",
+        allow_null=True,
+        help_text="RFC 6381, e.g. `avc1.64001F, mp4a.40.2`; null when not known exactly.",
+    )
+    type = serializers.CharField(
+        source="item.type", help_text='For a <source type="...">: the content type with its codecs parameter.'
+    )
+    size = serializers.IntegerField(source="item.size", allow_null=True, help_text="Bytes, once `ready`.")
+
+
 class RecordingOutput(serializers.Serializer):
     """A recording as the API shows it, read from a services.RecordingReadout."""
 
@@ -236,6 +258,11 @@ class RecordingOutput(serializers.Serializer):
         allow_null=True,
         help_text="The transcript with word timings (JSON: language, transcribed_seconds, words "
         "[{word, start, end, probability}], text), once `captions_status` is `ready`.",
+    )
+    renditions = RenditionOutput(
+        many=True,
+        help_text="Once `ready`: the files of the video, in the order a player should try them, as <source> "
+        "elements: the MP4 that every browser plays (iPhones too) once it is made, then the recorded video.",
     )
 
 

@@ -16,7 +16,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
-from . import captions, chunks, files, inflight, live, runs, streams, tasks
+from . import captions, chunks, files, inflight, live, renditions, runs, streams, tasks
 from .errors import RecorderError
 from .locks import database_write_lock
 from .models import (
@@ -625,7 +625,7 @@ def reprocess_recording(*, session_id: str) -> RecordingSession:
     processed = runs.process_recording(locked.id, use_live_build=False)
     if processed is None:
         raise session_not_found(session_id)
-    tasks.enqueue_captions_if_pending(processed)  # in the background, as after any run
+    tasks.enqueue_after_ready(processed)  # captions and rendition in the background, as after any run
     return processed
 
 
@@ -737,15 +737,18 @@ class MediaFile:
 MEDIA_KINDS = ("video", "audio", "thumbnail")
 # Made after the recording is ready (recordings/transcription.py), on their own clock.
 TEXT_KINDS = {"captions": "text/vtt; charset=utf-8", "transcript": "application/json"}
+# Made after the recording is ready too (recordings/renditions.py); served like the video.
+RENDITION_KINDS = (renditions.MP4,)
 
 
 def media_file(*, session_id: str, kind: str) -> MediaFile:
-    """Where a ready recording's video, audio, thumbnail, captions or transcript is stored, with what
-    to serve it as. `session_id` may be the view id; nothing served names the session id."""
-    if kind not in MEDIA_KINDS and kind not in TEXT_KINDS:
+    """Where a ready recording's video, audio, thumbnail, captions, transcript or MP4 rendition is
+    stored, with what to serve it as. `session_id` may be the view id; nothing served names the
+    session id."""
+    if kind not in MEDIA_KINDS and kind not in TEXT_KINDS and kind not in RENDITION_KINDS:
         raise RecorderError(
             code="not_found",
-            detail=f"A recording has no {kind!s:.32}; use video, audio, thumbnail, captions or transcript.",
+            detail=f"A recording has no {kind!s:.32}; use video, audio, thumbnail, captions, transcript or mp4.",
             status=404,
         )
     session = get_readable(recording_id=session_id).session
@@ -755,6 +758,8 @@ def media_file(*, session_id: str, kind: str) -> MediaFile:
             detail=f"Recording {session_id!s:.64} is {session.status}; its files are served once it is ready.",
             status=404,
         )
+    if kind in RENDITION_KINDS:
+        return _rendition_file(session, kind)
     if kind in TEXT_KINDS and session.captions_status != CaptionsStatus.READY:
         raise RecorderError(
             code="captions_not_ready",
@@ -771,6 +776,37 @@ def media_file(*, session_id: str, kind: str) -> MediaFile:
     else:
         content_type = "image/jpeg" if kind == "thumbnail" else getattr(session, f"{kind}_content_type")
         made_at = session.ready_at or session.created_at
+    return _media_file(session, kind, storage_name=storage_name, size=size, content_type=content_type, made_at=made_at)
+
+
+def video_files(session: RecordingSession) -> list[renditions.Listed]:
+    """A ready recording's video files in the order a player should try them (recordings/renditions.py)."""
+    return renditions.listed(session)
+
+
+def _rendition_file(session: RecordingSession, kind: str) -> MediaFile:
+    rendition = renditions.served_rendition(session, kind)
+    if rendition is None:
+        status = session.renditions.filter(name=kind).values_list("status", flat=True).first()
+        raise RecorderError(
+            code="rendition_not_ready",
+            detail=f"The {kind} rendition of recording {session.view_id} is {status or 'not made'}"
+            + (" (its own video plays everywhere)." if status == "none" else "."),
+            status=404,
+        )
+    return _media_file(
+        session,
+        kind,
+        storage_name=rendition.storage_name,
+        size=rendition.size,
+        content_type=rendition.content_type,
+        made_at=rendition.finished_at or session.ready_at or session.created_at,
+    )
+
+
+def _media_file(
+    session: RecordingSession, kind: str, *, storage_name: str, size: int, content_type: str, made_at
+) -> MediaFile:
     extension = storage_name.rsplit(".", 1)[-1]
     made_timestamp = made_at.timestamp()
     return MediaFile(

@@ -18,7 +18,7 @@ from django_tasks import task
 from django_tasks.backends.immediate import ImmediateBackend
 from django_tasks_db import DatabaseBackend
 
-from . import live, runs, transcription
+from . import backends, live, rendition_runs, runs, transcription
 from .backends import waiting_arguments
 from .locks import after_write_lock
 from .models import CaptionsStatus, RecordingSession, Status
@@ -31,14 +31,11 @@ def process_recording_task(session_id: str) -> str:
     """Process one recording; returns its final status. Safe to run twice."""
     processed = runs.process_recording(session_id)
     if processed is not None:
-        enqueue_captions_if_pending(processed)
+        enqueue_after_ready(processed)
     return processed.status if processed is not None else "gone"
 
 
-CAPTIONS_QUEUE = "captions"
-
-
-@task(queue_name=CAPTIONS_QUEUE)
+@task(queue_name=backends.CAPTIONS_QUEUE_NAME)
 def transcribe_task(session_id: str) -> str:
     """Transcribe the next window of the recording's audio (queueing the one after); its captions status."""
     return transcription.advance(session_id, enqueue_again=_enqueue_transcription)
@@ -73,11 +70,37 @@ def _queue_transcription(session_id: str) -> None:
     )
 
 
-def enqueue_captions_if_pending(session: RecordingSession) -> None:
-    """A recording that has just become ready: its captions are finished in their own task."""
+def enqueue_after_ready(session: RecordingSession) -> None:
+    """A recording that has just become ready: its captions are finished, and its MP4 rendition
+    made, each in a task of its own."""
     if session.status == Status.READY and session.captions_status == CaptionsStatus.PENDING:
         transcription.request_final(session.id)
         _queue_transcription(str(session.id))
+    if session.status == Status.READY and rendition_runs.is_pending(session.id):
+        _queue_rendition(str(session.id))
+
+
+RENDITION_PRIORITY = -20  # below captions too: a viewer on Safari waits for it, nobody else does
+# A rendition task that finds its machine busy with another (database, rq) asks again this much later.
+RENDITION_RETRY_SECONDS = 30
+
+
+@task(queue_name=backends.RENDITIONS_QUEUE_NAME)
+def make_rendition_task(session_id: str) -> str:
+    """Make the MP4 rendition of a ready recording (recordings/rendition_runs.py); what became of it.
+    Where workers take tasks from a shared queue, a worker never waits for another rendition to end."""
+    retry_later = _queue_rendition_later if make_rendition_task.get_backend().supports_defer else None
+    return rendition_runs.make(session_id, retry_later=retry_later)
+
+
+def _queue_rendition(session_id: str, **options) -> None:
+    if make_rendition_task.get_backend().supports_priority:
+        options["priority"] = RENDITION_PRIORITY
+    make_rendition_task.using(**options).enqueue(session_id)
+
+
+def _queue_rendition_later(session_id: str) -> None:
+    _queue_rendition(session_id, run_after=timezone.now() + datetime.timedelta(seconds=RENDITION_RETRY_SECONDS))
 
 
 @task()
@@ -221,23 +244,29 @@ def _settle(session_id: str) -> None:
 
 def recover_stale_recordings() -> list[uuid.UUID]:
     """Queue again every recording whose processing run died or never started (runs.recover_stale),
-    and every ready one whose captions task was lost."""
-    recover_lost_captions()
+    and every ready one whose captions or rendition task was lost. With the embedded backend each
+    web process's own sweep does the last two: a command's threads would end with the command."""
+    if not isinstance(transcribe_task.get_backend(), backends.EmbeddedBackend):
+        recover_lost_slow_work()
     return runs.recover_stale(enqueue=enqueue_processing)
 
 
-def recover_lost_captions() -> None:
+def recover_lost_slow_work() -> None:
+    """The work after `ready` (captions, the rendition) whose tasks a killed worker lost."""
     for session_id in transcription.stale_requests():
         logger.warning("recording %s: its captions task was lost; queued again", session_id)
         transcription.request_final(session_id)
         _queue_transcription(str(session_id))
+    for session_id in rendition_runs.stale_requests():
+        logger.warning("recording %s: its rendition task was lost; queued again", session_id)
+        _queue_rendition(str(session_id))
 
 
-def _settle_overdue_and_recover_captions() -> None:
+def _settle_overdue_and_recover_slow_work() -> None:
     from . import services  # see _settle
 
     services.settle_overdue_finalizes()
-    recover_lost_captions()
+    recover_lost_slow_work()
 
 
 def keep_recovering() -> None:
@@ -245,5 +274,5 @@ def keep_recovering() -> None:
     runs.keep_recovering(
         enqueue=enqueue_processing,
         waiting=lambda: [args[0] for args in waiting_arguments() if args],
-        settle_overdue=_settle_overdue_and_recover_captions,
+        settle_overdue=_settle_overdue_and_recover_slow_work,
     )

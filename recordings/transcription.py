@@ -11,10 +11,8 @@ recording may cost by RECORDER_CAPTIONS_MAX_SECONDS. docs/captions.md.
 import datetime
 import json
 import logging
-import os
 import secrets
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,8 +27,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from . import captions, files, live_audio, utils
-from .locks import database_write_lock, file_lock
+from . import background, captions, files, live_audio, utils
+from .locks import database_write_lock
 from .models import CaptionsStatus, LiveBuild, RecordingSession, Status, Transcription, TranscriptSegment
 
 logger = logging.getLogger("recordings.transcription")
@@ -39,7 +37,6 @@ logger = logging.getLogger("recordings.transcription")
 REQUEST_STALE_SECONDS = 60
 # A ready recording's captions are `failed` after this many failed tasks (each tried a minute apart).
 MAX_FAILURES = 3
-LOW_PRIORITY_NICENESS = 19
 DECODE_LIMITS = utils.Limits(timeout_seconds=120, memory_bytes=512 * 1024 * 1024, output_bytes=8 * 1024 * 1024)
 
 
@@ -188,7 +185,7 @@ def _transcribe_next_window(session: RecordingSession, audio: _Audio) -> str:
     `done` when the audio there is now is all transcribed, `lost` when another process committed
     this window first. On this machine the position is read under the captions lock, so a second
     task for the recording (a recovery, a duplicate) waits and then finds the window done."""
-    with _one_per_machine():
+    with background.one_per_machine("captions"):
         if not RecordingSession.objects.filter(pk=session.pk, captions_status=CaptionsStatus.PENDING).exists():
             return _LOST  # it failed, expired or was deleted while this task waited: nothing more
         with database_write_lock():
@@ -203,8 +200,9 @@ def _transcribe_next_window(session: RecordingSession, audio: _Audio) -> str:
         duration_seconds = min(left_seconds, captions.WINDOW_SECONDS)
         language = settings.RECORDER_CAPTIONS_LANGUAGE
         began = time.monotonic()
-        result = _at_low_priority(
-            lambda: _transcribe(audio.path, start_seconds, duration_seconds, is_last=is_last, language=language)
+        result = background.at_low_priority(
+            lambda: _transcribe(audio.path, start_seconds, duration_seconds, is_last=is_last, language=language),
+            name="recorder-captions",
         )
         if not _commit(transcription, result, time.monotonic() - began):
             logger.info("recording %s: another process transcribed this window first", session.id)
@@ -262,40 +260,6 @@ def _commit(transcription: Transcription, result: captions.WindowResult, seconds
             )
     transcription.refresh_from_db()
     return True
-
-
-_machine_lock = threading.Lock()
-
-
-def _at_low_priority(work: Callable[[], captions.WindowResult]) -> captions.WindowResult:
-    """Run `work` on a new thread at nice 19: its ffmpeg, and the model's threads started from it,
-    inherit that. Uploads and processing take the CPU first."""
-    outcome: dict = {}
-
-    def run() -> None:
-        if hasattr(os, "setpriority"):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOW_PRIORITY_NICENESS)
-        try:
-            outcome["result"] = work()
-        except BaseException as error:  # handed to the caller's thread
-            outcome["error"] = error
-
-    thread = threading.Thread(target=run, name="recorder-captions", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
-
-
-@contextmanager
-def _one_per_machine() -> Iterator[None]:
-    """One window at a time on this machine: a lock file in RECORDER_TEMP_DIR (touched at every use,
-    so the clean-up of stale temporary files never takes it from under a waiting process)."""
-    settings.RECORDER_TEMP_DIR.mkdir(parents=True, exist_ok=True)
-    with file_lock(settings.RECORDER_TEMP_DIR / "captions.lock", thread_lock=_machine_lock) as fd:
-        os.utime(fd)
-        yield
 
 
 def _clear_request(session_id: uuid.UUID | str) -> None:

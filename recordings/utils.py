@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -199,7 +200,14 @@ _OVERSIZED_PICTURE = re.compile(r"Picture size (\d+x\d+) exceeds specified max p
 _CRASH_SIGNALS = frozenset({-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS})
 
 
-def _run(command: list[str], *, limits: Limits, what: str, counted: tuple[bytes, ...] = ()) -> _Finished:
+def _run(
+    command: list[str],
+    *,
+    limits: Limits,
+    what: str,
+    counted: tuple[bytes, ...] = (),
+    cancel: threading.Event | None = None,
+) -> _Finished:
     """Run `command` under `limits`. A limit that stopped it is a MediaError with its own code.
 
     With `counted` phrases, the report is read through a pipe as it is written and each phrase is
@@ -210,7 +218,7 @@ def _run(command: list[str], *, limits: Limits, what: str, counted: tuple[bytes,
         if counted:
             returncode, report, counts = _run_counting(command, limits, counted)
         else:
-            returncode, report, counts = *_run_to_file(command, limits), {}
+            returncode, report, counts = *_run_to_file(command, limits, cancel), {}
     except subprocess.TimeoutExpired as error:
         raise MediaError("processing_timeout", f"{what} took longer than {limits.timeout_seconds:.0f} s.") from error
     finished = _Finished(returncode, report, counts)
@@ -237,18 +245,40 @@ def _run(command: list[str], *, limits: Limits, what: str, counted: tuple[bytes,
     return finished
 
 
-def _run_to_file(command: list[str], limits: Limits) -> tuple[int, str]:
+def _run_to_file(command: list[str], limits: Limits, cancel: threading.Event | None = None) -> tuple[int, str]:
     with tempfile.TemporaryFile() as report_file:
-        completed = subprocess.run(
+        with subprocess.Popen(
             **_spawn_arguments(command, limits),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=report_file,
-            timeout=limits.timeout_seconds,
-            check=False,
-        )
+        ) as process:
+            _wait(process, limits.timeout_seconds, cancel)
         report_file.seek(0)
-        return completed.returncode, report_file.read(_REPORT_BYTES).decode("utf-8", "replace")
+        return process.returncode, report_file.read(_REPORT_BYTES).decode("utf-8", "replace")
+
+
+# How often a cancellable run looks at its cancel event: a cancelled encode stops within this.
+_CANCEL_POLL_SECONDS = 0.5
+
+
+def _wait(process: subprocess.Popen, timeout_seconds: float, cancel: threading.Event | None) -> None:
+    """Wait for `process`; kill it and raise TimeoutExpired past the timeout, MediaError when cancelled."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        left_seconds = deadline - time.monotonic()
+        try:
+            process.wait(timeout=max(0.0, min(left_seconds, _CANCEL_POLL_SECONDS) if cancel else left_seconds))
+            return
+        except subprocess.TimeoutExpired:
+            cancelled = cancel is not None and cancel.is_set()
+            if not cancelled and time.monotonic() < deadline:
+                continue
+            process.kill()
+            process.wait()
+            if cancelled:
+                raise MediaError("cancelled", "The work was cancelled: its result is no longer wanted.") from None
+            raise
 
 
 # The end of a counted report is kept too: when a step fails after a flood of warnings, the line
@@ -332,13 +362,15 @@ def _out_of_memory(finished: _Finished) -> bool:
     return finished.returncode in _CRASH_SIGNALS or any(words.lower() in report for words in _OUT_OF_MEMORY_WORDS)
 
 
-def run_ffmpeg(arguments: list[str], *, limits: Limits) -> None:
+def run_ffmpeg(arguments: list[str], *, limits: Limits, cancel: threading.Event | None = None) -> None:
     """Run the bundled ffmpeg with an argument list (never a shell); MediaError when it fails.
 
     The frame limit goes in front, so it binds the decoders of the first input. A failed run's
     output is left to the caller's work directory, which goes with it; it is never served.
     """
-    finished = _run([FFMPEG_BINARY, *_QUIET, *_frame_limit(limits), *arguments], limits=limits, what="ffmpeg")
+    finished = _run(
+        [FFMPEG_BINARY, *_QUIET, *_frame_limit(limits), *arguments], limits=limits, what="ffmpeg", cancel=cancel
+    )
     _raise_if_failed(finished)
 
 
@@ -790,3 +822,187 @@ def make_thumbnail(
         if destination_path.exists() and destination_path.stat().st_size > 0:
             return
     raise MediaError("thumbnail_failed", "No video frame could be read for the thumbnail.")
+
+
+# --- The MP4 rendition (recordings/renditions.py) --------------------------------------------------
+
+# One line per syntax element of the parameter sets, as ffmpeg's trace_headers filter prints them:
+# "[trace_headers @ 0x...] 8   profile_idc   01000010 = 66".
+_TRACED_FIELD = re.compile(r"^\[trace_headers[^\]]*\]\s+\d+\s+(\w+)\s+[01]+ = (\d+)$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class H264Parameters:
+    """What an H.264 stream's first sequence parameter set declares (ITU-T H.264, 7.3.2.1.1)."""
+
+    profile_idc: int
+    constraint_flags: int  # constraint_set0..5 as the byte after profile_idc (set0 in its top bit)
+    level_idc: int
+    chroma_format_idc: int  # 1: 4:2:0
+    bit_depth: int
+
+    @property
+    def codecs(self) -> str:
+        """Its RFC 6381 name, as in a `type`'s codecs parameter: avc1.PPCCLL."""
+        return f"avc1.{self.profile_idc:02X}{self.constraint_flags:02X}{self.level_idc:02X}"
+
+
+def h264_parameters(path: Path, *, container: str | None, limits: Limits) -> H264Parameters:
+    """The first video stream's SPS, read by ffmpeg's trace_headers from its first packet (and the
+    container's avcC): no frame is decoded."""
+    finished = _run(
+        [
+            FFMPEG_BINARY,
+            "-hide_banner",
+            "-nostdin",
+            *input_args(path, container),
+            "-map",
+            "0:v:0",
+            "-c",
+            "copy",
+            "-bsf:v",
+            "trace_headers",
+            "-frames:v",
+            "1",
+            "-f",
+            "null",
+            "-",
+        ],
+        limits=Limits(limits.timeout_seconds, limits.memory_bytes, _REPORT_BYTES, limits.max_frame_pixels),
+        what="Reading the H.264 parameters",
+    )
+    fields: dict[str, int] = {}
+    for name, value in _TRACED_FIELD.findall(finished.report):
+        fields.setdefault(name, int(value))  # the first SPS
+    if finished.returncode != 0 or "profile_idc" not in fields or "level_idc" not in fields:
+        raise MediaError("media_undecodable", "The H.264 stream has no readable sequence parameter set.")
+    flags = 0
+    for bit in range(6):
+        flags |= fields.get(f"constraint_set{bit}_flag", 0) << (7 - bit)
+    return H264Parameters(
+        profile_idc=fields["profile_idc"],
+        constraint_flags=flags,
+        level_idc=fields["level_idc"],
+        chroma_format_idc=fields.get("chroma_format_idc", 1),  # absent below High: 4:2:0
+        bit_depth=8 + fields.get("bit_depth_luma_minus8", 0),
+    )
+
+
+# Annex B start codes: what the h264 muxer writes before each NAL unit.
+_START_CODE = re.compile(b"\x00\x00\x00?\x01")
+# More parameter sets than this in one recording is no browser's: they are not compared further.
+MAX_PARAMETER_SETS = 64
+
+
+def distinct_h264_parameter_sets(path: Path, *, container: str | None, work_path: Path, limits: Limits) -> list[bytes]:
+    """Every distinct sequence parameter set in the first video stream, in order of appearance (at
+    most MAX_PARAMETER_SETS + 1): a recorder re-sends its SPS with each keyframe, and sends another
+    when the picture changes size (a captured window resized). Read by stream copy into `work_path`
+    (the SPS NAL units alone: a few bytes a keyframe); no frame is decoded."""
+    run_ffmpeg(
+        [
+            *input_args(path, container),
+            *("-map", "0:v:0", "-c", "copy", "-bsf:v", "filter_units=pass_types=7"),
+            *("-f", "h264", str(work_path)),
+        ],
+        limits=limits,
+    )
+    found: dict[bytes, None] = {}
+    with work_path.open("rb") as stream:
+        for unit in _START_CODE.split(stream.read()):
+            if unit and unit not in found:
+                found[unit] = None
+                if len(found) > MAX_PARAMETER_SETS:
+                    break
+    return list(found)
+
+
+@dataclass(frozen=True)
+class RenditionEncoding:
+    """How the MP4 rendition is made from a recording's video (recordings/renditions.py decides)."""
+
+    copy_video: bool
+    width: int  # the frame size a re-encode scales to (even)
+    height: int
+    preset: str
+    crf: int
+    max_video_bits_per_second: int
+    threads: int  # 0: ffmpeg's choice
+    max_fps: int = 30
+    audio_bits_per_second: int = 128_000
+
+
+def encode_rendition(
+    source_path: Path,
+    destination_path: Path,
+    encoding: RenditionEncoding,
+    *,
+    container: str | None,
+    has_video: bool,
+    has_audio: bool,
+    limits: Limits,
+    cancel: threading.Event | None = None,
+) -> None:
+    """Write the MP4 every browser plays: H.264 High (or the source's own H.264, copied) in yuv420p
+    and AAC-LC, `moov` at the front. `cancel` set: ffmpeg is stopped (MediaError `cancelled`)."""
+    if has_video and encoding.copy_video:
+        video_args = ["-c:v", "copy"]
+    elif has_video:
+        video_args = [
+            "-vf",
+            # at most max_fps frames a second, each kept at its own time: MediaRecorder's frame times
+            # vary (a still screen sends few), and a constant rate would add copies of frames
+            f"select='isnan(prev_selected_t)+gte(t-prev_selected_t,{0.9 / encoding.max_fps:.4f})',"
+            f"scale={encoding.width}:{encoding.height}:flags=bicubic,setsar=1,format=yuv420p",
+            "-c:v",
+            "libx264",
+            "-preset",
+            encoding.preset,
+            "-crf",
+            str(encoding.crf),
+            "-profile:v",
+            "high",
+            # a noisy picture cannot make the file larger than this rate allows
+            "-maxrate",
+            str(encoding.max_video_bits_per_second),
+            "-bufsize",
+            str(2 * encoding.max_video_bits_per_second),
+            "-fps_mode",
+            "vfr",
+            "-threads",
+            str(encoding.threads),
+        ]
+    else:
+        video_args = ["-vn"]
+    audio_args = (
+        [
+            "-c:a",
+            "aac",
+            "-profile:a",
+            "aac_low",
+            "-b:a",
+            str(encoding.audio_bits_per_second),
+            "-ac",
+            "2",
+            "-ar",
+            "48000",
+        ]
+        if has_audio
+        else ["-an"]
+    )
+    run_ffmpeg(
+        [
+            *input_args(source_path, container),
+            *_FIRST_VIDEO_AND_AUDIO,
+            *video_args,
+            *audio_args,
+            "-movflags",
+            "+faststart",
+            *BITEXACT_ARGS,
+            "-f",
+            "mp4",
+            str(destination_path),
+        ],
+        limits=limits,
+        cancel=cancel,
+    )

@@ -40,6 +40,7 @@ class RecordingReadout:
     session: RecordingSession
     progress: services.ChunkProgress
     links: dict[str, str | None]
+    renditions: list[dict]  # {"item": renditions.Listed, "url": its absolute URL or None}
 
     @property
     def captions_status(self) -> str:
@@ -71,7 +72,16 @@ def _readout(request: Request, session: RecordingSession) -> RecordingReadout:
         **{f"{kind}_url": media_url(kind) for kind in services.MEDIA_KINDS},
         **{f"{kind}_url": text_url(kind) for kind in services.TEXT_KINDS},
     }
-    return RecordingReadout(session=session, progress=services.chunk_progress(session), links=links)
+    listed = [
+        {
+            "item": item,
+            "url": _absolute(request, "recording-media", session_id=session.view_id, kind=item.media_kind)
+            if item.is_served
+            else None,
+        }
+        for item in services.video_files(session)
+    ]
+    return RecordingReadout(session=session, progress=services.chunk_progress(session), links=links, renditions=listed)
 
 
 def _recording_response(request: Request, session: RecordingSession, **response_options) -> Response:

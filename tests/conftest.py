@@ -304,6 +304,7 @@ def run_server_environment(work: Path, **overrides: str) -> dict[str, str]:
         "MEDIA_ROOT": str(work / "media"),
         "RECORDER_KEEP_CHUNKS": "1",  # the tests compare the stored chunks with what clients sent
         "RECORDER_CAPTIONS": "0",  # tests/test_watch_captions.py starts its own with captions
+        "RECORDER_RENDITIONS": "0",  # tests/test_renditions.py turns them on where it tests them
         # the whole run's clients share one address; tests/test_throttling.py tests the limits
         **dict.fromkeys(
             [

@@ -162,3 +162,18 @@ def test_captions_bench_measures_both_servers_with_real_speech(results_dir):
     assert result["summary"]["uploads_errors"] == 0
     assert len(result["summary"]["uploads_p95_ratios"]) == 2
     assert [run["captions_status_after"] for run in result["baseline"]["uploads"]] == ["off", "off"]
+
+
+def test_renditions_bench_measures_every_source_kind_and_both_servers(results_dir):
+    run_bench("renditions", results_dir, "--smoke", timeout=600)
+    result = json.loads((results_dir / "renditions-smoke.json").read_text())
+    costs = {cost["kind"]: cost for cost in result["costs"]}
+    assert set(costs) == {"camera_vp8", "screen_vp8", "camera_vp9", "camera_h264", "audio_only"}
+    assert costs["camera_h264"]["video_copied"] is True and costs["camera_vp8"]["video_copied"] is False
+    assert costs["audio_only"]["codecs"] == "mp4a.40.2"
+    for cost in costs.values():
+        assert cost["cpu_seconds_per_recorded_minute"] > 0 and cost["baseline_cpu_seconds_per_recorded_minute"] > 0
+    summary = result["summary"]
+    assert summary["uploads_errors"] == 0 and len(summary["uploads_p95_ratios"]) == 2
+    assert [run["rendition_status_after"] for run in result["uploads"]["baseline"]] == ["off", "off"]
+    assert [run["rendition_status_at_idle"] for run in result["uploads"]["service"]] == ["ready", "ready"]

@@ -150,7 +150,7 @@ def test_the_watch_page_plays_within_a_second_of_stop(make_run_server):
         playing = page.evaluate(
             """async () => {
                 const video = document.getElementById('video');
-                while (video.closest('[hidden]') || !video.src) await new Promise((r) => setTimeout(r, 10));
+                while (video.closest('[hidden]') || !video.currentSrc) await new Promise((r) => setTimeout(r, 10));
                 video.muted = true;  // autoplay with sound needs a user gesture
                 await video.play();
                 while (video.currentTime === 0) await new Promise((r) => setTimeout(r, 10));

@@ -157,3 +157,26 @@ def test_captions_are_made_from_the_bucket_and_stored_in_it(s3_server, tmp_path)
         assert objects[transcript_key] == transcript and objects[captions_key].startswith(b"WEBVTT\n")
         temp_dir = server.work_dir / "media" / ".tmp"
         assert [path.name for path in temp_dir.rglob("*") if path.is_file() and path.name != "captions.lock"] == []
+
+
+def test_the_mp4_rendition_is_made_from_the_bucket_and_stored_in_it(s3_server, tmp_path):
+    bucket, environment = s3_server.new_bucket()
+    with gunicorn(tmp_path / "server", extra_env={**environment, "RECORDER_RENDITIONS": "1"}) as server:
+        session_id, _ = upload_recording([server.base_url], load_chrome_set("vp8_opus").chunks)
+        body = wait_until_finished(server.base_url, session_id)
+        assert body["status"] == "ready", body["error"]
+        deadline = time.monotonic() + 120
+        while (mp4 := next(item for item in body["renditions"] if item["name"] == "mp4"))["status"] == "pending":
+            assert time.monotonic() < deadline, body["renditions"]
+            time.sleep(0.2)
+            body = call("GET", f"{server.base_url}/api/get-recorded-data/{session_id}/")[1]
+        assert mp4["status"] == "ready" and body["renditions"][0]["name"] == "mp4"
+        objects = s3_server.objects(bucket)
+        [key] = [key for key in objects if key.startswith(f"outputs/{body['view_id']}/video-")]
+        assert len(objects[key]) == mp4["size"] and objects[key][4:8] == b"ftyp"
+        status, headers = get_without_following(mp4["url"])
+        assert status == 302 and urlsplit(headers["Location"]).path.endswith(key)
+        status, _, middle = get_bytes(headers["Location"], {"Range": "bytes=1000-1999"})
+        assert status == 206 and middle == objects[key][1000:2000]
+        temp_dir = server.work_dir / "media" / ".tmp"
+        assert [path.name for path in temp_dir.rglob("*") if path.is_file() and not path.name.endswith(".lock")] == []

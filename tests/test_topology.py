@@ -92,6 +92,7 @@ def test_two_web_processes_two_workers_postgresql_and_s3_make_what_the_embedded_
     assert [name for name, result in scaled.items() if result["built_live"]] == [
         "vp8_opus",
         "vp9_opus",
+        "h264_opus_webm",
         "audio_opus_webm",
         "vp8_opus_60s",
     ]
@@ -179,3 +180,41 @@ def test_captions_are_taken_by_a_worker_pool_of_their_own(postgres_url, tmp_path
     captions_log = (worker_dir / "worker-captions-0.log").read_text()
     assert "recordings.tasks.transcribe_task state=SUCCESSFUL" in captions_log
     assert "transcribe_task" not in (worker_dir / "worker-0.log").read_text()
+
+
+def test_renditions_are_taken_by_a_worker_pool_of_their_own(postgres_url, tmp_path):
+    """`make worker QUEUE=default` processes, `make worker QUEUE=renditions` makes the MP4s: until a
+    renditions worker runs, a ready recording's rendition waits; then that worker alone makes it."""
+    shared = {
+        "DATABASE_URL": postgres_url,
+        "MEDIA_ROOT": str(tmp_path / "media"),
+        "RECORDER_TASKS_BACKEND": "database",
+        "RECORDER_RENDITIONS": "1",
+    }
+    worker_dir = tmp_path / "workers"
+    worker_dir.mkdir()
+    worker_env = {**service_environment(worker_dir), **shared}
+
+    def mp4_of(body: dict) -> dict:
+        return next(item for item in body["renditions"] if item["name"] == "mp4")
+
+    with ExitStack() as stack:
+        web = stack.enter_context(gunicorn(tmp_path / "web", extra_env=shared))
+        stack.enter_context(db_workers(worker_env, worker_dir, count=1, queue_names="default"))
+        session_id, _ = upload_recording([web.base_url], load_chrome_set("vp9_opus").chunks)
+        body = wait_until_finished(web.base_url, session_id)
+        assert body["status"] == "ready", body["error"]
+        time.sleep(3)  # a rendition task would have run by now, had anything taken its queue
+        assert mp4_of(call("GET", f"{web.base_url}/api/get-recorded-data/{session_id}/")[1])["status"] == "pending"
+        stack.enter_context(db_workers(worker_env, worker_dir, count=1, queue_names="renditions"))
+        deadline = time.monotonic() + 120
+        while mp4_of(body := call("GET", f"{web.base_url}/api/get-recorded-data/{session_id}/")[1])["status"] == (
+            "pending"
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    assert mp4_of(body)["status"] == "ready" and body["renditions"][0]["url"].endswith("/mp4/")
+    assert (
+        "recordings.tasks.make_rendition_task state=SUCCESSFUL" in (worker_dir / "worker-renditions-0.log").read_text()
+    )
+    assert "make_rendition_task" not in (worker_dir / "worker-0.log").read_text()

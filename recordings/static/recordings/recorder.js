@@ -3,12 +3,17 @@
 import { ChunkUploader, startRecording } from "./uploader.js";
 
 const TIMESLICE_MS = 1000;
-// Best first. Chrome and Firefox take WebM; Safari records MP4 only.
+// Best first: H.264 wherever the browser records it, so the MP4 that every browser (iPhones too)
+// plays needs no video encode, only its audio (docs/renditions.md). Chrome and Edge record H.264
+// into Matroska (built while it uploads, like WebM), Safari into MP4 with AAC (plays everywhere as
+// it is); Firefox records VP8/VP9 WebM, which the service encodes to H.264 after `ready`.
 const MIME_TYPES = [
+  "video/webm;codecs=h264,opus",
+  "video/mp4;codecs=avc1.42E01E,mp4a.40.2",
+  "video/mp4;codecs=avc1,opus",
   "video/webm;codecs=vp9,opus",
   "video/webm;codecs=vp8,opus",
   "video/webm",
-  "video/mp4;codecs=avc1.42E01E,mp4a.40.2",
   "video/mp4",
 ];
 

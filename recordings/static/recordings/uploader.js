@@ -3,6 +3,10 @@
 // One file, no dependencies, no build step: a page or a browser extension can copy it as it is.
 //
 //   import { ChunkUploader, startRecording } from "./uploader.js";
+//   // H.264 where the browser records it: the MP4 for Safari and iPhones then needs no video encode
+//   const mimeType = ["video/webm;codecs=h264,opus", "video/mp4;codecs=avc1.42E01E,mp4a.40.2",
+//     "video/webm;codecs=vp9,opus"].find((type) => MediaRecorder.isTypeSupported(type));
+//   const recorder = new MediaRecorder(stream, mimeType ? { mimeType } : {});
 //   const session = await startRecording(apiBase, { title, mimeType: recorder.mimeType });
 //   const uploader = new ChunkUploader({ apiBase, ...session, onProgress: (p) => render(p) });
 //   recorder.ondataavailable = (event) => uploader.add(event.data);

@@ -32,10 +32,84 @@ function showWarnings(warnings) {
   $("warnings").hidden = warnings.length === 0;
 }
 
+// --- The video's files: one <source> each, best first ------------------------------------------
+
+// The API lists the recording's files in the order a player should try them: the MP4 (H.264 +
+// AAC, which every browser plays, iPhones too) once it is made, then the recorded video. Each
+// <source> carries its type with codecs, so a browser skips what it says it cannot play.
+function servedSources(recording) {
+  const served = (recording.renditions || []).filter((rendition) => rendition.url);
+  return served.length ? served : [{ name: "original", url: recording.video_url, type: "" }];
+}
+
+function mp4Of(recording) {
+  return (recording.renditions || []).find((rendition) => rendition.name === "mp4");
+}
+
+function setSources(recording) {
+  const video = $("video");
+  video.querySelectorAll("source").forEach((source) => source.remove());
+  const sources = servedSources(recording).map(({ url, type }) => {
+    const source = document.createElement("source");
+    source.src = url;
+    if (type) source.type = type;
+    return source;
+  });
+  video.prepend(...sources);
+  video.load();
+  // An error on the last <source> means the browser played none of them.
+  sources[sources.length - 1].addEventListener("error", () => {
+    unplayable = true;
+    $("status").textContent = mp4Of(recording)?.status === "pending"
+      ? "This browser cannot play the recorded format; a version it plays is being made…"
+      : "This browser cannot play this recording's format; download it instead.";
+  }, { once: true });
+  const mp4 = mp4Of(recording);
+  $("download-mp4").hidden = !mp4?.url;
+  if (mp4?.url) $("download-mp4").href = withDownload(mp4.url);
+}
+
+// While the MP4 is being made, the page looks again now and then. Once it is there, a browser that
+// played nothing of the recorded video (or only its sound: some WebKit versions play a WebM's audio
+// and no picture) gets it; one that plays the recording already keeps playing undisturbed.
+let unplayable = false;
+let renditionWaitMs = 2000;
+
+function playsPicture(recording) {
+  const video = $("video");
+  return !unplayable && video.readyState >= 1 && (!recording.has_video || video.videoWidth > 0);
+}
+
+async function waitForRendition(recording) {
+  if (mp4Of(recording)?.status !== "pending") return;
+  await new Promise((resolve) => setTimeout(resolve, renditionWaitMs));
+  renditionWaitMs = Math.min(renditionWaitMs * 2, 15_000);
+  let latest;
+  try {
+    const response = await fetch(page.dataset.statusUrl);
+    latest = response.ok ? await response.json() : recording; // a throttled or failed look: again later
+  } catch {
+    latest = recording;
+  }
+  if (latest.status !== "ready") return; // processed again, deleted or expired: the page's first load says so
+  const mp4 = mp4Of(latest);
+  if (!mp4?.url) return waitForRendition(latest);
+  if (!playsPicture(latest)) {
+    unplayable = false;
+    $("status").textContent = "Ready.";
+    setSources(latest);
+  } else {
+    $("download-mp4").href = withDownload(mp4.url);
+    $("download-mp4").hidden = false;
+  }
+}
+
 function show(recording) {
   const video = $("video");
   if (recording.thumbnail_url) video.poster = recording.thumbnail_url;
-  video.src = recording.video_url;
+  setSources(recording);
+  $("download-video").href = withDownload(recording.video_url);
+  waitForRendition(recording);
   if (recording.audio_url) {
     $("audio").src = recording.audio_url;
     $("download-audio").href = withDownload(recording.audio_url);
@@ -44,7 +118,6 @@ function show(recording) {
     $("download-audio").hidden = true;
     $("no-audio").hidden = false;
   }
-  $("download-video").href = withDownload(recording.video_url);
   $("duration").textContent = recording.duration ? duration(recording.duration) : "–";
   $("resolution").textContent = recording.width ? `${recording.width} × ${recording.height}` : "audio only";
   $("size").textContent = recording.size ? size(recording.size) : "–";
