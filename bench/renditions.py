@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny run for the test suite")
     parser.add_argument("--output", default="renditions", help="result name under bench/results/")
     args = parser.parse_args()
-    load_source_minutes = LOAD_SOURCE_MINUTES
+    load_source_minutes: float = LOAD_SOURCE_MINUTES
     if args.smoke:
         args.minutes, args.size, args.recorders, args.load_seconds = 0.1, "320x240", 3, 3
         load_source_minutes = 0.2

@@ -72,7 +72,7 @@ def make(session_id: uuid.UUID | str, *, retry_later: Callable[[str], None] | No
     if not is_pending(session_id):
         return SKIPPED
     with background.one_per_machine("renditions", wait=retry_later is None) as has_turn:
-        if not has_turn:
+        if not has_turn and retry_later is not None:
             with database_write_lock():  # asked for again just now: the recovery sweep adds no second task
                 Rendition.objects.filter(
                     session_id=uuid.UUID(str(session_id)), name=renditions.MP4, status=Rendition.Status.PENDING

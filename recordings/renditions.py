@@ -114,14 +114,16 @@ def _h264_plays_everywhere(video_path: Path, container: str, info: utils.MediaIn
 
 def plays_everywhere(h264: utils.H264Parameters, info: utils.MediaInfo) -> bool:
     """Whether an H.264 stream decodes on every iPhone as it is."""
+    width, height = info.width or 0, info.height or 0
     return (
         h264.profile_idc in PLAYS_EVERYWHERE_PROFILES
         and h264.level_idc <= MAX_LEVEL_IDC
         and h264.chroma_format_idc == 1
         and h264.bit_depth == 8
-        and bool(info.width and info.height)
-        and info.width % 2 == 0
-        and info.height % 2 == 0
+        and width > 0
+        and height > 0
+        and width % 2 == 0
+        and height % 2 == 0
     )
 
 

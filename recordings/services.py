@@ -798,7 +798,7 @@ def _rendition_file(session: RecordingSession, kind: str) -> MediaFile:
         session,
         kind,
         storage_name=rendition.storage_name,
-        size=rendition.size,
+        size=rendition.size or 0,
         content_type=rendition.content_type,
         made_at=rendition.finished_at or session.ready_at or session.created_at,
     )

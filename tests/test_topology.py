@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.request
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 
@@ -142,9 +143,39 @@ def test_a_finalize_without_a_count_is_settled_by_a_worker_and_a_late_chunk_gets
     assert "recordings.tasks.settle_finalize_task state=SUCCESSFUL" in (worker_dir / "worker-0.log").read_text()
 
 
+def made_by_a_pool_of_its_own(
+    postgres_url: str, tmp_path, chunks: list[bytes], *, setting: str, queue: str, status_of
+) -> tuple[dict, Path]:
+    """`make worker QUEUE=default` processes; until a worker of `queue` runs, the ready recording's
+    work of that queue waits (`status_of` its body says `pending`); then that worker makes it. The
+    last body and the workers' log folder."""
+    shared = {
+        "DATABASE_URL": postgres_url,
+        "MEDIA_ROOT": str(tmp_path / "media"),
+        "RECORDER_TASKS_BACKEND": "database",
+        setting: "1",
+    }
+    worker_dir = tmp_path / "workers"
+    worker_dir.mkdir()
+    worker_env = {**service_environment(worker_dir), **shared}
+    with ExitStack() as stack:
+        web = stack.enter_context(gunicorn(tmp_path / "web", extra_env=shared))
+        stack.enter_context(db_workers(worker_env, worker_dir, count=1, queue_names="default"))
+        session_id, _ = upload_recording([web.base_url], chunks)
+        body = wait_until_finished(web.base_url, session_id)
+        assert body["status"] == "ready", body["error"]
+        time.sleep(3)  # its task would have run by now, had anything taken its queue
+        assert status_of(call("GET", f"{web.base_url}/api/get-recorded-data/{session_id}/")[1]) == "pending"
+        stack.enter_context(db_workers(worker_env, worker_dir, count=1, queue_names=queue))
+        deadline = time.monotonic() + 120
+        while status_of(body := call("GET", f"{web.base_url}/api/get-recorded-data/{session_id}/")[1]) == "pending":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    return body, worker_dir
+
+
 def test_captions_are_taken_by_a_worker_pool_of_their_own(postgres_url, tmp_path):
-    """`make worker QUEUE=default` processes, `make worker QUEUE=captions` transcribes: until a
-    captions worker runs, a ready recording's captions wait; then that worker alone makes them."""
+    """`make worker QUEUE=captions` transcribes, and nothing else does."""
     from recordings import captions
     from tests.conftest import skip_or_fail
     from tests.speech import speech_recording
@@ -152,30 +183,14 @@ def test_captions_are_taken_by_a_worker_pool_of_their_own(postgres_url, tmp_path
     if not captions.is_installed():
         skip_or_fail("the captions extra is not installed (make captions)")
     speech = speech_recording(tmp_path / "speech")
-    shared = {
-        "DATABASE_URL": postgres_url,
-        "MEDIA_ROOT": str(tmp_path / "media"),
-        "RECORDER_TASKS_BACKEND": "database",
-        "RECORDER_CAPTIONS": "1",
-    }
-    worker_dir = tmp_path / "workers"
-    worker_dir.mkdir()
-    worker_env = {**service_environment(worker_dir), **shared}
-    with ExitStack() as stack:
-        web = stack.enter_context(gunicorn(tmp_path / "web", extra_env=shared))
-        stack.enter_context(db_workers(worker_env, worker_dir, count=1, queue_names="default"))
-        session_id, _ = upload_recording([web.base_url], speech.recording.chunks)
-        body = wait_until_finished(web.base_url, session_id)
-        assert body["status"] == "ready", body["error"]
-        time.sleep(3)  # a captions task would have run by now, had anything taken its queue
-        assert call("GET", f"{web.base_url}/api/get-recorded-data/{session_id}/")[1]["captions_status"] == "pending"
-        stack.enter_context(db_workers(worker_env, worker_dir, count=1, queue_names="captions"))
-        deadline = time.monotonic() + 120
-        while (body := call("GET", f"{web.base_url}/api/get-recorded-data/{session_id}/")[1])[
-            "captions_status"
-        ] == "pending":
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+    body, worker_dir = made_by_a_pool_of_its_own(
+        postgres_url,
+        tmp_path,
+        speech.recording.chunks,
+        setting="RECORDER_CAPTIONS",
+        queue="captions",
+        status_of=lambda body: body["captions_status"],
+    )
     assert body["captions_status"] == "ready" and body["captions_url"]
     captions_log = (worker_dir / "worker-captions-0.log").read_text()
     assert "recordings.tasks.transcribe_task state=SUCCESSFUL" in captions_log
@@ -183,38 +198,16 @@ def test_captions_are_taken_by_a_worker_pool_of_their_own(postgres_url, tmp_path
 
 
 def test_renditions_are_taken_by_a_worker_pool_of_their_own(postgres_url, tmp_path):
-    """`make worker QUEUE=default` processes, `make worker QUEUE=renditions` makes the MP4s: until a
-    renditions worker runs, a ready recording's rendition waits; then that worker alone makes it."""
-    shared = {
-        "DATABASE_URL": postgres_url,
-        "MEDIA_ROOT": str(tmp_path / "media"),
-        "RECORDER_TASKS_BACKEND": "database",
-        "RECORDER_RENDITIONS": "1",
-    }
-    worker_dir = tmp_path / "workers"
-    worker_dir.mkdir()
-    worker_env = {**service_environment(worker_dir), **shared}
-
-    def mp4_of(body: dict) -> dict:
-        return next(item for item in body["renditions"] if item["name"] == "mp4")
-
-    with ExitStack() as stack:
-        web = stack.enter_context(gunicorn(tmp_path / "web", extra_env=shared))
-        stack.enter_context(db_workers(worker_env, worker_dir, count=1, queue_names="default"))
-        session_id, _ = upload_recording([web.base_url], load_chrome_set("vp9_opus").chunks)
-        body = wait_until_finished(web.base_url, session_id)
-        assert body["status"] == "ready", body["error"]
-        time.sleep(3)  # a rendition task would have run by now, had anything taken its queue
-        assert mp4_of(call("GET", f"{web.base_url}/api/get-recorded-data/{session_id}/")[1])["status"] == "pending"
-        stack.enter_context(db_workers(worker_env, worker_dir, count=1, queue_names="renditions"))
-        deadline = time.monotonic() + 120
-        while mp4_of(body := call("GET", f"{web.base_url}/api/get-recorded-data/{session_id}/")[1])["status"] == (
-            "pending"
-        ):
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-    assert mp4_of(body)["status"] == "ready" and body["renditions"][0]["url"].endswith("/mp4/")
-    assert (
-        "recordings.tasks.make_rendition_task state=SUCCESSFUL" in (worker_dir / "worker-renditions-0.log").read_text()
+    """`make worker QUEUE=renditions` makes the MP4s, and nothing else does."""
+    body, worker_dir = made_by_a_pool_of_its_own(
+        postgres_url,
+        tmp_path,
+        load_chrome_set("vp9_opus").chunks,
+        setting="RECORDER_RENDITIONS",
+        queue="renditions",
+        status_of=lambda body: next(item["status"] for item in body["renditions"] if item["name"] == "mp4"),
     )
+    assert body["renditions"][0]["name"] == "mp4" and body["renditions"][0]["url"].endswith("/mp4/")
+    renditions_log = (worker_dir / "worker-renditions-0.log").read_text()
+    assert "recordings.tasks.make_rendition_task state=SUCCESSFUL" in renditions_log
     assert "make_rendition_task" not in (worker_dir / "worker-0.log").read_text()
