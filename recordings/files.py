@@ -61,16 +61,16 @@ def live_build_dir(session: RecordingSession) -> Path:
     return settings.RECORDER_LIVE_DIR / session.view_id.hex
 
 
-def work_dir_prefix(session: RecordingSession) -> str:
-    """The name every processing run's work folder of this recording starts with."""
-    return f"process-{session.view_id}-"  # ffmpeg may name it in an error a viewer reads
+def work_dir_prefix(session: RecordingSession, kind: str = "process") -> str:
+    """The name every work folder of this kind (`process`, `rendition`) of this recording starts with."""
+    return f"{kind}-{session.view_id}-"  # ffmpeg may name it in an error a viewer reads
 
 
-def remove_work_dirs(session: RecordingSession, temp_dir: Path) -> int:
-    """Remove the work folders earlier runs of this recording left in `temp_dir` (this machine's
-    only): called by a run that took over from a dead one. How many there were."""
+def remove_work_dirs(session: RecordingSession, temp_dir: Path, kind: str = "process") -> int:
+    """Remove the work folders of this kind earlier runs of this recording left in `temp_dir` (this
+    machine's only): called by a run that took over from a dead one. How many there were."""
     removed = 0
-    for folder in temp_dir.glob(f"{work_dir_prefix(session)}*"):
+    for folder in temp_dir.glob(f"{work_dir_prefix(session, kind)}*"):
         shutil.rmtree(folder, ignore_errors=True)
         removed += 1
     return removed

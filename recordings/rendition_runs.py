@@ -124,9 +124,13 @@ def _run(rendition: Rendition, run_id: str) -> str:
             unwanted.set()
 
     began = time.monotonic()
+    if rendition.attempts > 1:  # a killed run's work folder, if it died on this machine
+        files.remove_work_dirs(session, settings.RECORDER_TEMP_DIR, kind="rendition")
     with background.Heartbeat(stamp, interval_seconds=HEARTBEAT_SECONDS, name=f"rendition-{session.id}"):
         try:
-            with tempfile.TemporaryDirectory(dir=settings.RECORDER_TEMP_DIR, prefix="rendition-") as work:
+            with tempfile.TemporaryDirectory(
+                dir=settings.RECORDER_TEMP_DIR, prefix=files.work_dir_prefix(session, "rendition")
+            ) as work:
                 made = background.at_low_priority(
                     lambda: _encode(session, Path(work), unwanted), name="recorder-rendition"
                 )

@@ -22,9 +22,18 @@ MP4 = "mp4"  # the one rendition: its name, and its media kind in URLs
 ORIGINAL = "original"  # the recorded video, as processing made it (media kind `video`)
 
 # What iPhones decode (Apple's HLS authoring spec, and every iOS device since 2015): Baseline,
-# Main and High profile, 4:2:0 at 8 bits, up to level 5.1.
+# Main and High profile, progressive, 4:2:0 at 8 bits, up to level 5.1.
 PLAYS_EVERYWHERE_PROFILES = {66: "Baseline", 77: "Main", 100: "High"}
 MAX_LEVEL_IDC = 51
+# The largest frame each level allows, in macroblocks (H.264 Table A-1): a stream whose frame is
+# larger than its level says is not what it claims to be, and is encoded again.
+MAX_FRAME_MACROBLOCKS = {
+    9: 99, 10: 99, 11: 396, 12: 396, 13: 396, 20: 396, 21: 792, 22: 1620, 30: 1620, 31: 3600, 32: 5120,
+    40: 8192, 41: 8192, 42: 8704, 50: 22080, 51: 36864,
+}  # fmt: skip
+# A re-encode keeps frames at least 25 ms apart (at most 40 a second): level 4.0 holds up to 720p,
+# 4.2 to 1080p (its 522,240 macroblocks a second), both decoded by every iPhone.
+LEVEL_4_0_MACROBLOCKS_PER_SECOND = 245_760
 # A re-encode fits the frame in 1920x1080 (1080x1920 upright): level 4.0 at 30 fps, which every
 # iPhone decodes, at a quarter of a 4K screen's encoding time.
 MAX_LONG_SIDE, MAX_SHORT_SIDE = 1920, 1080
@@ -89,7 +98,7 @@ def encode_file(
     )
     codecs = []
     if info.has_video:
-        codecs.append(utils.h264_parameters(output_path, container="mp4", limits=_probe_limits()).codecs)
+        codecs.append(utils.h264_parameters(output_path, container="mp4", limits=_probe_limits())[0].codecs)
     if info.has_audio:
         codecs.append(AAC_LC)
     return Made(
@@ -101,30 +110,45 @@ def encode_file(
 
 
 def _h264_plays_everywhere(video_path: Path, container: str, info: utils.MediaInfo, work_dir: Path) -> bool:
-    """Whether an H.264 video is copied as it is: one sequence parameter set all through (a picture
-    that changes size mid-way, a resized window, is encoded again at one size), which iPhones decode.
-    The sets sent in the stream are compared (an MP4's, kept in its header only, are none)."""
-    parameter_sets = utils.distinct_h264_parameter_sets(
-        video_path, container=container, work_path=work_dir / "parameter-sets.h264", limits=_probe_limits()
-    )
-    if len(parameter_sets) > 1:
+    """Whether an H.264 video is copied as it is: one sequence parameter set all through, the
+    container's and the stream's alike (a picture that changes size mid-way, a resized window, is
+    encoded again at one size), which iPhones decode."""
+    try:
+        sent_in_stream = utils.distinct_h264_parameter_sets(
+            video_path, container=container, work_path=work_dir / "parameter-sets.h264", limits=_scan_limits()
+        )
+    except utils.MediaError as error:
+        if error.code != "output_too_large":
+            raise
+        return False  # parameter sets by the megabyte: no recorder's
+    if len(sent_in_stream) > 1:
         return False
-    return plays_everywhere(utils.h264_parameters(video_path, container=container, limits=_probe_limits()), info)
+    parameter_sets = utils.h264_parameters(video_path, container=container, limits=_probe_limits())
+    return len(parameter_sets) == 1 and plays_everywhere(parameter_sets[0], info)
 
 
 def plays_everywhere(h264: utils.H264Parameters, info: utils.MediaInfo) -> bool:
     """Whether an H.264 stream decodes on every iPhone as it is."""
     width, height = info.width or 0, info.height or 0
+    frame_macroblocks = h264.width_macroblocks * h264.height_macroblocks
     return (
         h264.profile_idc in PLAYS_EVERYWHERE_PROFILES
         and h264.level_idc <= MAX_LEVEL_IDC
+        and frame_macroblocks <= MAX_FRAME_MACROBLOCKS.get(h264.level_idc, 0)
+        and h264.is_progressive
         and h264.chroma_format_idc == 1
-        and h264.bit_depth == 8
+        and h264.bit_depth == h264.bit_depth_chroma == 8
         and width > 0
         and height > 0
         and width % 2 == 0
         and height % 2 == 0
     )
+
+
+def level_for(width: int, height: int) -> str:
+    """The H.264 level a re-encode declares: what its frame size at 40 frames a second needs."""
+    macroblocks = -(-width // 16) * -(-height // 16)
+    return "4.0" if macroblocks * 40 <= LEVEL_4_0_MACROBLOCKS_PER_SECOND else "4.2"
 
 
 def frame_size(width: int, height: int) -> tuple[int, int]:
@@ -145,24 +169,35 @@ def encoding_for(info: utils.MediaInfo, *, copy_video: bool) -> utils.RenditionE
         crf=settings.RECORDER_RENDITION_CRF,
         max_video_bits_per_second=settings.RECORDER_RENDITION_MAX_BITRATE,
         threads=settings.RECORDER_RENDITION_THREADS,
+        level=level_for(width, height),
     )
 
 
 def encode_limits(duration_seconds: float, encoding: utils.RenditionEncoding, *, video_bytes: int) -> utils.Limits:
     """What one encode may cost: in proportion to the recording's duration, and to its stored bytes."""
     video_mib = video_bytes / (1024 * 1024)
-    video_bits_per_second = 0 if encoding.copy_video else encoding.max_video_bits_per_second
-    rate_bound = int(1.25 * (encoding.audio_bits_per_second + video_bits_per_second) / 8 * duration_seconds)
+    # the audio at its fixed rate, for as long as the recording lasts (processing's MP3 is allowed
+    # as much); the video at most its rate cap, and at most OUTPUT_GROWTH times the stored video
+    audio_bytes = int(1.25 * encoding.audio_bits_per_second / 8 * duration_seconds)
     if encoding.copy_video:
-        output_bytes = video_bytes + rate_bound + OUTPUT_SLACK_BYTES
+        video_bound = video_bytes
     else:
-        output_bytes = min(rate_bound, OUTPUT_GROWTH * video_bytes) + OUTPUT_SLACK_BYTES
+        rate_bytes = int(1.25 * encoding.max_video_bits_per_second / 8 * duration_seconds)
+        video_bound = min(rate_bytes, OUTPUT_GROWTH * video_bytes)
+    output_bytes = video_bound + audio_bytes + OUTPUT_SLACK_BYTES
     return utils.Limits(
         timeout_seconds=BASE_SECONDS
         + min(SECONDS_PER_RECORDED_SECOND * duration_seconds, SECONDS_PER_MIB * max(1.0, video_mib)),
         memory_bytes=settings.RECORDER_FFMPEG_MAX_MEMORY_BYTES or None,
         output_bytes=output_bytes,
         max_frame_pixels=settings.RECORDER_MAX_FRAME_PIXELS or None,
+    )
+
+
+def _scan_limits() -> utils.Limits:
+    """For the parameter-set scan: a recorder's SPS is ~20 bytes a keyframe, 1 MiB is ~50,000."""
+    return utils.Limits(
+        timeout_seconds=60, output_bytes=1024 * 1024, max_frame_pixels=settings.RECORDER_MAX_FRAME_PIXELS or None
     )
 
 

@@ -833,13 +833,17 @@ _TRACED_FIELD = re.compile(r"^\[trace_headers[^\]]*\]\s+\d+\s+(\w+)\s+[01]+ = (\
 
 @dataclass(frozen=True)
 class H264Parameters:
-    """What an H.264 stream's first sequence parameter set declares (ITU-T H.264, 7.3.2.1.1)."""
+    """What one H.264 sequence parameter set declares (ITU-T H.264, 7.3.2.1.1)."""
 
     profile_idc: int
     constraint_flags: int  # constraint_set0..5 as the byte after profile_idc (set0 in its top bit)
     level_idc: int
     chroma_format_idc: int  # 1: 4:2:0
-    bit_depth: int
+    bit_depth: int  # luma
+    bit_depth_chroma: int
+    is_progressive: bool  # frame_mbs_only_flag: no fields (interlacing)
+    width_macroblocks: int
+    height_macroblocks: int  # of a frame
 
     @property
     def codecs(self) -> str:
@@ -847,44 +851,50 @@ class H264Parameters:
         return f"avc1.{self.profile_idc:02X}{self.constraint_flags:02X}{self.level_idc:02X}"
 
 
-def h264_parameters(path: Path, *, container: str | None, limits: Limits) -> H264Parameters:
-    """The first video stream's SPS, read by ffmpeg's trace_headers from its first packet (and the
-    container's avcC): no frame is decoded."""
+def h264_parameters(path: Path, *, container: str | None, limits: Limits) -> list[H264Parameters]:
+    """The first video stream's sequence parameter sets, the container's (avcC, CodecPrivate) first,
+    then those in the stream, each distinct one once (as many as ffmpeg's trace_headers reports in
+    1 MiB: ~150), read from the parameter-set NAL units alone: no frame is decoded."""
     finished = _run(
         [
             FFMPEG_BINARY,
             "-hide_banner",
             "-nostdin",
             *input_args(path, container),
-            "-map",
-            "0:v:0",
-            "-c",
-            "copy",
-            "-bsf:v",
-            "trace_headers",
-            "-frames:v",
-            "1",
-            "-f",
-            "null",
-            "-",
+            *("-map", "0:v:0", "-c", "copy", "-bsf:v", "filter_units=pass_types=7,trace_headers"),
+            *("-f", "null", "-"),
         ],
         limits=Limits(limits.timeout_seconds, limits.memory_bytes, _REPORT_BYTES, limits.max_frame_pixels),
         what="Reading the H.264 parameters",
     )
-    fields: dict[str, int] = {}
-    for name, value in _TRACED_FIELD.findall(finished.report):
-        fields.setdefault(name, int(value))  # the first SPS
-    if finished.returncode != 0 or "profile_idc" not in fields or "level_idc" not in fields:
+    found: dict[H264Parameters, None] = {}
+    for block in re.split(r"(?=^\[trace_headers[^\]]*\]\s+\d+\s+profile_idc\s)", finished.report, flags=re.MULTILINE):
+        fields: dict[str, int] = {}
+        for name, value in _TRACED_FIELD.findall(block):
+            fields.setdefault(name, int(value))
+        if "profile_idc" in fields and "pic_height_in_map_units_minus1" in fields:
+            found[_parameters_of(fields)] = None
+    if finished.returncode != 0 or not found:
         raise MediaError("media_undecodable", "The H.264 stream has no readable sequence parameter set.")
+    return list(found)
+
+
+def _parameters_of(fields: dict[str, int]) -> H264Parameters:
     flags = 0
     for bit in range(6):
         flags |= fields.get(f"constraint_set{bit}_flag", 0) << (7 - bit)
+    is_progressive = bool(fields.get("frame_mbs_only_flag", 1))
+    map_units = fields["pic_height_in_map_units_minus1"] + 1
     return H264Parameters(
         profile_idc=fields["profile_idc"],
         constraint_flags=flags,
-        level_idc=fields["level_idc"],
+        level_idc=fields.get("level_idc", 0),
         chroma_format_idc=fields.get("chroma_format_idc", 1),  # absent below High: 4:2:0
         bit_depth=8 + fields.get("bit_depth_luma_minus8", 0),
+        bit_depth_chroma=8 + fields.get("bit_depth_chroma_minus8", 0),
+        is_progressive=is_progressive,
+        width_macroblocks=fields.get("pic_width_in_mbs_minus1", 0) + 1,
+        height_macroblocks=map_units if is_progressive else 2 * map_units,
     )
 
 
@@ -927,9 +937,16 @@ class RenditionEncoding:
     preset: str
     crf: int
     max_video_bits_per_second: int
-    threads: int  # 0: ffmpeg's choice
+    threads: int  # for decoding, filtering and encoding alike; 0: ffmpeg's choice (a thread per core)
+    level: str = "4.0"  # H.264 level written (x264 would guess one from the source's nominal rate)
     max_fps: int = 30
     audio_bits_per_second: int = 128_000
+
+    @property
+    def min_frame_gap_seconds(self) -> float:
+        """Frames closer than this to the one kept before are dropped: at most max_fps a second
+        on average, with room for a 30 fps recorder's jitter (its frames come 25-40 ms apart)."""
+        return 0.75 / self.max_fps
 
 
 def encode_rendition(
@@ -952,7 +969,7 @@ def encode_rendition(
             "-vf",
             # at most max_fps frames a second, each kept at its own time: MediaRecorder's frame times
             # vary (a still screen sends few), and a constant rate would add copies of frames
-            f"select='isnan(prev_selected_t)+gte(t-prev_selected_t,{0.9 / encoding.max_fps:.4f})',"
+            f"select='isnan(prev_selected_t)+gte(t-prev_selected_t,{encoding.min_frame_gap_seconds:.4f})',"
             f"scale={encoding.width}:{encoding.height}:flags=bicubic,setsar=1,format=yuv420p",
             "-c:v",
             "libx264",
@@ -962,6 +979,8 @@ def encode_rendition(
             str(encoding.crf),
             "-profile:v",
             "high",
+            "-level:v",
+            encoding.level,
             # a noisy picture cannot make the file larger than this rate allows
             "-maxrate",
             str(encoding.max_video_bits_per_second),
@@ -992,7 +1011,9 @@ def encode_rendition(
     )
     run_ffmpeg(
         [
+            *("-threads", str(encoding.threads)),  # the decoder's (before -i); the encoder's is below
             *input_args(source_path, container),
+            *("-filter_threads", str(encoding.threads)),
             *_FIRST_VIDEO_AND_AUDIO,
             *video_args,
             *audio_args,

@@ -4,9 +4,13 @@ Matroska is written element by element (https://www.matroska.org/technical/eleme
 by box (ISO/IEC 14496-12); each builder says what the file claims and why that is expensive.
 """
 
+import random
 import struct
+import subprocess
 import zlib
 from pathlib import Path
+
+from recordings import utils
 
 UNKNOWN_SIZE = b"\x01\xff\xff\xff\xff\xff\xff\xff"
 
@@ -248,3 +252,83 @@ def mp4_claiming_samples(
     head_bytes = len(movie(0))
     destination.write_bytes(movie(head_bytes + 8) + _box(b"mdat", b"\xff" * 64))
     return destination
+
+
+# --- MP4 boxes, and a recorder's frame times ---------------------------------------------------------
+
+_MP4_CONTAINER_BOXES = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts", b"udta"}
+_MP4_BOX_PREFIX = {b"stsd": 8, b"avc1": 78}  # bytes before the child boxes of these
+
+
+def _mp4_boxes(data: bytes) -> list[tuple[bytes, bytes]]:
+    boxes, offset = [], 0
+    while offset < len(data):
+        size, kind = struct.unpack(">I4s", data[offset : offset + 8])
+        boxes.append((kind, data[offset + 8 : offset + size]))
+        offset += size
+    return boxes
+
+
+def _find_box(data: bytes, wanted: bytes) -> bytes | None:
+    for kind, body in _mp4_boxes(data):
+        if kind == wanted:
+            return body
+        if kind in _MP4_CONTAINER_BOXES or kind in _MP4_BOX_PREFIX:
+            found = _find_box(body[_MP4_BOX_PREFIX.get(kind, 0) :], wanted)
+            if found is not None:
+                return found
+    return None
+
+
+def _with_box(data: bytes, kind_replaced: bytes, body_replaced: bytes) -> bytes:
+    rebuilt = b""
+    for kind, body in _mp4_boxes(data):
+        if kind == kind_replaced:
+            body = body_replaced
+        elif kind in _MP4_CONTAINER_BOXES or kind in _MP4_BOX_PREFIX:
+            prefix = _MP4_BOX_PREFIX.get(kind, 0)
+            body = body[:prefix] + _with_box(body[prefix:], kind_replaced, body_replaced)
+        rebuilt += struct.pack(">I4s", 8 + len(body), kind) + body
+    return rebuilt
+
+
+def with_avcc_of(frames: Path, header: Path, destination: Path) -> Path:
+    """`frames`' MP4 (moov last, as ffmpeg writes it without faststart) with `header`'s avcC: a
+    header that says one thing of the H.264 stream while its own parameter sets say another."""
+    data = frames.read_bytes()
+    boxes = _mp4_boxes(data)
+    assert boxes[-1][0] == b"moov", "the moov must come last"
+    moov_start = len(data) - 8 - len(boxes[-1][1])
+    avcc = _find_box(header.read_bytes(), b"avcC")
+    assert avcc is not None
+    destination.write_bytes(data[:moov_start] + _with_box(data[moov_start:], b"avcC", avcc))
+    return destination
+
+
+def jittery_vp8(directory: Path, *, frames: int, mean_gap_ms: float, jitter_ms: float) -> Path:
+    """1280x720 VP8 in WebM with a recorder's frame times: `mean_gap_ms` apart, give or take a
+    normal jitter, in 1 ms timecodes, with no DefaultDuration (as Chrome writes it)."""
+    ivf = directory / "still.ivf"
+    utils.run_ffmpeg(
+        [
+            *("-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-frames:v", str(frames)),
+            *("-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "16", "-b:v", "500k", str(ivf)),
+        ],
+        limits=utils.Limits(timeout_seconds=120),
+    )
+    data = ivf.read_bytes()
+    header_bytes = struct.unpack("<H", data[6:8])[0]
+    header = bytearray(data[:header_bytes])
+    struct.pack_into("<II", header, 16, 1000, 1)  # a 1 ms time base
+    jittered, offset, time_ms, random_times = bytearray(header), header_bytes, 0.0, random.Random(1)
+    while offset < len(data):
+        size = struct.unpack("<I", data[offset : offset + 4])[0]
+        jittered += struct.pack("<IQ", size, round(time_ms)) + data[offset + 12 : offset + 12 + size]
+        offset += 12 + size
+        time_ms += max(1.0, random_times.gauss(mean_gap_ms, jitter_ms))
+    jittered_ivf = directory / "jittery.ivf"
+    jittered_ivf.write_bytes(jittered)
+    webm = directory / "jittery.webm"
+    utils.run_ffmpeg(["-i", str(jittered_ivf), "-c", "copy", "-f", "webm", str(webm)], limits=utils.Limits(60))
+    subprocess.run(["mkvpropedit", "-q", str(webm), "--edit", "track:v1", "--delete", "default-duration"], check=True)
+    return webm

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from recordings import rendition_runs, renditions, tasks, utils
 from recordings.models import RecordingSession, Rendition
+from tests import hostile_media
 from tests.conftest import (
     CHROME_SETS,
     Recording,
@@ -225,20 +226,76 @@ def test_frame_size_and_rate_are_what_iphones_decode(
     assert frames >= min(fps, 30) * 2 - 3, frames  # no frame of a slower recording is dropped
 
 
-def test_h264_iphones_cannot_decode_is_encoded_again(api, renditions_on, ffprobe, media_root, generated_dir):
-    """H.264 in 4:4:4 (High 4:4:4 Predictive): a browser can record it; iPhones do not decode it."""
-    path = generated_dir / "h264_444.mkv"
-    generate_media(
-        path,
-        seconds=2,
-        output_args=[*("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv444p"), "-c:a", "libopus"]
-        + ["-f", "matroska", "-live", "1"],
-    )
-    recording = Recording("h264_444", split_bytes(path.read_bytes(), 3), "video/x-matroska", 2.0, True, True)
+@pytest.mark.parametrize(
+    ("name", "x264_args"),
+    [
+        # High 4:4:4 Predictive: a browser can record it; iPhones do not decode it
+        ("444", ["-pix_fmt", "yuv444p"]),
+        # 10 bits
+        ("10bit", ["-pix_fmt", "yuv420p10le"]),
+        # interlaced (fields), as a capture card may send
+        ("interlaced", ["-pix_fmt", "yuv420p", "-flags", "+ildct+ilme"]),
+        # a level that its frame size belies: 1280x720 cannot be level 2.0 (at most 396 macroblocks)
+        ("level_lie", ["-pix_fmt", "yuv420p", "-level:v", "2.0", "-s", "1280x720"]),
+    ],
+)
+def test_h264_iphones_cannot_decode_is_encoded_again(
+    api, renditions_on, ffprobe, media_root, generated_dir, name, x264_args
+):
+    path = generated_dir / f"h264_{name}.mkv"
+    if not path.exists():
+        generate_media(
+            path,
+            seconds=2,
+            output_args=["-c:v", "libx264", "-preset", "ultrafast", *x264_args, "-c:a", "libopus"]
+            + ["-f", "matroska", "-live", "1"],
+        )
+    recording = Recording(f"h264_{name}", split_bytes(path.read_bytes(), 3), "video/x-matroska", 2.0, True, True)
     session_id = record(api, recording)
     rendition = Rendition.objects.get(session_id=session_id)
-    assert rendition.status == Rendition.Status.READY and rendition.video_copied is False
+    assert rendition.status == Rendition.Status.READY and rendition.video_copied is False, rendition.error_detail
     check_plays_everywhere(ffprobe, Path(media_root) / rendition.storage_name, has_video=True, has_audio=True)
+
+
+def test_h264_whose_header_belies_its_stream_is_encoded_again(api, renditions_on, ffprobe, media_root, tmp_path):
+    """4:4:4 10-bit frames (their SPS in the stream) behind an MP4 header whose avcC says High 4:2:0
+    8-bit: judged by every parameter set, the header's and the stream's, it is not copied."""
+    frames, header = tmp_path / "frames.mp4", tmp_path / "header.mp4"
+    generate_media(
+        frames,
+        seconds=2,
+        output_args=[
+            *("-pix_fmt", "yuv444p10le", "-c:v", "libx264", "-profile:v", "high444", "-preset", "ultrafast"),
+            *("-x264-params", "repeat-headers=1", "-c:a", "libopus", "-f", "mp4"),
+        ],
+    )
+    generate_media(
+        header, seconds=1, output_args=["-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast", "-an"]
+    )
+    disguised = hostile_media.with_avcc_of(frames, header, tmp_path / "disguised.mp4")
+    recording = Recording("disguised", split_bytes(disguised.read_bytes(), 3), "video/mp4", 2.0, True, True)
+    session_id = record(api, recording)
+    rendition = Rendition.objects.get(session_id=session_id)
+    assert rendition.status == Rendition.Status.READY and rendition.video_copied is False, rendition.error_detail
+    check_plays_everywhere(ffprobe, Path(media_root) / rendition.storage_name, has_video=True, has_audio=True)
+
+
+def test_a_recorders_jittery_frame_times_keep_the_level_and_the_frames(
+    api, renditions_on, ffprobe, media_root, tmp_path
+):
+    """Chrome's frame times jitter by milliseconds around 33 ms, in 1 ms timecodes, with no
+    DefaultDuration: ffmpeg then guesses 1000 frames a second, which x264 sized the level by (6.0)."""
+    if not shutil.which("mkvpropedit"):
+        skip_or_fail("mkvtoolnix is not installed (mkvpropedit)")
+    webm = hostile_media.jittery_vp8(tmp_path, frames=150, mean_gap_ms=33.33, jitter_ms=4.0)
+    recording = Recording("jittery", split_bytes(webm.read_bytes(), 3), "video/webm", 5.0, False, True)
+    session_id = record(api, recording)
+    rendition = Rendition.objects.get(session_id=session_id)
+    assert rendition.status == Rendition.Status.READY, rendition.error_detail
+    probed = check_plays_everywhere(ffprobe, Path(media_root) / rendition.storage_name, has_video=True, has_audio=False)
+    [video] = probed["streams"]
+    assert video["level"] == 40 and rendition.codecs == "avc1.640028"
+    assert int(video["nb_frames"]) >= 150 * 0.95  # a 30 fps recorder's frames are all kept
 
 
 def test_served_like_the_other_media(api, renditions_on, media_root):
@@ -335,17 +392,25 @@ def encoding(*, copy_video: bool) -> utils.RenditionEncoding:
 
 def test_what_one_encode_may_cost_grows_with_the_duration_and_the_bytes():
     mib = 1024 * 1024
+    slack = renditions.OUTPUT_SLACK_BYTES
+
+    def audio_bytes(seconds: float) -> int:
+        return int(1.25 * 128_000 / 8 * seconds)
+
     # 10 minutes of camera video, 150 MiB: the duration binds
     limits = renditions.encode_limits(600, encoding(copy_video=False), video_bytes=150 * mib)
     assert limits.timeout_seconds == renditions.BASE_SECONDS + 4 * 600
-    assert limits.output_bytes == int(1.25 * (4_000_000 + 128_000) / 8 * 600) + renditions.OUTPUT_SLACK_BYTES
-    # 4 hours of skipped frames in 2 MiB: the bytes bind, time and output alike
+    assert limits.output_bytes == int(1.25 * 4_000_000 / 8 * 600) + audio_bytes(600) + slack
+    # 4 hours of skipped frames in 2 MiB: the bytes bind the time and the video
     hostile = renditions.encode_limits(4 * 3600, encoding(copy_video=False), video_bytes=2 * mib)
     assert hostile.timeout_seconds == renditions.BASE_SECONDS + 60 * 2
-    assert hostile.output_bytes == 8 * 2 * mib + renditions.OUTPUT_SLACK_BYTES
+    assert hostile.output_bytes == 8 * 2 * mib + audio_bytes(4 * 3600) + slack
+    # 2 hours of a voice at 6 kb/s (5.4 MB): its AAC at 128 kb/s (115 MB) fits, as its MP3 does
+    voice = renditions.encode_limits(7200, encoding(copy_video=False), video_bytes=5_400_000)
+    assert voice.output_bytes > 128_000 / 8 * 7200 + 2**20
     # H.264 copied: the video's bytes and the audio's rate
     copied = renditions.encode_limits(600, encoding(copy_video=True), video_bytes=50_000_000)
-    assert copied.output_bytes == int(1.25 * 128_000 / 8 * 600) + 50_000_000 + renditions.OUTPUT_SLACK_BYTES
+    assert copied.output_bytes == 50_000_000 + audio_bytes(600) + slack
 
 
 def test_an_encode_that_is_no_longer_wanted_stops_at_once(tmp_path):
