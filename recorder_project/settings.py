@@ -351,8 +351,8 @@ if RECORDER_RENDITION_PRESET not in _X264_PRESETS:
 RECORDER_RENDITION_CRF = env_int("RECORDER_RENDITION_CRF", 23)
 RECORDER_RENDITION_MAX_BITRATE = env_int("RECORDER_RENDITION_MAX_BITRATE", 4_000_000)
 # Encoder threads per rendition (one rendition at a time per machine, at nice 19): all cores but
-# one, at most 4, so a core is always the web's (uploads' p95 with a rendition running, 2 cores:
-# 1.20-1.37x with 2 threads; bench/renditions.py).
+# one, at most 4 (uploads' p95 with a rendition running, 2 cores: 1.22-1.44x with 1 thread,
+# 1.20-1.37x with 2; bench/renditions.py).
 RECORDER_RENDITION_THREADS = env_int("RECORDER_RENDITION_THREADS", max(1, min((os.cpu_count() or 1) - 1, 4)))
 
 # --- Slow clients (`make serve`: recorder_project/buffering_worker.py) ------------------------------
