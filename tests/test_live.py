@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 
 from recordings import live, live_audio, live_webm, services, utils
@@ -325,6 +325,16 @@ def test_a_block_timestamp_going_back_is_left_to_the_full_pipeline(tmp_path):
 
 
 def build_of(session_id: str) -> LiveBuild | None:
+    """The recording's build as committed. The tests' in-memory SQLite shares one cache between
+    connections, where a read of a table another thread is writing fails at once ("database table
+    is locked") instead of waiting as a file database does: such a read is tried again."""
+    for _ in range(200):
+        try:
+            return LiveBuild.objects.filter(session_id=session_id).first()
+        except OperationalError as error:
+            if "is locked" not in str(error):
+                raise
+            time.sleep(0.01)
     return LiveBuild.objects.filter(session_id=session_id).first()
 
 
