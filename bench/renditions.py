@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.captions import upload
 from bench.finalize import finalize_until_ready
 from bench.harness import (
     Http,
@@ -154,14 +155,7 @@ def uploads_while_rendering(
     server, load_chunks: list[bytes], source_chunks: list[Path], *, recorders: int, seconds: float
 ):
     http = Http(server.base_url)
-    started = http.json("POST", "/api/start-recording/", {"mime_type": "video/webm;codecs=vp8,opus"})
-    session_id, token = started["session_id"], started["upload_token"]
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "video/webm"}
-    for index, path in enumerate(source_chunks):
-        status, _, _ = http.request(
-            "POST", f"/api/receive-video-chunk/?session_id={session_id}&chunk_index={index}", path.read_bytes(), headers
-        )
-        assert status == 201, status
+    session_id, token = upload(http, source_chunks, server.pid, paced_last=0)  # flat out, as bench/captions does
     finalize_until_ready(http, session_id, token, len(source_chunks))
     cpu_before = cpu_seconds_of_group(server.pid)
     run = run_load(
